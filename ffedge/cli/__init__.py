@@ -1,0 +1,18 @@
+"""The ``ffedge`` command line: thin wrappers over library functions.
+
+Each command group lives in its own module and registers itself on ``app``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ffedge.cli.app import app, run_app
+
+# Command modules register themselves on import (keep this list sorted).
+from ffedge.cli import labels_cmd, train_cmd  # noqa: F401,E402
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_app(app))
