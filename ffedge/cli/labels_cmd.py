@@ -1,1 +1,36 @@
-"""`ffedge labels`: draw the label patterns of an encoding (placeholder, filled in by the labels work)."""
+"""`ffedge labels`: draw a label encoding's patterns and a test image encoded with every label."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ffedge.cli.app import app, console
+
+
+@app.command("labels")
+def labels(
+    dataset: str = typer.Option(
+        "mnist-5k", "--dataset", help="Dataset whose classes and image shape to use: mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH."
+    ),
+    encoding: str = typer.Option("fourier", "--labels", help="Label encoding to draw: fourier, morph or onehot."),
+    label_mode: Optional[str] = typer.Option(
+        None, "--label-mode", help="fourier only: 'channel' (grating as an extra input channel, default) or 'add' (grating added to the image)."
+    ),
+    out: Path = typer.Option(Path("labels.png"), "--out", help="PNG file to write (replaced atomically)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Folder holding downloaded datasets (default: $FFEDGE_DATA or the user cache folder)."
+    ),
+    index: int = typer.Option(0, "--index", help="Which test image to encode with every label."),
+    scale: int = typer.Option(4, "--scale", min=1, max=16, help="Pixels per image pixel in the picture."),
+    download: bool = typer.Option(True, "--download/--no-download", help="Allow downloading a missing dataset."),
+) -> None:
+    """Draw the label patterns of an encoding and one test image encoded with every label, as a PNG."""
+    from ffedge.labels_draw import write_dataset_label_sheet
+
+    path = write_dataset_label_sheet(
+        dataset, encoding, out, label_mode=label_mode, data_dir=data_dir, index=index, download=download, scale=scale
+    )
+    console.print(f"wrote {path}")

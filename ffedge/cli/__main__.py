@@ -1,0 +1,5 @@
+"""``python -m ffedge.cli``: same as the ``ffedge`` command."""
+
+from ffedge.cli import main
+
+main()

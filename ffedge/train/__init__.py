@@ -1,0 +1,20 @@
+"""The training side of ffedge (needs the ``[train]`` extra: torch, brevitas, onnx).
+
+Importing this package without torch or brevitas raises :class:`MissingExtraError`
+with the pip command that fixes it.
+"""
+
+from __future__ import annotations
+
+from ffedge.errors import MissingExtraError
+
+try:
+    import brevitas  # noqa: F401
+    import torch  # noqa: F401
+except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
+    raise MissingExtraError("train", f"this command ({_e.name} is not installed)") from None
+
+from ffedge.train.run import load_run, resume_run, train_run  # noqa: E402
+from ffedge.train.trainer import TrainConfig  # noqa: E402
+
+__all__ = ["TrainConfig", "train_run", "resume_run", "load_run"]

@@ -1,0 +1,183 @@
+"""Forward-Forward convolutional network built from Brevitas quantized layers.
+
+Each :class:`FFConvLayer` is one FF unit with its own objective:
+
+    BatchNorm2d(affine=False) -> QuantIdentity (int) -> QuantConv2d (int weights)
+    -> QuantReLU (unsigned int) -> [MaxPool2d]
+
+Its *goodness* is the mean of squared activations after the ReLU and before
+pooling. The normalization at the start of the next layer removes the
+magnitude information, so a layer cannot just hand its goodness on.
+With ``quant=False`` the same layers are plain float torch modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ffedge.errors import FFEdgeError
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One FF conv layer: output channels, kernel size and whether a 2x2 max-pool follows."""
+
+    channels: int
+    kernel: int
+    pool: bool = False
+
+    def to_str(self) -> str:
+        return f"{self.channels}x{self.kernel}" + ("p" if self.pool else "")
+
+
+DEFAULT_LAYERS = "16x5p,64x5p,128x3,128x3"
+
+
+def parse_layers(text: str) -> list[LayerSpec]:
+    """Parse ``"32x5p,64x5p,128x3"``: channels x kernel, ``p`` = max-pool 2x2 after the layer."""
+    specs = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        pool = part.endswith("p")
+        body = part[:-1] if pool else part
+        try:
+            ch, k = (int(v) for v in body.split("x"))
+        except ValueError:
+            raise FFEdgeError(f"bad layer '{part}' in --layers: use CHANNELSxKERNEL[p], e.g. {DEFAULT_LAYERS}") from None
+        if ch < 1 or k < 1 or k % 2 == 0:
+            raise FFEdgeError(f"bad layer '{part}' in --layers: channels >= 1 and an odd kernel size")
+        specs.append(LayerSpec(ch, k, pool))
+    if not specs:
+        raise FFEdgeError("--layers is empty")
+    return specs
+
+
+def layers_to_str(specs: list[LayerSpec]) -> str:
+    return ",".join(s.to_str() for s in specs)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How layers are quantized: ``bits`` for weights and activations, or float when ``enabled`` is false."""
+
+    enabled: bool = True
+    bits: int = 8
+    stats_steps: int = 30
+
+    def __post_init__(self) -> None:
+        if self.enabled and not 2 <= self.bits <= 8:
+            raise FFEdgeError(f"--bits must be between 2 and 8 (got {self.bits})")
+
+
+class FFConvLayer(nn.Module):
+    """One Forward-Forward layer; ``forward`` returns (activity before pooling, output for the next layer)."""
+
+    def __init__(self, in_channels: int, spec: LayerSpec, quant: QuantConfig) -> None:
+        super().__init__()
+        self.spec = spec
+        self.norm = nn.BatchNorm2d(in_channels, affine=False)
+        pad = spec.kernel // 2
+        if quant.enabled:
+            from brevitas.nn import QuantConv2d, QuantIdentity, QuantReLU
+            from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat, Int32Bias
+
+            # Activation scales start from statistics of the first batches, then are learned.
+            # Brevitas' default collects a percentile over 300 steps, which costs more than
+            # the convolutions on a CPU; a few dozen steps give the same starting scale.
+            stats = {"collect_stats_steps": quant.stats_steps}
+            self.in_quant = QuantIdentity(
+                act_quant=Int8ActPerTensorFloat, bit_width=quant.bits, return_quant_tensor=True, **stats
+            )
+            self.conv = QuantConv2d(
+                in_channels,
+                spec.channels,
+                spec.kernel,
+                padding=pad,
+                weight_quant=Int8WeightPerTensorFloat,
+                weight_bit_width=quant.bits,
+                bias_quant=Int32Bias,
+                return_quant_tensor=False,
+            )
+            self.act = QuantReLU(bit_width=quant.bits, return_quant_tensor=False, **stats)
+        else:
+            self.in_quant = nn.Identity()
+            self.conv = nn.Conv2d(in_channels, spec.channels, spec.kernel, padding=pad)
+            self.act = nn.ReLU()
+        self.pool = nn.MaxPool2d(2) if spec.pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.act(self.conv(self.in_quant(self.norm(x))))
+        return h, self.pool(h)
+
+
+def goodness(h: torch.Tensor) -> torch.Tensor:
+    """Mean of squared activations per sample: [B, C, H, W] -> [B]."""
+    return h.pow(2).flatten(1).mean(1)
+
+
+class FFNet(nn.Module):
+    """A stack of FF conv layers plus a linear softmax head on neutral-label activities."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_hw: tuple[int, int],
+        num_classes: int,
+        layers: list[LayerSpec],
+        quant: QuantConfig,
+        head_layers: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.layer_specs = list(layers)
+        self.quant = quant
+        self.layers = nn.ModuleList()
+        ch = in_channels
+        h, w = image_hw
+        self.out_shapes: list[tuple[int, int, int]] = []
+        for spec in layers:
+            self.layers.append(FFConvLayer(ch, spec, quant))
+            ch = spec.channels
+            if spec.pool:
+                h, w = h // 2, w // 2
+            if h < 1 or w < 1:
+                raise FFEdgeError("too many pooling layers for this image size")
+            self.out_shapes.append((ch, h, w))
+        # The head reads the normalized outputs of these layers (default: all but the first).
+        n = len(layers)
+        self.head_layers = head_layers if head_layers is not None else (list(range(1, n)) if n > 1 else [0])
+        feat = sum(self.out_shapes[i][0] for i in self.head_layers)
+        self.head = nn.Linear(feat, num_classes)
+
+    def forward_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activities (before pooling) of every layer, inference style (no gradient blocking)."""
+        hs = []
+        for layer in self.layers:
+            h, x = layer(x)
+            hs.append(h)
+        return hs
+
+    def goodness_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-layer goodness, [L, B]."""
+        return torch.stack([goodness(h) for h in self.forward_layers(x)])
+
+    @staticmethod
+    def head_features(hs: list[torch.Tensor], which: list[int]) -> torch.Tensor:
+        """Spatially averaged, length-normalized activities of the chosen layers, concatenated."""
+        feats = []
+        for i in which:
+            f = hs[i].mean(dim=(2, 3))
+            feats.append(f / (f.norm(dim=1, keepdim=True) + 1e-6))
+        return torch.cat(feats, dim=1)
+
+    def head_logits(self, x_neutral: torch.Tensor) -> torch.Tensor:
+        hs = self.forward_layers(x_neutral)
+        return self.head(self.head_features(hs, self.head_layers))
+
+
+def config_dict(layers: list[LayerSpec], quant: QuantConfig) -> dict:
+    """The JSON-able part of the model config."""
+    return {"layers": [asdict(s) for s in layers], "quant": asdict(quant)}

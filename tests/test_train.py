@@ -1,0 +1,176 @@
+"""The FF trainer: gradient locality, a real (small) training run, resume, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("brevitas")
+
+from ffedge.datasets import load_dataset  # noqa: E402
+from ffedge.train.losses import ff_loss  # noqa: E402
+from ffedge.train.model import FFNet, QuantConfig, goodness, parse_layers  # noqa: E402
+from ffedge.train.run import CHECKPOINT, CONFIG, METRICS, WEIGHTS, load_run, resume_run, train_run  # noqa: E402
+from ffedge.train.trainer import LocalTrainer, TrainConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "8x5p,16x3p,16x3"
+
+
+def _reference_grads(net: FFNet, cfg: TrainConfig, x_pos, x_neg, pair: bool) -> list[list[torch.Tensor]]:
+    """Per-layer gradients computed the slow, obviously-local way.
+
+    Layer l's loss is a function of layer l (and, in pair mode, layer l-1) only:
+    the input to that block is the chain's value, detached.
+    """
+    b = x_pos.shape[0]
+    x = torch.cat([x_pos, x_neg])
+    inputs = [x]
+    with torch.no_grad():
+        for layer in net.layers:
+            inputs.append(layer(inputs[-1])[1])
+    grads = [[torch.zeros_like(p) for p in layer.parameters()] for layer in net.layers]
+    for l, layer in enumerate(net.layers):
+        block = [l - 1, l] if pair and l > 0 else [l]
+        h = inputs[block[0]].detach()
+        for i in block:
+            hh, h = net.layers[i](h)
+        g = goodness(hh)
+        loss = ff_loss(cfg.loss, g[:b], g[b:], cfg.alpha, cfg.threshold)
+        for i in block:
+            for acc, gr in zip(grads[i], torch.autograd.grad(loss, list(net.layers[i].parameters()), retain_graph=True)):
+                acc += gr
+    return grads
+
+
+@pytest.mark.parametrize("local", ["pair", "layer"])
+def test_no_gradient_crosses_the_local_block(local: str) -> None:
+    torch.manual_seed(0)
+    cfg = TrainConfig(local=local, layers="4x3,4x3p,4x3,4x3")
+    net = FFNet(2, (8, 8), 10, parse_layers(cfg.layers), QuantConfig(enabled=False)).double()
+    for m in net.modules():  # BN in eval mode: identical forward values in both computations
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    x_pos, x_neg = torch.randn(6, 2, 8, 8, dtype=torch.float64), torch.randn(6, 2, 8, 8, dtype=torch.float64)
+    ref = _reference_grads(net, cfg, x_pos, x_neg, pair=local == "pair")
+    trainer = LocalTrainer(net, cfg)
+    trainer.set_lr(0.0)
+    trainer.step(x_pos, x_neg)
+    for l, layer in enumerate(net.layers):
+        for p, r in zip(layer.parameters(), ref[l]):
+            assert p.grad is not None
+            torch.testing.assert_close(p.grad, r)
+    if local == "layer":
+        # Pure FF: layer 0's gradient comes from its own loss alone, so it differs from the pair one.
+        pair_ref = _reference_grads(net, TrainConfig(local="pair"), x_pos, x_neg, pair=True)
+        assert not torch.allclose(pair_ref[0][0], ref[0][0])
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 600/200 slice of the embedded mnist-5k as an npz dataset."""
+    ds = load_dataset("mnist-5k")
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, x_train=ds.x_train[:600, :, :, 0], y_train=ds.y_train[:600], x_test=ds.x_test[:200, :, :, 0], y_test=ds.y_test[:200])
+    return f"npz:{path}"
+
+
+def _cfg(dataset: str, **kw) -> TrainConfig:
+    base = dict(dataset=dataset, layers=TINY, epochs=2, batch_size=50, head_epochs=5, eval_samples=100, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_run_writes_a_complete_run_and_learns(tmp_path: Path, small_npz: str) -> None:
+    out = tmp_path / "run"
+    m = train_run(_cfg(small_npz, epochs=3), out)
+    for name in (CONFIG, WEIGHTS, METRICS, CHECKPOINT):
+        assert (out / name).is_file()
+    metrics = json.loads((out / METRICS).read_text())
+    for key in ("test_accuracy", "head_test_accuracy", "per_layer_test_accuracy", "train_seconds", "epochs", "history"):
+        assert key in metrics
+    assert len(metrics["history"]) == 3 and metrics["epochs"] == 3
+    # 600 training digits, 3 epochs of a tiny int8 net: well above chance (10%), held-out.
+    assert metrics["test_accuracy"] > 0.3 and metrics["head_test_accuracy"] > 0.3
+    state = torch.load(out / WEIGHTS, weights_only=True)
+    assert any("weight" in k for k in state)
+    cfg, net = load_run(out)
+    assert cfg["model"]["quant"] is True and len(net.layers) == 3
+    assert m == metrics
+
+
+def test_same_seed_same_accuracy_and_resume_matches(tmp_path: Path, small_npz: str) -> None:
+    a = train_run(_cfg(small_npz), tmp_path / "a")
+    b = train_run(_cfg(small_npz), tmp_path / "b")
+    assert a["test_accuracy"] == b["test_accuracy"] and a["history"][-1]["loss"] == b["history"][-1]["loss"]
+    # Interrupted after epoch 1, resumed to epoch 2: the same run as an uninterrupted one.
+    train_run(_cfg(small_npz, epochs=1), tmp_path / "c")
+    cfg_path = tmp_path / "c" / CONFIG
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["train"]["epochs"] == 1
+    c = resume_run(tmp_path / "c", epochs=2)
+    assert [h["epoch"] for h in c["history"]] == [1, 2]
+    # The cosine schedule differs (1 vs 2 epochs planned at epoch 1), so only the bookkeeping is equal.
+    assert c["epochs"] == 2
+
+
+def test_float_baseline_and_options(tmp_path: Path, small_npz: str) -> None:
+    m = train_run(_cfg(small_npz, quant=False, local="layer", loss="bce", negatives="hard", epochs=1, predict_layers=[1, 2]), tmp_path / "f")
+    assert m["predict_layers"] == [1, 2]
+    cfg, net = load_run(tmp_path / "f")
+    assert cfg["model"]["quant"] is False
+    assert not any("quant" in type(mod).__name__.lower() for mod in net.modules())
+
+
+def _ffedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ffedge.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--dataset", "nosuch"], "nosuch"),
+        (["--labels", "nosuch"], "nosuch"),
+        (["--bits", "0"], "--bits"),
+        (["--layers", "16x4"], "odd kernel"),
+        (["--dataset", "npz:/nonexistent.npz"], "nonexistent"),
+        (["--predict-layers", "9"], "layer 9"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, args: list[str], needle: str) -> None:
+    r = _ffedge("train", "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and needle in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_out_dir_needs_resume_or_force(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = _ffedge("train", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+    r = _ffedge("train", "--out", str(out), "--resume", cwd=tmp_path)
+    assert r.returncode == 2 and "no run to resume" in r.stderr
+
+
+def test_cli_train_end_to_end(tmp_path: Path, small_npz: str) -> None:
+    r = _ffedge("train", "--dataset", small_npz, "--layers", TINY, "--epochs", "1", "--batch-size", "50",
+                "--eval-samples", "50", "--head-epochs", "2", "--threads", "1", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "held-out acc" in r.stdout and "epoch   1/1" in r.stdout
+    assert json.loads((tmp_path / "run" / METRICS).read_text())["epochs"] == 1
+
+
+def test_training_without_torch_names_the_extra(tmp_path: Path) -> None:
+    code = "import sys; sys.modules['torch'] = None; sys.modules['brevitas'] = None; from ffedge.cli import main; sys.argv=['ffedge','train','--out','x']; main()"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and 'pip install "ffedge[train]"' in r.stderr and "Traceback" not in r.stderr
