@@ -53,12 +53,16 @@ morph
     (offsets ``round(t*(dy, dx)/r)``, t = -r..r, rounding half away from 0).
     Radius r offers 4r distinct orientations. Classes take transforms in the
     order radius 1, 2, 3, ... (shortest lines first: they keep the image
-    recognizable; erosion with 5-pixel lines already wipes out MNIST
-    strokes), then operation, then orientation; when the last (radius, op)
-    group is only partly needed its orientations are taken evenly spaced.
-    K = 10: dilate with the 4 three-pixel lines (0, 45, 90, 135 deg), erode
-    with the same 4, open with the 0 and 90 deg lines. K = 100: radii 1..4
-    (lines up to 9 pixels). ``radii`` may fix the radii to use. Outside
+    recognizable), then operation, then orientation; when the last
+    (radius, op) group is only partly needed its orientations are taken
+    evenly spaced. The shrinking operations (erode, open) are used only up to
+    ``shrink_max_radius`` (default 1): with 5-pixel lines they already wipe
+    out MNIST strokes, and different wiped-out images would be the same
+    input. K = 10: dilate with the 4 three-pixel lines (0, 45, 90, 135 deg),
+    erode with the same 4, open with the 0 and 90 deg lines. K = 100: the 12
+    radius-1 transforms, then dilations with 5- to 15-pixel lines (radii
+    2..7; needs images of at least 15x15). ``radii`` may fix the radii to
+    use; lines never exceed the image. Outside
     pixels are ignored (padding with -inf / +inf). Max and min commute with
     the per-channel affine normalization, so the result is the same as
     transforming raw pixels. No pattern is added, so a net cannot shortcut
@@ -75,7 +79,6 @@ onehot (Hinton 2022; the baseline that fails on CNNs)
 
 from __future__ import annotations
 
-import itertools
 import math
 from abc import ABC, abstractmethod
 from typing import Any, Iterable
@@ -95,6 +98,8 @@ FAN_FREQUENCY = 4.0
 LATTICE_MIN_LENGTH = 2.0
 MORPH_OPS = ("dilate", "erode", "open", "close")
 MORPH_DEFAULT_OPS = ("dilate", "erode", "open")
+MORPH_SHRINKING = ("erode", "open")  # can erase thin strokes: kept to short lines
+MORPH_SHRINK_MAX_RADIUS = 1
 ONEHOT_DEFAULT_AMPLITUDE = 3.0
 
 
@@ -275,10 +280,17 @@ def lattice_waves(num_classes: int, height: int, width: int) -> tuple[list[float
 
 
 def grating(freq: float, angle: float, phase: float, height: int, width: int) -> np.ndarray:
-    """float64 ``[H, W]``: cos(2*pi*f*(i*cos t/H + j*sin t/W) + phase)."""
+    """float64 ``[H, W]``: cos(2*pi*f*(i*cos t/H + j*sin t/W) + phase).
+
+    Square images use the study's exact arithmetic, ``2*pi*f*(i*cos t + j*sin t)/S``.
+    """
     i = np.arange(height, dtype=np.float64)[:, None]
     j = np.arange(width, dtype=np.float64)[None, :]
-    return np.cos(2.0 * math.pi * freq * (i * math.cos(angle) / height + j * math.sin(angle) / width) + phase)
+    if height == width:
+        arg = 2.0 * np.pi * freq * (i * np.cos(angle) + j * np.sin(angle)) / height
+    else:
+        arg = 2.0 * np.pi * freq * (i * np.cos(angle) / height + j * np.sin(angle) / width)
+    return np.cos(arg + phase) if phase else np.cos(arg)
 
 
 class FourierEncoding(LabelEncoding):
@@ -414,27 +426,37 @@ def line_offsets(dy: int, dx: int) -> list[tuple[int, int]]:
     return [(rnd(t * dy / r), rnd(t * dx / r)) for t in range(-r, r + 1)]
 
 
-def morph_transforms(num_classes: int, ops: tuple[str, ...], radii: list[int] | None) -> list[tuple[str, int, int]]:
+def morph_transforms(
+    num_classes: int,
+    ops: tuple[str, ...],
+    radii: list[int] | None,
+    shrink_max_radius: int,
+    max_radius: int,
+) -> list[tuple[str, int, int]]:
     """The first K (op, dy, dx) transforms: by radius (shortest first), then op, then orientation.
 
-    Whole (radius, op) groups are taken while they fit; the last, partly needed
-    group contributes evenly spaced orientations. ``radii=None`` means 1, 2, 3, ...
+    Shrinking ops (erode, open) are used only up to ``shrink_max_radius``. Whole
+    (radius, op) groups are taken while they fit; the last, partly needed group
+    contributes evenly spaced orientations. ``radii=None`` means 1, 2, ... up to
+    ``max_radius``.
     """
     chosen: list[tuple[str, int, int]] = []
-    radius_iter = iter(radii) if radii is not None else itertools.count(1)
-    for r in radius_iter:
+    radius_list = radii if radii is not None else range(1, max_radius + 1)
+    for r in radius_list:
         for op in ops:
             need = num_classes - len(chosen)
             if need <= 0:
                 return chosen
+            if op in MORPH_SHRINKING and r > shrink_max_radius:
+                continue
             dirs = line_directions(r)
             picks = range(len(dirs)) if need >= len(dirs) else [(m * len(dirs)) // need for m in range(need)]
             chosen += [(op, *dirs[i]) for i in picks]
         if len(chosen) >= num_classes:
             return chosen
     raise FFEdgeError(
-        f"morph: ops {list(ops)} with radii {list(radii or [])} give only {len(chosen)} "
-        f"transforms for {num_classes} classes; add radii or ops"
+        f"morph: ops {list(ops)} with radii {list(radius_list)} (erode/open up to radius {shrink_max_radius}) "
+        f"give only {len(chosen)} transforms for {num_classes} classes; add ops or radii, or use larger images"
     )
 
 
@@ -470,7 +492,7 @@ class MorphEncoding(LabelEncoding):
     """Class-specific morphological transforms with oriented line structuring elements."""
 
     name = "morph"
-    PARAMS = ("ops", "radii", "transforms")
+    PARAMS = ("ops", "radii", "shrink_max_radius", "transforms")
 
     def __init__(
         self,
@@ -478,15 +500,16 @@ class MorphEncoding(LabelEncoding):
         image_shape: tuple[int, int, int],
         ops: list[str] | None = None,
         radii: list[int] | None = None,
+        shrink_max_radius: int | None = None,
         transforms: list[list[Any]] | None = None,
     ) -> None:
         super().__init__(num_classes, image_shape)
         if transforms is not None:
-            if ops is not None or radii is not None:
-                raise FFEdgeError("morph: give either transforms or ops/radii, not both")
+            if ops is not None or radii is not None or shrink_max_radius is not None:
+                raise FFEdgeError("morph: give either transforms or ops/radii/shrink_max_radius, not both")
             self.transforms = self._check_transforms(transforms)
         else:
-            self.transforms = self._choose(ops, radii)
+            self.transforms = self._choose(ops, radii, shrink_max_radius)
         self.radius = max(max(abs(dy), abs(dx)) for _, dy, dx in self.transforms)
         _, h, w = self.image_shape
         if 2 * self.radius + 1 > min(h, w):
@@ -495,10 +518,14 @@ class MorphEncoding(LabelEncoding):
                 f"longer than a {h}x{w} image; use fewer classes or larger images"
             )
 
-    def _choose(self, ops: Any, radii: Any) -> list[tuple[str, int, int]]:
+    def _choose(self, ops: Any, radii: Any, shrink_max_radius: Any) -> list[tuple[str, int, int]]:
         op_list = tuple(MORPH_DEFAULT_OPS if ops is None else self._check_ops(ops))
         radius_list = None if radii is None else self._check_radii(radii)
-        return morph_transforms(self.num_classes, op_list, radius_list)
+        shrink = MORPH_SHRINK_MAX_RADIUS if shrink_max_radius is None else shrink_max_radius
+        if isinstance(shrink, bool) or not isinstance(shrink, (int, np.integer)) or shrink < 0:
+            raise FFEdgeError(f"morph: shrink_max_radius must be an integer >= 0, got {shrink_max_radius!r}")
+        _, h, w = self.image_shape
+        return morph_transforms(self.num_classes, op_list, radius_list, int(shrink), (min(h, w) - 1) // 2)
 
     @staticmethod
     def _check_ops(ops: Any) -> list[str]:

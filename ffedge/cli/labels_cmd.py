@@ -13,7 +13,9 @@ from ffedge.cli.app import app, console
 @app.command("labels")
 def labels(
     dataset: str = typer.Option(
-        "mnist-5k", "--dataset", help="Dataset whose classes and image shape to use: mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH."
+        "mnist-5k",
+        "--dataset",
+        help="Dataset whose classes and image shape to use: mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH.",
     ),
     encoding: str = typer.Option("fourier", "--labels", help="Label encoding to draw: fourier, morph or onehot."),
     label_mode: Optional[str] = typer.Option(
@@ -24,7 +26,7 @@ def labels(
         None, "--data-dir", help="Folder holding downloaded datasets (default: $FFEDGE_DATA or the user cache folder)."
     ),
     index: int = typer.Option(0, "--index", help="Which test image to encode with every label."),
-    scale: int = typer.Option(4, "--scale", min=1, max=16, help="Pixels per image pixel in the picture."),
+    scale: int = typer.Option(4, "--scale", min=1, max=16, help="Screen pixels per image pixel."),
     download: bool = typer.Option(True, "--download/--no-download", help="Allow downloading a missing dataset."),
 ) -> None:
     """Draw the label patterns of an encoding and one test image encoded with every label, as a PNG."""
