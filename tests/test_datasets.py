@@ -94,6 +94,12 @@ def test_mnist_5k_checksum_is_verified(monkeypatch: pytest.MonkeyPatch) -> None:
         load_dataset("mnist-5k")
 
 
+def test_mnist_5k_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(embedded, "PATH", tmp_path / "mnist_5k.npz")
+    with pytest.raises(FFEdgeError, match="cannot read the embedded file .*reinstall ffedge"):
+        load_dataset("mnist-5k")
+
+
 def test_mnist_5k_resized() -> None:
     ds = load_dataset("mnist-5k", image_size=(14, 16))
     assert ds.x_train.shape == (4000, 14, 16, 1) and ds.image_shape == (1, 14, 16)
@@ -240,6 +246,24 @@ def test_download_writes_verified_files(mnist_dir, tmp_path: Path, monkeypatch: 
     assert len(urls) == 4
 
 
+def test_offline_midway_lists_only_files_still_missing(mnist_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, _ = mnist_dir
+    names = list(remote.SOURCES["mnist"].files)
+
+    def first_only(url: str, timeout: float) -> FakeResponse:
+        if url.endswith(names[0]):
+            return FakeResponse((src / "mnist" / names[0]).read_bytes())
+        raise URLError("timed out\nwhile connecting")
+
+    monkeypatch.setattr(remote, "urlopen", first_only)
+    with pytest.raises(FFEdgeError) as e:
+        load_dataset("mnist", data_dir=tmp_path / "fresh")
+    msg = str(e.value)
+    assert "\n" not in msg and "timed out while connecting" in msg
+    assert msg.split(": put ", 1)[1].startswith(", ".join(names[1:]) + " into ")
+    assert [p.name for p in (tmp_path / "fresh" / "mnist").iterdir()] == [names[0]]
+
+
 def test_download_with_wrong_checksum_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remote, "urlopen", lambda url, timeout: FakeResponse(b"an HTML error page"))
     with pytest.raises(FFEdgeError, match="download of .*cifar-10-binary.tar.gz has md5 .* expected c32a1d4a"):
@@ -360,16 +384,24 @@ def test_folder_split_is_stratified_and_deterministic(tmp_path: Path) -> None:
     assert not pixels(ds.x_train) & pixels(ds.x_test)
 
 
-def test_folder_train_test_layout_rgb_and_resize(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("rgb_class", "channels"), [("a", 3), ("b", 1)])
+def test_folder_train_test_layout_mode_of_first_image_and_resize(tmp_path: Path, rgb_class: str, channels: int) -> None:
     for split, n in (("train", 3), ("test", 1)):
         for c in ("a", "b", "c"):
             for i in range(n):
-                write_png(tmp_path / split / c / f"{i}.png", size=(10 + i, 7), mode="RGB" if c == "b" else "L")
+                write_png(tmp_path / split / c / f"{i}.png", size=(10 + i, 7), mode="RGB" if c == rgb_class else "L")
     with pytest.raises(FFEdgeError, match="is 7x11 but .* is 7x10"):
         load_dataset(f"folder:{tmp_path}")
-    ds = load_dataset(f"folder:{tmp_path}", image_size=(5, 4))
-    assert ds.x_train.shape == (9, 5, 4, 3) and ds.x_test.shape == (3, 5, 4, 3)  # one RGB image -> all RGB
+    ds = load_dataset(f"folder:{tmp_path}", image_size=(5, 4))  # all converted to the first image's mode
+    assert ds.x_train.shape == (9, 5, 4, channels) and ds.x_test.shape == (3, 5, 4, channels)
     assert ds.y_test.tolist() == [0, 1, 2] and ds.classes == ["a", "b", "c"]
+
+
+def test_folder_with_train_but_no_test(tmp_path: Path) -> None:
+    write_png(tmp_path / "train" / "a" / "x.png")
+    write_png(tmp_path / "train" / "b" / "y.png")
+    with pytest.raises(FFEdgeError, match="has train/ but no test/"):
+        load_dataset(f"folder:{tmp_path}")
 
 
 def test_folder_with_one_class(tmp_path: Path) -> None:
@@ -427,6 +459,7 @@ def test_npz_nhwc_default_class_names(tmp_path: Path) -> None:
         ({"y_train": np.array([0.0, 1.0])}, "y_train must hold integer labels"),
         ({"x_test": np.zeros((2, 4, 3), np.uint8)}, "x_train images are .* but x_test images are"),
         ({"class_names": np.array(["only"])}, "class_names has 1 names but labels go up to 1"),
+        ({"x_test": np.zeros((0, 3, 3), np.uint8), "y_test": np.zeros(0, np.int64)}, r"x_test is empty \(shape \(0, 3, 3, 1\)\)"),
         ({"class_names": np.array([object(), object()], dtype=object)}, "object array.*refused"),
     ],
 )

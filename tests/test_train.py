@@ -89,15 +89,15 @@ def _cfg(dataset: str, **kw) -> TrainConfig:
 
 def test_train_run_writes_a_complete_run_and_learns(tmp_path: Path, small_npz: str) -> None:
     out = tmp_path / "run"
-    m = train_run(_cfg(small_npz, epochs=3), out)
+    m = train_run(_cfg(small_npz, layers="16x5p,64x5p,64x3", epochs=4, batch_size=32, head_epochs=20), out)
     for name in (CONFIG, WEIGHTS, METRICS, CHECKPOINT):
         assert (out / name).is_file()
     metrics = json.loads((out / METRICS).read_text())
     for key in ("test_accuracy", "head_test_accuracy", "per_layer_test_accuracy", "train_seconds", "epochs", "history"):
         assert key in metrics
-    assert len(metrics["history"]) == 3 and metrics["epochs"] == 3
-    # 600 training digits, 3 epochs of a tiny int8 net: well above chance (10%), held-out.
-    assert metrics["test_accuracy"] > 0.3 and metrics["head_test_accuracy"] > 0.3
+    assert len(metrics["history"]) == 4 and metrics["epochs"] == 4
+    # 600 training digits, 4 epochs of a small int8 net: far above chance (10%) on held-out digits.
+    assert metrics["test_accuracy"] > 0.5 and metrics["head_test_accuracy"] > 0.4
     state = torch.load(out / WEIGHTS, weights_only=True)
     assert any("weight" in k for k in state)
     cfg, net = load_run(out)

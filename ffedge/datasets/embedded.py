@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ffedge.errors import FFEdgeError
 
 NAME = "mnist-5k"
 RESOURCE = "mnist_5k.npz"
+PATH = Path(__file__).resolve().parent.parent / "data" / RESOURCE
 SHA256 = "f814240cf7e0d3cbaacc1a898905819a40ab46fb317a600d2a4b91a5c184c810"
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2  # 100 of 500 per class
@@ -24,9 +25,9 @@ TEST_FRACTION = 0.2  # 100 of 500 per class
 
 def _read_resource() -> bytes:
     try:
-        return resources.files("ffedge").joinpath("data", RESOURCE).read_bytes()
+        return PATH.read_bytes()
     except OSError as e:
-        raise FFEdgeError(f"{NAME}: the embedded file ffedge/data/{RESOURCE} is missing ({e}): reinstall ffedge") from e
+        raise FFEdgeError(f"{NAME}: cannot read the embedded file {PATH} ({e.strerror or e}): reinstall ffedge") from e
 
 
 def load_mnist_5k() -> Dataset:
@@ -34,7 +35,7 @@ def load_mnist_5k() -> Dataset:
     raw = _read_resource()
     got = hashlib.sha256(raw).hexdigest()
     if got != SHA256:
-        raise FFEdgeError(f"{NAME}: embedded ffedge/data/{RESOURCE} has sha256 {got}, expected {SHA256}: reinstall ffedge")
+        raise FFEdgeError(f"{NAME}: embedded {PATH} has sha256 {got}, expected {SHA256}: reinstall ffedge")
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         x, y = as_nhwc(npz["x"]), as_labels(npz["y"])
     train, test = stratified_split(y, TEST_FRACTION, SPLIT_SEED)

@@ -38,13 +38,11 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _target_mode(paths: list[Path]) -> str:
-    """'L' when every image is grayscale, else 'RGB' (no colour is thrown away). Reads headers only."""
-    for p in paths:
-        with _open(p) as im:
-            if im.mode not in _GRAY_MODES and not (im.mode == "P" and _palette_is_gray(im)):
-                return "RGB"
-    return "L"
+def _first_mode(path: Path) -> str:
+    """'L' if the first image is grayscale, else 'RGB': every image is converted to it. Reads the header only."""
+    with _open(path) as im:
+        gray = im.mode in _GRAY_MODES or (im.mode == "P" and _palette_is_gray(im))
+    return "L" if gray else "RGB"
 
 
 def _palette_is_gray(im: Image.Image) -> bool:
@@ -63,12 +61,13 @@ def load_images(paths: list[Path], size: tuple[int, int] | None = None, mode: st
     """Read image files into uint8 NHWC.
 
     ``size`` (H, W) resizes (bilinear); without it all images must share the first
-    one's size. ``mode`` 'L' or 'RGB'; by default 'L' only if every image is grayscale.
+    one's size. ``mode`` 'L' or 'RGB'; by default the first image's mode ('L' if it is
+    grayscale, else 'RGB').
     EXIF orientation is applied.
     """
     if not paths:
         raise FFEdgeError("no images to load")
-    mode = mode or _target_mode(paths)
+    mode = mode or _first_mode(paths[0])
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
     out: np.ndarray | None = None
@@ -114,6 +113,12 @@ def load_folder(root: Path, image_size: tuple[int, int] | None = None) -> Datase
     if not root.is_dir():
         raise FFEdgeError(f"folder: {root} is not a directory")
     train_dir, test_dir = root / "train", root / "test"
+    if train_dir.is_dir() != test_dir.is_dir():
+        have, lack = ("train", "test") if train_dir.is_dir() else ("test", "train")
+        raise FFEdgeError(
+            f"folder: {root} has {have}/ but no {lack}/: add {lack}/<class>/ images, "
+            f"or put the class folders directly in {root} to have 20% of each class split off for testing"
+        )
     if train_dir.is_dir() and test_dir.is_dir():
         train_files, test_files = _class_files(train_dir), _class_files(test_dir)
         extra = sorted(set(test_files) - set(train_files))

@@ -75,6 +75,9 @@ def load_npz(path: Path) -> Dataset:
             raise FFEdgeError(f"{where}: missing key(s) {', '.join(missing)} (has: {', '.join(npz.files) or 'nothing'})")
         x_tr = _check_images(_get(npz, "x_train", where), "x_train", where)
         x_te = _check_images(_get(npz, "x_test", where), "x_test", where)
+        for key, x in (("x_train", x_tr), ("x_test", x_te)):
+            if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+                raise FFEdgeError(f"{where}: {key} is empty (shape {x.shape}): it needs at least one image")
         if x_tr.shape[1:] != x_te.shape[1:]:
             raise FFEdgeError(f"{where}: x_train images are {x_tr.shape[1:]} but x_test images are {x_te.shape[1:]} (HWC)")
         y_tr = _check_labels(_get(npz, "y_train", where), "y_train", len(x_tr), where)

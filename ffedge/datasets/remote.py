@@ -108,7 +108,7 @@ def _read_url_into(url: str, tmp: Path, name: str) -> str:
                 h.update(block)
                 bar.advance(task, len(block))
     except (URLError, http.client.HTTPException, TimeoutError, ConnectionError, ValueError) as e:
-        raise _NetworkError(str(getattr(e, "reason", e))) from e
+        raise _NetworkError(" ".join(str(getattr(e, "reason", e)).split())) from e  # one line
     return h.hexdigest()
 
 
@@ -123,6 +123,11 @@ def download_file(dataset: str, url: str, dest: Path, expected_md5: str) -> None
             )
 
 
+def _where(dataset: str, directory: Path, names: list[str]) -> str:
+    """The one-line fix for missing files: which files go into which folder."""
+    return f"put {', '.join(names)} into {directory} (or point --data-dir / FFEDGE_DATA at a folder holding {dataset}/)"
+
+
 def ensure_files(dataset: str, directory: Path, download: bool) -> dict[str, Path]:
     """Paths of all files of ``dataset`` in ``directory``, downloading missing ones if allowed.
 
@@ -131,18 +136,18 @@ def ensure_files(dataset: str, directory: Path, download: bool) -> dict[str, Pat
     source = SOURCES[dataset]
     paths = {name: directory / name for name in source.files}
     missing = [name for name, p in paths.items() if not p.is_file()]
-    where = f"put {', '.join(missing)} into {directory} (or point --data-dir / FFEDGE_DATA at a folder holding {dataset}/)"
     if missing and not download:
-        raise FFEdgeError(f"{dataset}: missing {', '.join(missing)} and downloading is off: {where}")
+        raise FFEdgeError(f"{dataset}: missing {', '.join(missing)} and downloading is off: {_where(dataset, directory, missing)}")
     if missing:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FFEdgeError(f"{dataset}: cannot create data directory {directory}: {e.strerror or e}") from e
-    for name in missing:
+    for i, name in enumerate(missing):
         try:
             download_file(dataset, source.base_url + name, paths[name], source.files[name])
         except _NetworkError as e:
+            where = _where(dataset, directory, missing[i:])
             raise FFEdgeError(f"{dataset}: cannot download {source.base_url + name} (offline? {e}): {where}") from e
         except OSError as e:
             raise FFEdgeError(f"{dataset}: cannot write {paths[name]}: {e.strerror or e}") from e

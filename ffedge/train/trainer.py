@@ -38,7 +38,7 @@ class TrainConfig:
     dataset: str = "mnist-5k"
     labels: str = "fourier"
     label_params: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 36
+    epochs: int = 40
     batch_size: int = 64
     lr: float = 2e-3
     layers: str = DEFAULT_LAYERS
@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    eval_samples: int = 250
+    eval_samples: int = 100
     data_dir: str | None = None
 
     def validate(self) -> None:
