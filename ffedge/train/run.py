@@ -224,9 +224,9 @@ def _train(cfg: TrainConfig, out: Path, state: dict[str, Any] | None, force: boo
         rec = {
             "epoch": epoch + 1,
             "seconds": round(elapsed, 2),
-            "loss": [round(v, 5) for v in means[:, 0]],
-            "g_pos": [round(v, 4) for v in means[:, 1]],
-            "g_neg": [round(v, 4) for v in means[:, 2]],
+            "loss": [round(float(v), 5) for v in means[:, 0]],
+            "g_pos": [round(float(v), 4) for v in means[:, 1]],
+            "g_neg": [round(float(v), 4) for v in means[:, 2]],
             "heldout_accuracy": acc,
             "heldout_per_layer": per_layer,
             "heldout_images": len(sub),
