@@ -8,8 +8,11 @@ class FFEdgeError(Exception):
     """
 
 
-class MissingExtraError(FFEdgeError):
-    """A command needs an optional dependency group that is not installed."""
+class MissingExtraError(FFEdgeError, ImportError):
+    """A command needs an optional dependency group that is not installed.
+
+    Also an ImportError, so tools that probe imports (pkgutil.walk_packages) skip it.
+    """
 
     def __init__(self, extra: str, what: str) -> None:
         super().__init__(f"{what} needs the '{extra}' extra: pip install \"ffedge[{extra}]\"")
