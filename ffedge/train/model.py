@@ -13,7 +13,7 @@ With ``quant=False`` the same layers are plain float torch modules.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -177,7 +177,3 @@ class FFNet(nn.Module):
         hs = self.forward_layers(x_neutral)
         return self.head(self.head_features(hs, self.head_layers))
 
-
-def config_dict(layers: list[LayerSpec], quant: QuantConfig) -> dict:
-    """The JSON-able part of the model config."""
-    return {"layers": [asdict(s) for s in layers], "quant": asdict(quant)}

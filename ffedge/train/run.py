@@ -18,14 +18,13 @@ import torch
 
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import atomic_path, atomic_write_json
-from ffedge.labels import encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.model import FFNet, layers_to_str, parse_layers
 from ffedge.train.trainer import (
     LocalTrainer,
     PreparedData,
     TrainConfig,
-    _hard_negatives,
+    hard_negatives,
     build_model,
     cosine_lr,
     eval_subset,
@@ -191,7 +190,6 @@ def _train(cfg: TrainConfig, out: Path, state: dict[str, Any] | None, force: boo
     steps_per_epoch = (n_train + bs - 1) // bs
     total_steps = steps_per_epoch * cfg.epochs
     sub = eval_subset(len(ds.y_test), cfg.eval_samples, cfg.seed)
-    x_train_t = torch.from_numpy(data.x_train)
     reporter.log(
         f"training {cfg.dataset} ({n_train} train / {len(ds.y_test)} held-out), labels {cfg.labels}, "
         f"layers {cfg.layers}, {'int' + str(cfg.bits) + ' QAT' if cfg.quant else 'float'}, "
@@ -208,7 +206,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict[str, Any] | None, force: boo
                 idx = perm[i * bs : (i + 1) * bs]
                 xb, yb = data.x_train[idx], ds.y_train[idx]
                 if cfg.negatives == "hard":
-                    neg = _hard_negatives(net, enc, xb, yb, pred_layers, cfg.device)
+                    neg = hard_negatives(net, enc, xb, yb, pred_layers, cfg.device)
                 else:
                     neg = (yb + rng.integers(1, ds.num_classes, len(yb))) % ds.num_classes
                 x_pos = torch.from_numpy(enc.encode(xb, yb)).to(cfg.device)

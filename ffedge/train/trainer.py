@@ -10,10 +10,7 @@ layer l's input is pushed into layer l-1 and stops there.
 from __future__ import annotations
 
 import math
-import os
-import time
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -23,7 +20,6 @@ from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.preprocess import compute_normalization, normalize
-from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.losses import LOSS_NAMES, ff_loss
 from ffedge.train.model import DEFAULT_LAYERS, FFNet, QuantConfig, goodness, parse_layers
 
@@ -182,7 +178,7 @@ def goodness_accuracy(g: np.ndarray, y: np.ndarray, layers: list[int]) -> float:
     return float((g[layers].sum(0).argmax(1) == y).mean()) if len(y) else float("nan")
 
 
-def _hard_negatives(net: FFNet, enc: LabelEncoding, xb: np.ndarray, yb: np.ndarray, layers: list[int], device: str) -> np.ndarray:
+def hard_negatives(net: FFNet, enc: LabelEncoding, xb: np.ndarray, yb: np.ndarray, layers: list[int], device: str) -> np.ndarray:
     """The wrong label the net currently likes most, per image."""
     g = goodness_matrix(net, enc, xb, device, batch_images=len(xb))[layers].sum(0)
     g[np.arange(len(yb)), yb] = -np.inf
