@@ -30,7 +30,8 @@ def train(
     batch_size: int = typer.Option(64, help="Positive examples per batch (each with one negative)."),
     lr: float = typer.Option(2e-3, help="Adam learning rate, decayed by a cosine over the run."),
     layers: Optional[str] = typer.Option(None, help="FF conv layers: CHANNELSxKERNEL, 'p' = 2x2 max-pool after it (default: 16x5p,64x5p,128x3,128x3)."),
-    bits: int = typer.Option(8, help="Bit width of weights and activations (2..8)."),
+    bits: int = typer.Option(8, help="Bit width of activations (2..8)."),
+    weight_bits: Optional[int] = typer.Option(None, help="Bit width of weights (default: min(bits, 7); 8 saturates onnxruntime's integer convs on x86 without VNNI)."),
     no_quant: bool = typer.Option(False, "--no-quant", help="Train a float model (baseline) instead of quantization-aware."),
     loss: str = typer.Option("symba", help="Layer loss: symba (softplus(-alpha*(g+ - g-))) or bce (threshold, as in the paper)."),
     alpha: float = typer.Option(4.0, help="Sharpness of the loss."),
@@ -64,7 +65,7 @@ def train(
         raise FFEdgeError("--label-mode applies to --labels fourier only")
     cfg = TrainConfig(
         dataset=dataset, labels=labels, label_params=label_params, batch_size=batch_size, lr=lr,
-        quant=not no_quant, bits=bits, loss=loss, alpha=alpha, threshold=threshold,
+        quant=not no_quant, bits=bits, weight_bits=weight_bits, loss=loss, alpha=alpha, threshold=threshold,
         local=local, negatives=negatives, predict_layers=parse_int_list(predict_layers, "--predict-layers"),
         head_epochs=head_epochs, seed=seed, device=device, threads=threads, eval_samples=eval_samples,
         data_dir=str(data_dir) if data_dir else None,

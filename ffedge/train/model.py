@@ -62,15 +62,26 @@ def layers_to_str(specs: list[LayerSpec]) -> str:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How layers are quantized: ``bits`` for weights and activations, or float when ``enabled`` is false."""
+    """How layers are quantized, or float when ``enabled`` is false.
+
+    ``bits`` is the activation bit width; weights use ``weight_bits`` (default 7,
+    still stored as int8). x86 CPUs without VNNI multiply uint8 x int8 pairs with
+    a 16-bit saturating add (pmaddubsw): with full-range int8 weights onnxruntime's
+    integer convolutions then saturate and drift from the trained model by tens of
+    quantization steps. 7-bit weights cannot saturate (onnxruntime's own quantizer
+    calls this ``reduce_range``).
+    """
 
     enabled: bool = True
     bits: int = 8
     stats_steps: int = 30
+    weight_bits: int = 7
 
     def __post_init__(self) -> None:
         if self.enabled and not 2 <= self.bits <= 8:
             raise FFEdgeError(f"--bits must be between 2 and 8 (got {self.bits})")
+        if self.enabled and not 2 <= self.weight_bits <= 8:
+            raise FFEdgeError(f"--weight-bits must be between 2 and 8 (got {self.weight_bits})")
 
 
 class FFConvLayer(nn.Module):
@@ -98,7 +109,7 @@ class FFConvLayer(nn.Module):
                 spec.kernel,
                 padding=pad,
                 weight_quant=Int8WeightPerTensorFloat,
-                weight_bit_width=quant.bits,
+                weight_bit_width=quant.weight_bits,
                 bias_quant=Int32Bias,
                 return_quant_tensor=False,
             )

@@ -40,6 +40,7 @@ class TrainConfig:
     layers: str = DEFAULT_LAYERS
     quant: bool = True
     bits: int = 8
+    weight_bits: int | None = None
     loss: str = "symba"
     alpha: float = 4.0
     threshold: float = 1.0
@@ -70,13 +71,18 @@ class TrainConfig:
             raise FFEdgeError("--lr must be a positive number")
         if self.head_epochs < 0 or self.eval_samples < 0:
             raise FFEdgeError("--head-epochs and --eval-samples must be >= 0")
-        QuantConfig(self.quant, self.bits)
+        self.quant_config()
         n = len(parse_layers(self.layers))
         for i in self.prediction_layers(n):
             if not 0 <= i < n:
                 raise FFEdgeError(f"--predict-layers: layer {i} does not exist (the net has layers 0..{n - 1})")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise FFEdgeError("--device cuda: no CUDA device is available to torch here")
+
+    def quant_config(self) -> QuantConfig:
+        """Weights default to min(bits, 7) bits; see :class:`QuantConfig` for why 7."""
+        wb = self.weight_bits if self.weight_bits is not None else min(self.bits, 7)
+        return QuantConfig(self.quant, self.bits, weight_bits=wb)
 
     def prediction_layers(self, n_layers: int) -> list[int]:
         """Layers whose goodness is summed for prediction (default: the last one)."""
@@ -85,6 +91,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
+        if "weight_bits" not in d:  # runs made before weight_bits existed used one width for all
+            d = {**d, "weight_bits": d.get("bits", 8)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -110,7 +118,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
 
 def build_model(cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], num_classes: int) -> FFNet:
     """The network described by ``cfg`` (fresh weights)."""
-    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), QuantConfig(cfg.quant, cfg.bits))
+    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config())
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
