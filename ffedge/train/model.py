@@ -145,6 +145,7 @@ class FFNet(nn.Module):
         super().__init__()
         self.layer_specs = list(layers)
         self.quant = quant
+        self.image_hw = tuple(image_hw)
         self.layers = nn.ModuleList()
         ch = in_channels
         h, w = image_hw
@@ -187,4 +188,22 @@ class FFNet(nn.Module):
     def head_logits(self, x_neutral: torch.Tensor) -> torch.Tensor:
         hs = self.forward_layers(x_neutral)
         return self.head(self.head_features(hs, self.head_layers))
+
+
+def float_copy(net: FFNet) -> FFNet:
+    """The same network as plain float torch modules, with the trained float weights.
+
+    For a quantized net these are the master weights before fake quantization; this
+    is the fp32 model the exporter's ``--fp32`` writes and the torch baseline of benchmarks.
+    """
+    first = net.layers[0]
+    c_in = first.norm.num_features
+    ff = FFNet(c_in, net.image_hw, net.head.out_features, net.layer_specs, QuantConfig(enabled=False), net.head_layers)
+    own = ff.state_dict()
+    src = net.state_dict()
+    missing = [k for k in own if k not in src]
+    if missing:
+        raise FFEdgeError(f"cannot make a float copy: the model lacks {', '.join(missing[:3])}")
+    ff.load_state_dict({k: src[k].detach().clone() for k in own})
+    return ff.eval()
 

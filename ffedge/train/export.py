@@ -1,0 +1,310 @@
+"""Export a training run to a bundle: one ONNX file per FF layer, the head, label arrays, manifest.
+
+int8 layers go through Brevitas' QCDQ exporter on its legacy (TorchScript) path,
+which stores weights as int8 initializers (about 4x smaller than fp32) and lets
+onnxruntime fuse DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv at
+EXTENDED optimization. ``fp32`` exports the float copy of the same network.
+
+Every layer file takes ``x`` [N, C, H, W] and returns ``y`` (the next layer's
+input), ``goodness`` [N] (mean of squares before pooling) and ``feature`` [N, C]
+(spatial mean before pooling, what the head reads). The bundle is built in a
+temporary folder beside ``out`` and renamed into place only after the parity
+check passed, so a failed export never leaves a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import ffedge
+from ffedge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, PRECISIONS
+from ffedge.errors import FFEdgeError
+from ffedge.fsutil import atomic_write_json, fsync_dir, sha256_file
+from ffedge.progress import QuietReporter, Reporter
+from ffedge.runtime import session_options
+from ffedge.train.model import FFConvLayer, FFNet, float_copy
+from ffedge.train.run import load_run
+
+OPSET = 13
+# Export fails below this top-1 agreement between the torch model and the bundle
+# (see export/README.md: one-step rounding differences flip well under 0.5% of
+# predictions; a broken export (saturating kernels, wrong scales) flips several %).
+DEFAULT_MIN_AGREEMENT = 0.99
+FUSED_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")
+
+
+class LayerGraph(nn.Module):
+    """One FF layer as exported: next input, goodness and head feature."""
+
+    def __init__(self, layer: FFConvLayer) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, y = self.layer(x)
+        return y, h.pow(2).mean(dim=(1, 2, 3)), h.mean(dim=(2, 3))
+
+
+class HeadGraph(nn.Module):
+    """The softmax head on per-layer features: normalize each, concatenate, linear, softmax."""
+
+    def __init__(self, head: nn.Linear, n_inputs: int) -> None:
+        super().__init__()
+        self.head = head
+        self.n_inputs = n_inputs
+
+    def forward(self, *feats: torch.Tensor) -> torch.Tensor:
+        fs = [f / (f.norm(dim=1, keepdim=True) + 1e-6) for f in feats]
+        return torch.softmax(self.head(torch.cat(fs, dim=1)), dim=1)
+
+
+def _strip_initializer_inputs(model: onnx.ModelProto) -> None:
+    """Initializers listed as graph inputs block constant folding: make them constants only."""
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+
+
+def _short_names(model: onnx.ModelProto) -> None:
+    """Replace the exporter's long internal tensor and node names (module paths) by short ones.
+
+    Graph inputs and outputs keep their names. This saves a few KB per file, which
+    matters for bundles of small int8 layers.
+    """
+    g = model.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for init in g.initializer:
+        init.name = short(init.name)
+    for i, node in enumerate(g.node):
+        node.name = f"n{i}"
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    for vi in g.value_info:
+        vi.name = short(vi.name)
+
+
+def _finish_onnx(path: Path) -> None:
+    model = onnx.load(str(path))
+    _strip_initializer_inputs(model)
+    _short_names(model)
+    model.producer_name = "ffedge"
+    model.producer_version = ffedge.__version__
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _quiet_export(fn: Any, *args: Any, **kwargs: Any) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn(*args, **kwargs)
+
+
+def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path, int8: bool) -> None:
+    """Write one FF layer as ONNX with a dynamic batch axis."""
+    graph = LayerGraph(layer).eval()
+    x = torch.zeros(2, *in_shape)
+    names = {"input_names": ["x"], "output_names": ["y", "goodness", "feature"]}
+    dyn = {n: {0: "n"} for n in ("x", "y", "goodness", "feature")}
+    if int8:
+        from brevitas.export import export_onnx_qcdq
+
+        _quiet_export(export_onnx_qcdq, graph, args=x, export_path=str(path), dynamo=False, opset_version=OPSET, dynamic_axes=dyn, **names)
+    else:
+        _quiet_export(torch.onnx.export, graph, (x,), str(path), dynamo=False, opset_version=OPSET, dynamic_axes=dyn, **names)
+    _finish_onnx(path)
+
+
+def export_head(net: FFNet, path: Path) -> None:
+    """Write the float softmax head; inputs ``f{i}`` for each head layer i."""
+    graph = HeadGraph(net.head, len(net.head_layers)).eval()
+    feats = tuple(torch.zeros(2, net.out_shapes[i][0]) for i in net.head_layers)
+    names = [f"f{i}" for i in net.head_layers]
+    dyn = {n: {0: "n"} for n in names + ["probs"]}
+    _quiet_export(
+        torch.onnx.export, graph, feats, str(path), dynamo=False, opset_version=OPSET,
+        input_names=names, output_names=["probs"], dynamic_axes=dyn,
+    )
+    _finish_onnx(path)
+
+
+def fused_ops(path: Path) -> dict[str, int]:
+    """Op counts of the graph onnxruntime actually runs (EXTENDED optimization), for integer kernels."""
+    with tempfile.TemporaryDirectory() as tmp:
+        so = session_options(1)
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        model = onnx.load(so.optimized_model_filepath)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _quant_facts(layer: FFConvLayer) -> dict[str, Any]:
+    """Scales and bit widths of one Brevitas layer (per tensor)."""
+    return {
+        "input_scale": float(layer.in_quant.act_quant.scale()),
+        "weight_scale": float(layer.conv.quant_weight().scale),
+        "output_scale": float(layer.act.act_quant.scale()),
+        "weight_bits": int(layer.conv.quant_weight().bit_width),
+        "act_bits": int(layer.act.act_quant.bit_width()),
+    }
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FFEdgeError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FFEdgeError(f"{out} already exists: pass --force to replace it")
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(parent, os.W_OK):
+        raise FFEdgeError(f"cannot write to {parent}")
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old one is removed only after that."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Path, files: dict[str, str],
+                   layers: list[dict[str, Any]], label_arrays: dict[str, str]) -> dict[str, Any]:
+    """The manifest of a bundle (see export/README.md)."""
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    quant = {
+        "precision": precision,
+        "format": "QCDQ (QuantizeLinear / DequantizeLinear around float ops), opset 13" if precision == "int8" else "float32",
+    }
+    if precision == "int8":
+        quant.update(
+            weights=f"int8 storage, {layers[0]['quant']['weight_bits']}-bit symmetric, per tensor",
+            activations="layer input int8 symmetric, ReLU output uint8 (zero point 0), per tensor",
+            bias="int32",
+        )
+    return {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "precision": precision,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ffedge_version": ffedge.__version__,
+        "source": {
+            "run": str(run_dir),
+            "dataset": cfg["train"].get("dataset"),
+            "epochs": metrics.get("epochs"),
+            "run_test_accuracy": metrics.get("test_accuracy"),
+        },
+        "classes": list(cfg["classes"]),
+        "input": {**cfg["input"], "pixels": "uint8 NHWC 0..255; normalized (x/255 - mean)/std per channel"},
+        "encoding": cfg["encoding"],
+        "label_arrays": label_arrays,
+        "layers": layers,
+        "predict_layers": list(cfg["model"]["predict_layers"]),
+        "head": {"file": "head.onnx", "layers": list(net.head_layers)},
+        "quantization": quant,
+        "files": files,
+        "history": [],
+    }
+
+
+def export_bundle(
+    run_dir: str | Path,
+    out: str | Path,
+    precision: str = "int8",
+    force: bool = False,
+    verify_samples: int = 1000,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Export ``run_dir`` to the bundle folder ``out``; returns the manifest (with the parity report)."""
+    from ffedge.train.parity import parity_report
+
+    rep = reporter or QuietReporter()
+    if precision not in PRECISIONS:
+        raise FFEdgeError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    run_dir, out = Path(run_dir), Path(out)
+    cfg, net = load_run(run_dir)
+    if precision == "int8" and not cfg["model"]["quant"]:
+        raise FFEdgeError(f"{run_dir} was trained without quantization (--no-quant): export it with --fp32")
+    if not 0 <= min_agreement <= 1:
+        raise FFEdgeError("--min-agreement must lie between 0 and 1")
+    _check_out(out, force)
+    int8 = precision == "int8"
+    model = net if int8 else float_copy(net)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700
+    try:
+        files: dict[str, str] = {}
+        layers: list[dict[str, Any]] = []
+        in_shape = (cfg["model"]["in_channels"], *cfg["input"]["shape"][1:])
+        with rep.task(f"exporting {len(model.layers)} layers ({precision})", len(model.layers) + 1) as advance:
+            for i, layer in enumerate(model.layers):
+                name = f"layer{i}.onnx"
+                export_layer(layer, in_shape, tmp / name, int8)
+                spec = model.layer_specs[i]
+                entry: dict[str, Any] = {
+                    "file": name, "in_shape": list(in_shape), "out_shape": list(model.out_shapes[i]),
+                    "channels": spec.channels, "kernel": spec.kernel, "pool": spec.pool,
+                    "ort_ops": fused_ops(tmp / name),
+                }
+                if int8:
+                    entry["quant"] = _quant_facts(layer)
+                layers.append(entry)
+                in_shape = model.out_shapes[i]
+                advance(1)
+            export_head(model, tmp / "head.onnx")
+            advance(1)
+        label_arrays = {}
+        from ffedge.labels import encoding_from_config
+
+        for key, arr in encoding_from_config(cfg["encoding"]).arrays().items():
+            label_arrays[key] = f"labels_{key}.npy"
+            np.save(tmp / label_arrays[key], np.ascontiguousarray(arr), allow_pickle=False)
+        for f in sorted(tmp.iterdir()):
+            files[f.name] = sha256_file(f)
+        manifest = build_manifest(cfg, model, precision, run_dir, files, layers, label_arrays)
+        atomic_write_json(tmp / MANIFEST, manifest)
+        if verify_samples:
+            report = parity_report(tmp, run_dir, samples=verify_samples, reporter=rep, cfg_net=(cfg, net))
+            manifest["parity"] = report
+            atomic_write_json(tmp / MANIFEST, manifest)
+            if report["agreement"] < min_agreement:
+                raise FFEdgeError(
+                    f"parity check failed: the bundle agrees with the torch model on {report['agreement']:.2%} of "
+                    f"{report['samples']} held-out images (needs {min_agreement:.2%}); nothing was written to {out}"
+                )
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
