@@ -1,0 +1,78 @@
+"""`ffedge export` and `ffedge verify`: training run -> bundle, and parity of the two."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ffedge.cli.app import app, console
+from ffedge.errors import FFEdgeError
+
+
+def parity_lines(report: dict[str, Any]) -> list[str]:
+    """Human-readable parity report."""
+    lines = [
+        f"parity on {report['samples']} held-out images vs {report['reference']}:",
+        f"  goodness, all labels: agreement {report['agreement']:.2%}, accuracy torch {report['torch_accuracy']:.2%} / bundle {report['bundle_accuracy']:.2%}",
+        f"  softmax head:         agreement {report['head_agreement']:.2%}, accuracy torch {report['head_torch_accuracy']:.2%} / bundle {report['head_bundle_accuracy']:.2%}",
+    ]
+    for i, d in enumerate(report["layers"]):
+        if "max_steps" in d:
+            lines.append(f"  layer {i}: max difference {d['max_steps']:.2f} output steps, {d['frac_off_by_more_than_half_step']:.4%} of values off by > 0.5 step")
+        else:
+            lines.append(f"  layer {i}: max difference {d['max_abs']:.3g} (relative {d['max_rel']:.3g})")
+    return lines
+
+
+@app.command("export")
+def export(
+    run_dir: Path = typer.Argument(..., help="Training run folder (made by ffedge train)."),
+    int8: bool = typer.Option(False, "--int8", help="Export int8 (QCDQ, integer convolutions in onnxruntime). The default."),
+    fp32: bool = typer.Option(False, "--fp32", help="Export the float model the same way, for comparison."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: export/RUN_NAME-int8 or -fp32)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists (only after the new bundle passed its checks)."),
+    verify_samples: int = typer.Option(1000, "--verify-samples", help="Held-out images for the parity check (0 skips it)."),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Fail below this top-1 agreement with the torch model."),
+) -> None:
+    """Export a run to a bundle: one ONNX file per FF layer, the softmax head, label arrays and manifest.json."""
+    from ffedge.progress import RichReporter
+    from ffedge.train.export import export_bundle
+
+    if int8 and fp32:
+        raise FFEdgeError("--int8 and --fp32 exclude each other")
+    precision = "fp32" if fp32 else "int8"
+    dest = out or Path("export") / f"{run_dir.resolve().name}-{precision}"
+    m = export_bundle(run_dir, dest, precision=precision, force=force, verify_samples=verify_samples,
+                      min_agreement=min_agreement, reporter=RichReporter())
+    for i, layer in enumerate(m["layers"]):
+        fused = {k: v for k, v in layer["ort_ops"].items() if k.startswith(("QLinear", "ConvInteger", "MatMulInteger"))}
+        console.print(f"layer {i}: {layer['file']}, integer kernels at EXTENDED optimization: {fused or 'none'}", highlight=False)
+    if "parity" in m:
+        for line in parity_lines(m["parity"]):
+            console.print(line, highlight=False)
+    console.print(f"wrote {dest} ({precision})", highlight=False)
+
+
+@app.command("verify")
+def verify(
+    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    run_dir: Path = typer.Argument(..., help="The training run it was exported from."),
+    samples: int = typer.Option(1000, "--samples", help="Held-out images to compare on."),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Exit 1 below this top-1 agreement."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check a bundle against its training run: per-layer differences and top-1 agreement on held-out data."""
+    from ffedge.progress import RichReporter
+    from ffedge.train.parity import parity_report
+
+    report = parity_report(bundle, run_dir, samples=samples, reporter=RichReporter())
+    if as_json:
+        console.print_json(json.dumps(report))
+    else:
+        for line in parity_lines(report):
+            console.print(line, highlight=False)
+    if report["agreement"] < min_agreement:
+        raise FFEdgeError(f"agreement {report['agreement']:.2%} is below --min-agreement {min_agreement:.2%}")

@@ -1,0 +1,103 @@
+"""Accuracy, confusion matrix, latency and memory of a bundle on a labelled test set (device side)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from ffedge.datasets import load_dataset
+from ffedge.errors import FFEdgeError
+from ffedge.progress import QuietReporter, Reporter
+from ffedge.runtime import Runtime
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, in MB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
+
+
+def held_out_split(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
+               limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out split of a dataset, checked against the bundle's classes and input shape."""
+    c, h, w = rt.bundle.input_shape
+    ds = load_dataset(spec, data_dir=data_dir, image_size=(h, w) if resize else None)
+    if ds.num_classes != rt.num_classes:
+        raise FFEdgeError(f"{spec} has {ds.num_classes} classes, the bundle {rt.num_classes}")
+    if tuple(ds.image_shape) != (c, h, w):
+        dc, dh, dw = ds.image_shape
+        raise FFEdgeError(f"{spec} images are {dh}x{dw} with {dc} channel(s), the bundle takes {h}x{w} with {c} (pass --resize)")
+    x, y = ds.x_test, ds.y_test
+    if limit:
+        x, y = x[:limit], y[:limit]
+    if len(y) == 0:
+        raise FFEdgeError(f"{spec} has no held-out images")
+    return x, y
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """[true, predicted] counts."""
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (y_true, y_pred), 1)
+    return m
+
+
+def latency(rt: Runtime, x: np.ndarray, mode: str, k: int, n: int, warmup: int = 5) -> dict[str, float]:
+    """Milliseconds per single image (batch 1) over ``n`` images, after ``warmup`` calls."""
+    n = min(n, len(x))
+    for i in range(min(warmup, n)):
+        rt.predict(x[i : i + 1], mode, k)
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        rt.predict(x[i : i + 1], mode, k)
+        times.append((time.perf_counter() - t) * 1e3)
+    a = np.asarray(times)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "images": n}
+
+
+def evaluate(
+    rt: Runtime,
+    x: np.ndarray,
+    y: np.ndarray,
+    mode: str = "all",
+    k: int = 3,
+    batch_size: int = 64,
+    latency_images: int = 200,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Accuracy and confusion matrix over (x, y), throughput at ``batch_size``, batch-1 latency, peak RSS."""
+    rep = reporter or QuietReporter()
+    if batch_size < 1:
+        raise FFEdgeError("--batch-size must be >= 1")
+    preds = []
+    rt.reset_timings()
+    t0 = time.perf_counter()
+    with rep.task(f"evaluating {len(y)} images ({mode})", len(y)) as advance:
+        for s in range(0, len(y), batch_size):
+            preds.append(rt.predict(x[s : s + batch_size], mode, k).labels)
+            advance(len(preds[-1]))
+    seconds = time.perf_counter() - t0
+    layer_seconds = list(rt.layer_seconds)
+    pred = np.concatenate(preds)
+    lat = latency(rt, x, mode, k, latency_images) if latency_images else None
+    return {
+        "mode": mode,
+        "k": k if mode == "topk" else None,
+        "images": int(len(y)),
+        "accuracy": float((pred == y).mean()),
+        "confusion": confusion(y, pred, rt.num_classes).tolist(),
+        "classes": rt.classes,
+        "throughput_images_per_s": len(y) / seconds,
+        "batch_size": batch_size,
+        "layer_seconds": layer_seconds,
+        "latency_batch1": lat,
+        "peak_rss_mb": peak_rss_mb(),
+    }
