@@ -43,12 +43,13 @@ def time_per_image(step: Callable[[int], None], n_images: int, warmup: int, iter
 
 
 def bench_runtime(rt: Runtime, name: str, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, batch_size: int = 100) -> BenchRow:
-    """Accuracy over (x, y) and batch-1 latency of goodness over all labels for a bundle."""
+    """Accuracy over (x, y), batch-1 latency of goodness over all labels, and per-layer time of a bundle."""
     pred = np.concatenate([rt.predict(x[s : s + batch_size]).labels for s in range(0, len(x), batch_size)])
-    for i in range(warmup):
-        rt.predict(x[i % len(x) : i % len(x) + 1])
+    ms = time_per_image(lambda i: rt.predict(x[i : i + 1]), len(x), warmup, iters)
+    enc = [rt.encoding.encode_all(rt.normalize(x[i : i + 1])) for i in range(min(len(x), iters))]
+    time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), warmup, 0)
     rt.reset_timings()
-    ms = time_per_image(lambda i: rt.predict(x[i : i + 1]), len(x), 0, iters)
+    time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), 0, iters)
     layer_ms = [s * 1e3 / iters for s in rt.layer_seconds]
     return BenchRow(name, float((pred == y).mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
                     layer_ms, rt.bundle.size_bytes())

@@ -78,14 +78,12 @@ def evaluate(
     if batch_size < 1:
         raise FFEdgeError("--batch-size must be >= 1")
     preds = []
-    rt.reset_timings()
     t0 = time.perf_counter()
     with rep.task(f"evaluating {len(y)} images ({mode})", len(y)) as advance:
         for s in range(0, len(y), batch_size):
             preds.append(rt.predict(x[s : s + batch_size], mode, k).labels)
             advance(len(preds[-1]))
     seconds = time.perf_counter() - t0
-    layer_seconds = list(rt.layer_seconds)
     pred = np.concatenate(preds)
     lat = latency(rt, x, mode, k, latency_images) if latency_images else None
     return {
@@ -97,7 +95,6 @@ def evaluate(
         "classes": rt.classes,
         "throughput_images_per_s": len(y) / seconds,
         "batch_size": batch_size,
-        "layer_seconds": layer_seconds,
         "latency_batch1": lat,
         "peak_rss_mb": peak_rss_mb(),
     }

@@ -14,6 +14,7 @@ Three modes:
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -34,15 +35,45 @@ class Prediction(NamedTuple):
     scores: np.ndarray
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """EXTENDED optimization: the level at which onnxruntime fuses QDQ convs into QLinearConv."""
+# onnxruntime moves MaxPool ahead of DequantizeLinear onto uint8 tensors, where its
+# kernel is about 8x slower than the float one (measured with ORT 1.32 on x86).
+DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
+
+
+def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
+    """EXTENDED optimization: the level at which onnxruntime fuses QDQ convs into QLinearConv.
+
+    ``spin=False`` stops idle pool threads from busy-waiting: with one pool per layer
+    session, spinning pools of finished layers steal the cores of the running one.
+    """
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
+
+
+def make_session(
+    path: str | Path,
+    threads: int | None = None,
+    spin: bool = True,
+    providers: Sequence[str] | None = None,
+    optimized_path: str | Path | None = None,
+) -> ort.InferenceSession:
+    """An onnxruntime session as ffedge runs it; a file onnxruntime rejects is a one-line error."""
+    so = session_options(threads, spin)
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(str(path), so, providers=list(providers or ["CPUExecutionProvider"]),
+                                    disabled_optimizers=DISABLED_OPTIMIZERS)
+    except Exception as e:  # onnxruntime raises its own exception types for bad models
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FFEdgeError(f"{path}: onnxruntime cannot load it: {msg}") from None
 
 
 def as_pixels(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -72,11 +103,15 @@ def as_pixels(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 class Runtime:
-    """A loaded bundle: one onnxruntime session per FF layer, plus the head."""
+    """A loaded bundle: the fused whole-net session (or one session per FF layer), plus the head.
+
+    The per-layer sessions are opened on first use (per-layer timing, parity
+    checks, bundles without a fused graph).
+    """
 
     def __init__(
         self,
-        bundle_dir: str,
+        bundle_dir: str | Path,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         verify: bool = True,
@@ -84,21 +119,27 @@ class Runtime:
     ) -> None:
         self.bundle: Bundle = open_bundle(bundle_dir, verify=verify)
         self.encoding = self.bundle.encoding
+        self.threads = threads
+        self.providers = list(providers) if providers else None
         self.max_hypotheses = max(1, int(max_hypotheses))
-        so = session_options(threads)
-        prov = list(providers) if providers else ["CPUExecutionProvider"]
-        self.sessions = [self._session(layer["file"], so, prov) for layer in self.bundle.layers]
+        self.n_layers = len(self.bundle.layers)
         head = self.bundle.head
-        self.head_session = self._session(head["file"], so, prov) if head else None
         self.head_layers = [int(i) for i in head["layers"]] if head else []
-        self.layer_seconds = [0.0] * len(self.sessions)
+        self.head_session = self._open(head["file"], spin=False) if head else None
+        fused = self.bundle.manifest.get("fused")
+        self.fused_session = self._open(fused["file"], spin=True) if fused else None
+        self._layer_sessions: list[ort.InferenceSession] | None = None
+        self.layer_seconds = [0.0] * self.n_layers
 
-    def _session(self, name: str, so: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
-        try:
-            return ort.InferenceSession(str(self.bundle.file(name)), so, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types for bad models
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise FFEdgeError(f"{self.bundle.file(name)}: onnxruntime cannot load it: {msg}") from None
+    def _open(self, name: str, spin: bool) -> ort.InferenceSession:
+        return make_session(self.bundle.file(name), self.threads, spin, self.providers)
+
+    @property
+    def layer_sessions(self) -> list[ort.InferenceSession]:
+        """One session per FF layer (input ``x``; outputs ``y``, ``goodness``, ``feature``)."""
+        if self._layer_sessions is None:
+            self._layer_sessions = [self._open(layer["file"], spin=False) for layer in self.bundle.layers]
+        return self._layer_sessions
 
     @property
     def classes(self) -> list[str]:
@@ -109,18 +150,30 @@ class Runtime:
         return len(self.bundle.classes)
 
     def reset_timings(self) -> None:
-        self.layer_seconds = [0.0] * len(self.sessions)
+        self.layer_seconds = [0.0] * self.n_layers
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """Pixels -> normalized float32 NCHW, exactly as in training."""
         inp = self.bundle.manifest["input"]
         return normalize(as_pixels(images, self.bundle.input_shape), inp["mean"], inp["std"])
 
+    def forward(self, x_encoded: np.ndarray, feature_layers: Sequence[int] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Encoded inputs [N, C', H, W] -> goodness summed over the prediction layers [N], and the requested features."""
+        if self.fused_session is None:
+            g, feats = self.run_layers(x_encoded, feature_layers)
+            return g[self.bundle.predict_layers].sum(0), feats
+        names = ["goodness"] + [f"feature{i}" for i in feature_layers]
+        outs = self.fused_session.run(names, {"x": x_encoded})
+        return outs[0], outs[1:]
+
     def run_layers(self, x_encoded: np.ndarray, feature_layers: Sequence[int] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Encoded inputs [N, C', H, W] through every layer: goodness [L, N] and the requested features."""
+        """The layer files one by one: goodness of every layer [L, N] and the requested features.
+
+        Accumulates ``layer_seconds``.
+        """
         gs, feats = [], []
         cur = x_encoded
-        for i, sess in enumerate(self.sessions):
+        for i, sess in enumerate(self.layer_sessions):
             t = time.perf_counter()
             cur, g, f = sess.run(None, {"x": cur})
             self.layer_seconds[i] += time.perf_counter() - t
@@ -130,14 +183,11 @@ class Runtime:
         return np.stack(gs), feats
 
     def goodness(self, x_norm: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
-        """Goodness of every layer for every label hypothesis: [L, B, K'] (K' = len(classes) or K)."""
+        """Goodness (summed over the prediction layers) of every label hypothesis: [B, K'] (K' = len(classes) or K)."""
         k = self.num_classes if classes is None else len(classes)
         per = max(1, self.max_hypotheses // max(k, 1))
-        out = [
-            self.run_layers(self.encoding.encode_all(x_norm[s : s + per], classes))[0].reshape(len(self.sessions), -1, k)
-            for s in range(0, len(x_norm), per)
-        ]
-        return np.concatenate(out, axis=1) if out else np.zeros((len(self.sessions), 0, k), np.float32)
+        out = [self.forward(self.encoding.encode_all(x_norm[s : s + per], classes))[0].reshape(-1, k) for s in range(0, len(x_norm), per)]
+        return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
     def head_probs(self, x_norm: np.ndarray) -> np.ndarray:
         """Softmax head on one neutral-label pass: [B, K]."""
@@ -145,7 +195,7 @@ class Runtime:
             raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
         outs = []
         for s in range(0, len(x_norm), self.max_hypotheses):
-            _, feats = self.run_layers(self.encoding.neutral(x_norm[s : s + self.max_hypotheses]), self.head_layers)
+            _, feats = self.forward(self.encoding.neutral(x_norm[s : s + self.max_hypotheses]), self.head_layers)
             outs.append(self.head_session.run(None, {f"f{i}": f for i, f in zip(self.head_layers, feats)})[0])
         return np.concatenate(outs) if outs else np.zeros((0, self.num_classes), np.float32)
 
@@ -158,9 +208,8 @@ class Runtime:
 
     def predict_normalized(self, x: np.ndarray, mode: str = "all", k: int = 3) -> Prediction:
         """Like :meth:`predict` for inputs already normalized (float32 NCHW)."""
-        pl = self.bundle.predict_layers
         if mode == "all":
-            g = self.goodness(x)[pl].sum(0)
+            g = self.goodness(x)
             return Prediction(g.argmax(1), g)
         probs = self.head_probs(x)
         if mode == "head":
@@ -176,10 +225,9 @@ class Runtime:
             reps = np.repeat(x, k, axis=0)
             g = np.concatenate(
                 [
-                    self.run_layers(self.encoding.encode(reps[s : s + self.max_hypotheses], cand.reshape(-1)[s : s + self.max_hypotheses]))[0]
+                    self.forward(self.encoding.encode(reps[s : s + self.max_hypotheses], cand.reshape(-1)[s : s + self.max_hypotheses]))[0]
                     for s in range(0, len(reps), self.max_hypotheses)
-                ],
-                axis=1,
-            )[pl].sum(0).reshape(len(x), k)
+                ]
+            ).reshape(len(x), k)
             np.put_along_axis(scores, cand, g, axis=1)
         return Prediction(scores.argmax(1), scores)

@@ -72,15 +72,6 @@ def test_no_gradient_crosses_the_local_block(local: str) -> None:
         assert not torch.allclose(pair_ref[0][0], ref[0][0])
 
 
-@pytest.fixture(scope="module")
-def small_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 600/200 slice of the embedded mnist-5k as an npz dataset."""
-    ds = load_dataset("mnist-5k")
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(path, x_train=ds.x_train[:600, :, :, 0], y_train=ds.y_train[:600], x_test=ds.x_test[:200, :, :, 0], y_test=ds.y_test[:200])
-    return f"npz:{path}"
-
-
 def _cfg(dataset: str, **kw) -> TrainConfig:
     base = dict(dataset=dataset, layers=TINY, epochs=2, batch_size=50, head_epochs=5, eval_samples=100, threads=1)
     base.update(kw)

@@ -34,7 +34,10 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 def run_app(application: typer.Typer) -> int:
     """Run the app; user errors become one line on stderr and exit code 2."""
     try:
-        application(standalone_mode=False)
+        # Without standalone mode click returns the code of a typer.Exit instead of raising it.
+        rv = application(standalone_mode=False)
+        if isinstance(rv, int):
+            return rv
     except FFEdgeError as e:
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2

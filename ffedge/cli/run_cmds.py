@@ -52,8 +52,6 @@ def eval_cmd(
     if lat:
         console.print(f"latency per image (batch 1, {lat['images']} images): p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms", highlight=False)
     console.print(f"throughput (batch {batch_size}): {r['throughput_images_per_s']:.1f} images/s", highlight=False)
-    total = sum(r["layer_seconds"]) or 1.0
-    console.print("time per layer: " + ", ".join(f"L{i} {s / total:.0%}" for i, s in enumerate(r["layer_seconds"])), highlight=False)
     if r["peak_rss_mb"] is not None:
         console.print(f"peak RSS {r['peak_rss_mb']:.0f} MB", highlight=False)
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -33,12 +32,14 @@ import ffedge
 from ffedge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, PRECISIONS
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import atomic_write_json, fsync_dir, sha256_file
+from ffedge.labels import encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
-from ffedge.runtime import session_options
+from ffedge.runtime import make_session
 from ffedge.train.model import FFConvLayer, FFNet, float_copy
 from ffedge.train.run import load_run
 
 OPSET = 13
+FUSED_FILE = "net.onnx"
 # Export fails below this top-1 agreement between the torch model and the bundle
 # (see export/README.md: one-step rounding differences flip well under 0.5% of
 # predictions; a broken export (saturating kernels, wrong scales) flips several %).
@@ -148,19 +149,56 @@ def export_head(net: FFNet, path: Path) -> None:
     _finish_onnx(path)
 
 
+def _rename(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    g = model.graph
+    for v in list(g.input) + list(g.output) + list(g.value_info):
+        v.name = mapping.get(v.name, v.name)
+    for node in g.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+
+
+def fuse_layers(paths: list[Path], predict_layers: list[int], head_layers: list[int], out: Path) -> None:
+    """Chain the layer files into one graph: ``x`` -> ``goodness`` (summed over the prediction
+    layers) and ``feature{i}`` for the head layers.
+
+    One onnxruntime session with one thread pool instead of one per layer, and no
+    goodness computed for layers that do not vote: at batch 1 the per-session pools,
+    calls and reductions cost more than the int8 convolutions themselves. The layer
+    files stay the source of truth; this file is derived from them.
+    """
+    from onnx import compose, helper
+
+    models = [compose.add_prefix(onnx.load(str(p)), f"l{i}_") for i, p in enumerate(paths)]
+    fused = models[0]
+    for i in range(1, len(models)):
+        fused = compose.merge_models(fused, models[i], io_map=[(f"l{i - 1}_y", f"l{i}_x")])
+    n = len(paths)
+    _rename(fused, {"l0_x": "x", **{f"l{i}_feature": f"feature{i}" for i in range(n)}})
+    votes = [f"l{i}_goodness" for i in predict_layers]
+    fused.graph.node.append(helper.make_node("Sum" if len(votes) > 1 else "Identity", votes, ["goodness"], name="vote"))
+    fused.graph.output.append(helper.make_tensor_value_info("goodness", onnx.TensorProto.FLOAT, ["n"]))
+    fused = onnx.utils.Extractor(fused).extract_model(["x"], ["goodness"] + [f"feature{i}" for i in head_layers])
+    _short_names(fused)
+    fused.producer_name = "ffedge"
+    fused.producer_version = ffedge.__version__
+    onnx.checker.check_model(fused, full_check=True)
+    onnx.save(fused, str(out))
+
+
 def fused_ops(path: Path) -> dict[str, int]:
     """Op counts of the graph onnxruntime actually runs (EXTENDED optimization), for integer kernels."""
     with tempfile.TemporaryDirectory() as tmp:
-        so = session_options(1)
-        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        model = onnx.load(so.optimized_model_filepath)
+        opt = Path(tmp) / "opt.onnx"
+        make_session(path, threads=1, optimized_path=opt)
+        model = onnx.load(str(opt))
     counts: dict[str, int] = {}
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
 
+@torch.no_grad()
 def _quant_facts(layer: FFConvLayer) -> dict[str, Any]:
     """Scales and bit widths of one Brevitas layer (per tensor)."""
     return {
@@ -196,7 +234,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Path, files: dict[str, str],
-                   layers: list[dict[str, Any]], label_arrays: dict[str, str]) -> dict[str, Any]:
+                   layers: list[dict[str, Any]], label_arrays: dict[str, str], fused: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a bundle (see export/README.md)."""
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -229,6 +267,7 @@ def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Pat
         "layers": layers,
         "predict_layers": list(cfg["model"]["predict_layers"]),
         "head": {"file": "head.onnx", "layers": list(net.head_layers)},
+        "fused": fused,
         "quantization": quant,
         "files": files,
         "history": [],
@@ -283,16 +322,16 @@ def export_bundle(
                 in_shape = model.out_shapes[i]
                 advance(1)
             export_head(model, tmp / "head.onnx")
+            fuse_layers([tmp / layer["file"] for layer in layers], list(cfg["model"]["predict_layers"]), list(model.head_layers), tmp / FUSED_FILE)
             advance(1)
         label_arrays = {}
-        from ffedge.labels import encoding_from_config
-
         for key, arr in encoding_from_config(cfg["encoding"]).arrays().items():
             label_arrays[key] = f"labels_{key}.npy"
             np.save(tmp / label_arrays[key], np.ascontiguousarray(arr), allow_pickle=False)
         for f in sorted(tmp.iterdir()):
             files[f.name] = sha256_file(f)
-        manifest = build_manifest(cfg, model, precision, run_dir, files, layers, label_arrays)
+        fused = {"file": FUSED_FILE, "ort_ops": fused_ops(tmp / FUSED_FILE)}
+        manifest = build_manifest(cfg, model, precision, run_dir, files, layers, label_arrays, fused)
         atomic_write_json(tmp / MANIFEST, manifest)
         if verify_samples:
             report = parity_report(tmp, run_dir, samples=verify_samples, reporter=rep, cfg_net=(cfg, net))

@@ -42,7 +42,7 @@ def layer_differences(rt: Runtime, ref: FFNet, x_enc: np.ndarray, int8: bool) ->
     """Per layer, torch vs onnxruntime on the same input (the torch output of the layer before)."""
     out = []
     cur = torch.from_numpy(x_enc)
-    for i, (layer, sess) in enumerate(zip(ref.layers, rt.sessions)):
+    for i, (layer, sess) in enumerate(zip(ref.layers, rt.layer_sessions)):
         _, t_y = layer(cur)
         o_y = sess.run(None, {"x": cur.numpy()})[0]
         diff = np.abs(o_y - t_y.numpy())
@@ -79,7 +79,7 @@ def parity_report(
         layers = layer_differences(rt, ref, enc.encode_all(x[:LAYER_CHECK_IMAGES]), int8)
         advance(1)
         g_t = goodness_matrix(ref, enc, x)[pl].sum(0)
-        g_o = rt.goodness(x)[pl].sum(0)
+        g_o = rt.goodness(x)
         advance(1)
         with torch.no_grad():
             h_t = ref.head(neutral_features(ref, enc, x)).argmax(1).numpy()
