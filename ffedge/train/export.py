@@ -40,6 +40,7 @@ from ffedge.train.run import load_run
 
 OPSET = 13
 FUSED_FILE = "net.onnx"
+MASTER_FILE = "master.npz"
 # Export fails below this top-1 agreement between the torch model and the bundle
 # (see export/README.md: one-step rounding differences flip well under 0.5% of
 # predictions; a broken export (saturating kernels, wrong scales) flips several %).
@@ -80,20 +81,66 @@ def _strip_initializer_inputs(model: onnx.ModelProto) -> None:
     model.graph.input.extend(keep)
 
 
-def _short_names(model: onnx.ModelProto) -> None:
+# Initializers with stable names, so on-device fine-tuning can find and replace them
+# (in a fused graph they carry an ``l{i}_`` prefix).
+TENSOR_NAMES = ("conv_w_q", "conv_w_scale", "conv_b_q", "conv_b_scale", "conv_w", "conv_b", "in_scale", "out_scale", "head_w", "head_b")
+
+
+def _semantic_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Names for the conv's weight and bias (int8 + scale, or float) and the in/out activation scales."""
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    names: dict[str, str] = {}
+
+    def source(t: str) -> tuple[str | None, str | None]:
+        """(quantized tensor, scale) behind a DequantizeLinear (through a Clip), or (float tensor, None)."""
+        if t in inits:
+            return t, None
+        node = producer.get(t)
+        if node is None or node.op_type != "DequantizeLinear":
+            return None, None
+        q = node.input[0]
+        clip = producer.get(q)
+        if clip is not None and clip.op_type == "Clip":
+            q = clip.input[0]
+        return (q, node.input[1]) if q in inits else (None, None)
+
+    for node in g.node:
+        if node.op_type == "Conv":
+            for role, t in (("w", node.input[1]), ("b", node.input[2] if len(node.input) > 2 else "")):
+                q, scale = source(t)
+                if q is not None:
+                    names[q] = f"conv_{role}_q" if scale else f"conv_{role}"
+                if scale in inits:
+                    names[scale] = f"conv_{role}_scale"
+        if node.op_type == "Gemm":
+            names.update({t: f"head_{r}" for r, t in zip("wb", node.input[1:]) if t in inits})
+        if node.op_type == "QuantizeLinear" and node.input[1] in inits:
+            src = producer.get(node.input[0])
+            role = "out_scale" if src is not None and src.op_type == "Relu" else "in_scale"
+            names.setdefault(node.input[1], role)
+    return names
+
+
+def _short_names(model: onnx.ModelProto, names: dict[str, str] | None = None) -> None:
     """Replace the exporter's long internal tensor and node names (module paths) by short ones.
 
-    Graph inputs and outputs keep their names. This saves a few KB per file, which
-    matters for bundles of small int8 layers.
+    Graph inputs and outputs keep their names, ``names`` gives chosen ones, and
+    names ending in one of ``TENSOR_NAMES`` stay. This saves a few KB per file,
+    which matters for bundles of small int8 layers.
     """
     g = model.graph
     keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
-    names: dict[str, str] = {}
+    chosen = dict(names or {})
+    short_names: dict[str, str] = {}
 
     def short(name: str) -> str:
-        if name in keep:
+        if name in chosen:
+            return chosen[name]
+        if name in keep or name.endswith(TENSOR_NAMES):
             return name
-        return names.setdefault(name, f"t{len(names)}")
+        return short_names.setdefault(name, f"t{len(short_names)}")
 
     for init in g.initializer:
         init.name = short(init.name)
@@ -108,7 +155,7 @@ def _short_names(model: onnx.ModelProto) -> None:
 def _finish_onnx(path: Path) -> None:
     model = onnx.load(str(path))
     _strip_initializer_inputs(model)
-    _short_names(model)
+    _short_names(model, _semantic_names(model))
     model.producer_name = "ffedge"
     model.producer_version = ffedge.__version__
     onnx.checker.check_model(model, full_check=True)
@@ -233,6 +280,21 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_master(net: FFNet, path: Path) -> None:
+    """Float master weights (conv weight/bias, BatchNorm statistics per layer; head), as a plain npz."""
+    arrays: dict[str, np.ndarray] = {}
+    for i, layer in enumerate(net.layers):
+        arrays[f"layer{i}.weight"] = layer.conv.weight.detach().numpy()
+        arrays[f"layer{i}.bias"] = layer.conv.bias.detach().numpy()
+        arrays[f"layer{i}.bn_mean"] = layer.norm.running_mean.numpy()
+        arrays[f"layer{i}.bn_var"] = layer.norm.running_var.numpy()
+        arrays[f"layer{i}.bn_eps"] = np.array(layer.norm.eps, dtype=np.float32)
+    arrays["head.weight"] = net.head.weight.detach().numpy()
+    arrays["head.bias"] = net.head.bias.detach().numpy()
+    with open(path, "wb") as f:
+        np.savez(f, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
+
+
 def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Path, files: dict[str, str],
                    layers: list[dict[str, Any]], label_arrays: dict[str, str], fused: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a bundle (see export/README.md)."""
@@ -282,8 +344,13 @@ def export_bundle(
     verify_samples: int = 1000,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     reporter: Reporter | None = None,
+    master: bool = False,
 ) -> dict[str, Any]:
-    """Export ``run_dir`` to the bundle folder ``out``; returns the manifest (with the parity report)."""
+    """Export ``run_dir`` to the bundle folder ``out``; returns the manifest (with the parity report).
+
+    ``master`` adds ``master.npz``: the float master weights that on-device
+    fine-tuning (``ffedge finetune``) trains and re-quantizes.
+    """
     from ffedge.train.parity import parity_report
 
     rep = reporter or QuietReporter()
@@ -328,10 +395,14 @@ def export_bundle(
         for key, arr in encoding_from_config(cfg["encoding"]).arrays().items():
             label_arrays[key] = f"labels_{key}.npy"
             np.save(tmp / label_arrays[key], np.ascontiguousarray(arr), allow_pickle=False)
+        if master:
+            write_master(model, tmp / MASTER_FILE)
         for f in sorted(tmp.iterdir()):
             files[f.name] = sha256_file(f)
         fused = {"file": FUSED_FILE, "ort_ops": fused_ops(tmp / FUSED_FILE)}
         manifest = build_manifest(cfg, model, precision, run_dir, files, layers, label_arrays, fused)
+        if master:
+            manifest["master"] = {"file": MASTER_FILE}
         atomic_write_json(tmp / MANIFEST, manifest)
         if verify_samples:
             report = parity_report(tmp, run_dir, samples=verify_samples, reporter=rep, cfg_net=(cfg, net))
