@@ -328,6 +328,7 @@ def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Pat
         "label_arrays": label_arrays,
         "layers": layers,
         "predict_layers": list(cfg["model"]["predict_layers"]),
+        "objective": {k: cfg["train"].get(k) for k in ("loss", "alpha", "threshold", "negatives")},
         "head": {"file": "head.onnx", "layers": list(net.head_layers)},
         "fused": fused,
         "quantization": quant,
