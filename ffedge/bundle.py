@@ -130,7 +130,13 @@ def _check_structure(mpath: Path, m: dict[str, Any]) -> None:
 
 
 def check_files(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Every listed file exists with its sha256; no unexpected file sits beside them."""
+    """Every listed file exists with its sha256; no unexpected file sits beside them.
+
+    After in-place updates (``ffedge.bundle_update``) the current files may lie
+    under ``versions/``, and the root keeps files of earlier versions: a root
+    file a saved manifest (``versions/manifest.v*.json``) lists is expected too.
+    Anything else under ``versions/`` (leftovers of an interrupted update) is ignored.
+    """
     path = Path(bundle_dir)
     for name, digest in manifest["files"].items():
         f = path / name
@@ -142,6 +148,14 @@ def check_files(bundle_dir: str | Path, manifest: dict[str, Any]) -> None:
             raise _fail(path, f"'{name}' is corrupt or changed: its sha256 does not match {MANIFEST}")
     listed = {Path(n).parts[0] for n in manifest["files"]}
     extra = sorted(p.name for p in path.iterdir() if p.name not in listed and p.name not in RESERVED and not p.name.startswith("."))
+    if extra and (path / "versions").is_dir():
+        earlier: set[str] = set()
+        for saved in (path / "versions").glob("manifest.v*.json"):
+            try:
+                earlier.update(Path(n).parts[0] for n in json.loads(saved.read_text())["files"] if isinstance(n, str) and n)
+            except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+                continue  # an unreadable saved manifest vouches for nothing
+        extra = [n for n in extra if n not in earlier]
     if extra:
         raise _fail(path, f"unexpected file(s) not in {MANIFEST}: {', '.join(extra)}")
 

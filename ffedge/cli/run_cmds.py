@@ -98,6 +98,7 @@ def info(
 ) -> None:
     """What a bundle holds: classes, input, label encoding, layers, bits, sizes and checksum status."""
     from ffedge.bundle import MANIFEST, check_files, read_manifest
+    from ffedge.bundle_update import versions
     from ffedge.errors import FFEdgeError
 
     m = read_manifest(bundle)
@@ -109,7 +110,7 @@ def info(
     sizes = {n: (bundle / n).stat().st_size for n in m["files"] if (bundle / n).is_file()}
     total = sum(sizes.values()) + (bundle / MANIFEST).stat().st_size
     if as_json:
-        console.print_json(json.dumps({"manifest": m, "checksums": status, "sizes": sizes, "total_bytes": total}))
+        console.print_json(json.dumps({"manifest": m, "checksums": status, "sizes": sizes, "total_bytes": total, "versions": versions(bundle)}))
     else:
         c, h, w = m["input"]["shape"]
         enc = m["encoding"]
@@ -130,8 +131,9 @@ def info(
         if "parity" in m:
             p = m["parity"]
             console.print(f"parity at export: agreement {p['agreement']:.2%} on {p['samples']} images (bundle accuracy {p['bundle_accuracy']:.2%})", highlight=False)
-        for h_ in m.get("history", []):
-            console.print(f"history: {h_}", highlight=False)
+        for v in versions(bundle):
+            details = ", ".join(f"{k} {v[k]}" for k in ("event", "data", "examples", "accuracy_before", "accuracy_after", "seconds") if k in v)
+            console.print(f"version {v['version']} ({v.get('status', '?')}): {v.get('time', '?')} {details}", highlight=False)
         console.print(f"checksums: {status}", highlight=False)
     if not status.startswith("ok"):
         raise typer.Exit(1)

@@ -1,0 +1,20 @@
+"""`ffedge rollback`: make the version an in-place update was made from current again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ffedge.cli.app import app, console
+
+
+@app.command("rollback")
+def rollback(bundle: Path = typer.Argument(..., help="Bundle folder updated in place (e.g. by ffedge finetune).")) -> None:
+    """Undo the last in-place update of a bundle: its previous version becomes current (the undone one is kept in versions/)."""
+    from ffedge.bundle import read_manifest
+    from ffedge.bundle_update import bundle_version, rollback as do_rollback
+
+    before = bundle_version(read_manifest(bundle))
+    manifest = do_rollback(bundle)
+    console.print(f"rolled back {bundle}: version {bundle_version(manifest)} is current (version {before} kept in versions/ as rolled back)", highlight=False, soft_wrap=True)
