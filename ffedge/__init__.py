@@ -6,3 +6,10 @@ onnxruntime, typer/rich and pillow. The training side lives in
 """
 
 __version__ = "0.1.0"
+
+
+def finetune(bundle, data, out=None, **options):  # type: ignore[no-untyped-def]
+    """Fine-tune a bundle on labelled data, as ``ffedge finetune`` (see :class:`ffedge.finetune.FinetuneConfig`)."""
+    from ffedge.finetune import FinetuneConfig, finetune as _finetune
+
+    return _finetune(bundle, FinetuneConfig(data=data, **options), out=out)

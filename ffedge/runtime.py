@@ -40,7 +40,7 @@ class Prediction(NamedTuple):
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
-def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = True, arena: bool = True) -> ort.SessionOptions:
     """EXTENDED optimization: the level at which onnxruntime fuses QDQ convs into QLinearConv.
 
     ``spin=False`` stops idle pool threads from busy-waiting: with one pool per layer
@@ -54,6 +54,8 @@ def session_options(threads: int | None, spin: bool = True) -> ort.SessionOption
         so.inter_op_num_threads = 1
     if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not arena:  # lower peak memory, a little slower: buffers are freed instead of pooled
+        so.enable_cpu_mem_arena = False
     return so
 
 
@@ -63,9 +65,10 @@ def make_session(
     spin: bool = True,
     providers: Sequence[str] | None = None,
     optimized_path: str | Path | None = None,
+    arena: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session as ffedge runs it; a file onnxruntime rejects is a one-line error."""
-    so = session_options(threads, spin)
+    so = session_options(threads, spin, arena)
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     try:
@@ -116,8 +119,15 @@ class Runtime:
         providers: Sequence[str] | None = None,
         verify: bool = True,
         max_hypotheses: int = 4096,
+        arena: bool = True,
+        replaced: dict[str, Path] | None = None,
     ) -> None:
+        """``arena=False`` trades a little speed for lower peak memory. ``replaced`` maps file
+        names of the bundle to other files to run instead (candidate files of an update,
+        evaluated before they are committed; they are not checksum-verified)."""
         self.bundle: Bundle = open_bundle(bundle_dir, verify=verify)
+        self.arena = arena
+        self.replaced = dict(replaced or {})
         self.encoding = self.bundle.encoding
         self.threads = threads
         self.providers = list(providers) if providers else None
@@ -132,7 +142,8 @@ class Runtime:
         self.layer_seconds = [0.0] * self.n_layers
 
     def _open(self, name: str, spin: bool) -> ort.InferenceSession:
-        return make_session(self.bundle.file(name), self.threads, spin, self.providers)
+        path = self.replaced.get(Path(name).name, self.bundle.file(name))
+        return make_session(path, self.threads, spin, self.providers, arena=self.arena)
 
     @property
     def layer_sessions(self) -> list[ort.InferenceSession]:

@@ -1,0 +1,51 @@
+"""`ffedge finetune`: torch-free, low-memory Forward-Forward learning on the device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ffedge.cli.app import app, console
+
+
+@app.command("finetune")
+def finetune_cmd(
+    bundle: Path = typer.Argument(..., help="int8 bundle exported with --master."),
+    data: str = typer.Option(..., "--data", help="Labelled data: folder:PATH (one sub-folder per class), npz:PATH, mnist, ... (as ffedge train)."),
+    layers: str = typer.Option("last", "--layers", help="FF layers to train: 'last' or numbers like 2,3 (the head is always refit)."),
+    epochs: int = typer.Option(10, "--epochs", help="Passes over the examples."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate, cosine-decayed."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Examples per step (each with one negative)."),
+    max_examples: int = typer.Option(500, "--max-examples", help="Training examples used at most (a seeded random choice)."),
+    head_epochs: int = typer.Option(30, "--head-epochs", help="Epochs of the softmax head on the new features (0 keeps it)."),
+    anchor: float = typer.Option(0.005, "--anchor", help="Pull toward the starting weights after every step (limits forgetting; 0 = off)."),
+    eval_examples: int = typer.Option(1000, "--eval-examples", help="Held-out examples of --data scored before and after."),
+    mode: str = typer.Option("all", "--mode", help="Prediction mode scored: all, head or topk."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads."),
+    resize: bool = typer.Option(False, "--resize", help="Resize the data's images to the bundle's input size."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder for named datasets."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the result as a new bundle here instead of updating BUNDLE in place."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Fine-tune a bundle on labelled data without torch: the chosen layers learn layer-locally, the update is a new bundle version (ffedge rollback undoes it)."""
+    from ffedge.finetune import FinetuneConfig, finetune
+    from ffedge.progress import QuietReporter, RichReporter
+
+    cfg = FinetuneConfig(
+        data=data, layers=layers, epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
+        head_epochs=head_epochs, anchor=anchor, eval_examples=eval_examples, mode=mode, seed=seed,
+        data_dir=str(data_dir) if data_dir else None, resize=resize, threads=threads,
+    )
+    r = finetune(bundle, cfg, out=out, reporter=QuietReporter() if as_json else RichReporter())
+    if as_json:
+        console.print_json(json.dumps(r))
+        return
+    console.print(
+        f"{r['bundle']} is now version {r['version']}: held-out accuracy {r['accuracy_before']:.2%} -> {r['accuracy_after']:.2%} "
+        f"on {r['held_out']} examples of {data} ({r['examples']} trained on, {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB)",
+        highlight=False, soft_wrap=True,
+    )
