@@ -32,7 +32,7 @@ from ffedge.errors import FFEdgeError
 
 LOSS_NAMES = ("symba", "bce")
 # Upper bound on the im2col buffer of one chunk of the batch (the batch is processed in chunks).
-COLS_CHUNK_BYTES = 32 << 20
+COLS_CHUNK_BYTES = 4 << 20
 SCALE_MIN = 1e-10  # Brevitas' scaling_min_val for the weight scale
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 

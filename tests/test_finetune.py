@@ -17,7 +17,7 @@ import pytest
 from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
-from ffedge.finetune import FinetuneConfig, finetune
+from ffedge.finetuning import FinetuneConfig, finetune
 from ffedge.runtime import Runtime
 
 TRAIN_ONLY = ("torch", "brevitas", "onnx", "onnxscript", "onnxoptimizer")
@@ -62,6 +62,7 @@ def test_finetune_learns_commits_a_version_and_rolls_back(master_bundle: Path, s
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["version"] == 2 and res["examples"] == 300 and res["held_out"] == 200
+    assert res["replayed"] == 500  # the export stored 500 original training digits for rehearsal
     # The shifted data are learnable by the last layer: held-out accuracy on them rises.
     assert res["accuracy_after"] > res["accuracy_before"] + 0.03, res
     assert res["ff_loss"][-1] < res["ff_loss"][0]
@@ -155,3 +156,12 @@ def test_sigkill_at_random_moments_leaves_old_or_new_version(master_bundle: Path
         shutil.rmtree(b)
     print(f"SIGKILL: {kills} kills, {intact} intact bundles ({seen})")
     assert kills >= 20 and intact == attempts
+
+
+def test_python_api_mirrors_the_cli(master_bundle: Path, shifted_npz: str, tmp_path: Path) -> None:
+    import ffedge
+
+    opts = dict(epochs=1, max_examples=40, eval_examples=40, head_epochs=1, threads=1)
+    first = ffedge.finetune(master_bundle, shifted_npz, out=tmp_path / "a", **opts)
+    second = ffedge.finetune(tmp_path / "a", shifted_npz, **opts)  # callable again: the module import must not shadow it
+    assert (first["version"], second["version"]) == (2, 3)

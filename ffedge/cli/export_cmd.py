@@ -36,7 +36,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists (only after the new bundle passed its checks)."),
     verify_samples: int = typer.Option(1000, "--verify-samples", help="Held-out images for the parity check (0 skips it)."),
     min_agreement: float = typer.Option(0.99, "--min-agreement", help="Fail below this top-1 agreement with the torch model."),
-    master: bool = typer.Option(False, "--master", help="Also store the float master weights (master.npz), which on-device fine-tuning needs."),
+    master: bool = typer.Option(False, "--master", help="Also store the float master weights (master.npz) and replay examples (replay.npz), which on-device fine-tuning needs."),
+    replay: int = typer.Option(500, "--replay", help="With --master: class-balanced training examples stored for rehearsal during fine-tuning (0: none)."),
 ) -> None:
     """Export a run to a bundle: one ONNX file per FF layer, the softmax head, label arrays and manifest.json."""
     from ffedge.progress import RichReporter
@@ -47,7 +48,7 @@ def export(
     precision = "fp32" if fp32 else "int8"
     dest = out or Path("export") / f"{run_dir.resolve().name}-{precision}"
     m = export_bundle(run_dir, dest, precision=precision, force=force, verify_samples=verify_samples,
-                      min_agreement=min_agreement, reporter=RichReporter(), master=master)
+                      min_agreement=min_agreement, reporter=RichReporter(), master=master, replay=replay)
     for i, layer in enumerate(m["layers"]):
         fused = {k: v for k, v in layer["ort_ops"].items() if k.startswith(("QLinear", "ConvInteger", "MatMulInteger"))}
         console.print(f"layer {i}: {layer['file']}, integer kernels at EXTENDED optimization: {fused or 'none'}", highlight=False)

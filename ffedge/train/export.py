@@ -41,6 +41,8 @@ from ffedge.train.run import load_run
 OPSET = 13
 FUSED_FILE = "net.onnx"
 MASTER_FILE = "master.npz"
+REPLAY_FILE = "replay.npz"
+DEFAULT_REPLAY = 500
 # Export fails below this top-1 agreement between the torch model and the bundle
 # (see export/README.md: one-step rounding differences flip well under 0.5% of
 # predictions; a broken export (saturating kernels, wrong scales) flips several %).
@@ -295,6 +297,21 @@ def write_master(net: FFNet, path: Path) -> None:
         np.savez(f, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
 
 
+def write_replay(cfg: dict[str, Any], n: int, path: Path) -> int:
+    """A class-balanced sample of ``n`` training examples (uint8 pixels and labels), for rehearsal during fine-tuning."""
+    from ffedge.datasets import load_dataset
+
+    tr = cfg["train"]
+    ds = load_dataset(tr["dataset"], data_dir=tr.get("data_dir"), download=False)
+    rng = np.random.default_rng(0)
+    k = ds.num_classes
+    per = [rng.permutation(np.flatnonzero(ds.y_train == c)) for c in range(k)]
+    pick = np.sort(np.concatenate([p[: max(1, n // k)] for p in per]))[:n]
+    with open(path, "wb") as f:
+        np.savez(f, x=ds.x_train[pick], y=ds.y_train[pick].astype(np.int64))
+    return int(len(pick))
+
+
 def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Path, files: dict[str, str],
                    layers: list[dict[str, Any]], label_arrays: dict[str, str], fused: dict[str, Any]) -> dict[str, Any]:
     """The manifest of a bundle (see export/README.md)."""
@@ -346,11 +363,14 @@ def export_bundle(
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     reporter: Reporter | None = None,
     master: bool = False,
+    replay: int = DEFAULT_REPLAY,
 ) -> dict[str, Any]:
     """Export ``run_dir`` to the bundle folder ``out``; returns the manifest (with the parity report).
 
     ``master`` adds ``master.npz``: the float master weights that on-device
-    fine-tuning (``ffedge finetune``) trains and re-quantizes.
+    fine-tuning (``ffedge finetune``) trains and re-quantizes, and ``replay.npz``:
+    ``replay`` class-balanced training examples it rehearses so that the bundle
+    does not forget its training data (0: none).
     """
     from ffedge.train.parity import parity_report
 
@@ -396,14 +416,19 @@ def export_bundle(
         for key, arr in encoding_from_config(cfg["encoding"]).arrays().items():
             label_arrays[key] = f"labels_{key}.npy"
             np.save(tmp / label_arrays[key], np.ascontiguousarray(arr), allow_pickle=False)
+        n_replay = 0
         if master:
             write_master(model, tmp / MASTER_FILE)
+            if replay > 0:
+                n_replay = write_replay(cfg, replay, tmp / REPLAY_FILE)
         for f in sorted(tmp.iterdir()):
             files[f.name] = sha256_file(f)
         fused = {"file": FUSED_FILE, "ort_ops": fused_ops(tmp / FUSED_FILE)}
         manifest = build_manifest(cfg, model, precision, run_dir, files, layers, label_arrays, fused)
         if master:
             manifest["master"] = {"file": MASTER_FILE}
+        if n_replay:
+            manifest["replay"] = {"file": REPLAY_FILE, "examples": n_replay}
         atomic_write_json(tmp / MANIFEST, manifest)
         if verify_samples:
             report = parity_report(tmp, run_dir, samples=verify_samples, reporter=rep, cfg_net=(cfg, net))

@@ -39,7 +39,7 @@ from ffedge.onnx_patch import patch_initializers
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import MODES, Runtime
 
-EVAL_BATCH = 8  # images per onnxruntime call when scoring (10 labels -> 80 hypotheses): bounds peak memory
+EVAL_BATCH = 2  # images per onnxruntime call when scoring (10 labels -> 20 hypotheses): bounds peak memory
 
 
 @dataclass
@@ -53,7 +53,8 @@ class FinetuneConfig:
     batch_size: int = 32
     max_examples: int = 500
     head_epochs: int = 30
-    anchor: float = 0.005
+    anchor: float = 0.002
+    replay: bool = True
     eval_examples: int = 1000
     mode: str = "all"
     seed: int = 0
@@ -97,6 +98,20 @@ def _load_master(b: Bundle) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError) as e:
         raise FFEdgeError(f"{b.path}: cannot read the master weights ({e})") from None
+
+
+def _load_replay(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """The bundle's rehearsal examples (``replay.npz``), checked against its input shape and classes."""
+    info = b.manifest.get("replay")
+    c, h, w = b.input_shape
+    try:
+        with np.load(b.file(info["file"]), allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+    except (OSError, ValueError, KeyError) as e:
+        raise FFEdgeError(f"{b.path}: cannot read the replay examples ({e})") from None
+    if x.dtype != np.uint8 or x.shape[1:] != (h, w, c) or len(x) != len(y) or (len(y) and not 0 <= y.min() <= y.max() < len(b.classes)):
+        raise FFEdgeError(f"{b.path}: the replay examples do not fit the bundle")
+    return x, y.astype(np.int64)
 
 
 def _load_data(b: Bundle, cfg: FinetuneConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -228,13 +243,18 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
     if out is None and not os.access(b.path, os.W_OK):
         raise FFEdgeError(f"cannot write to {b.path}: fine-tune into a copy with --out")
     x_tr, y_tr, x_te, y_te = _load_data(b, cfg)
+    n_new = len(y_tr)
+    if cfg.replay and b.manifest.get("replay"):
+        # Rehearse the stored training examples alongside the new ones: what keeps the old data's accuracy.
+        x_old, y_old = _load_replay(b)
+        x_tr, y_tr = np.concatenate([x_tr, x_old]), np.concatenate([y_tr, y_old])
     layers = {i: QuantFFLayer.from_master(master, i, b.layers[i]) for i in which}
     net = HybridNet(rt, layers, cfg.anchor)
     k = len(b.classes)
     mean, std = b.manifest["input"]["mean"], b.manifest["input"]["std"]
     from ffedge.preprocess import normalize
 
-    rep.log(f"fine-tuning {b.path} on {cfg.data}: {len(y_tr)} examples, layers {which} + head, {cfg.epochs} epochs; "
+    rep.log(f"fine-tuning {b.path} on {cfg.data}: {n_new} examples (+{len(y_tr) - n_new} replayed), layers {which} + head, {cfg.epochs} epochs; "
             f"scoring on {len(y_te)} held-out examples")
     before = accuracy(rt, x_te, y_te, cfg.mode)
     rep.log(f"held-out accuracy before: {before:.2%}")
@@ -285,7 +305,7 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
             new_layers[i]["quant"] = {**new_layers[i]["quant"], "weight_scale": float(layer.weight_scale())}
         seconds = time.perf_counter() - t0
         entry = {
-            "event": "finetune", "data": cfg.data, "examples": int(len(y_tr)), "held_out": int(len(y_te)),
+            "event": "finetune", "data": cfg.data, "examples": int(n_new), "replayed": int(len(y_tr) - n_new), "held_out": int(len(y_te)),
             "layers": which, "head": head is not None, "epochs": cfg.epochs, "mode": cfg.mode,
             "accuracy_before": before, "accuracy_after": after, "seconds": round(seconds, 1), "ff_loss": history,
             "config": asdict(cfg),
@@ -294,7 +314,8 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
             _copy_bundle(b.path, target)
         manifest = commit_update(target, files, {"layers": new_layers}, entry)
     return {
-        "bundle": str(target), "version": manifest.get("bundle_version"), "examples": int(len(y_tr)), "held_out": int(len(y_te)),
+        "bundle": str(target), "version": manifest.get("bundle_version"), "examples": int(n_new), "replayed": int(len(y_tr) - n_new),
+        "held_out": int(len(y_te)),
         "layers": which, "accuracy_before": before, "accuracy_after": after, "ff_loss": history,
         "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
     }
