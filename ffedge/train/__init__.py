@@ -6,7 +6,13 @@ with the pip command that fixes it.
 
 from __future__ import annotations
 
+import warnings
+
 from ffedge.errors import MissingExtraError
+
+# Brevitas warns on import of its export graph tools that an optional CUDA kernel
+# package is missing; ffedge never uses it, so users should not see the warning.
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
 
 try:
     import brevitas  # noqa: F401
