@@ -8,12 +8,12 @@ against baselines measured in the same process, never against stored numbers.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
+from ffedge.evaluate import time_per_image
 from ffedge.runtime import Runtime
 
 
@@ -27,19 +27,6 @@ class BenchRow:
     p90_ms: float
     layer_ms: list[float]
     size_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def time_per_image(step: Callable[[int], None], n_images: int, warmup: int, iters: int) -> np.ndarray:
-    """Milliseconds of ``step(i)`` for images i = 0.. (cycling), after ``warmup`` untimed calls."""
-    for i in range(warmup):
-        step(i % n_images)
-    out = np.empty(iters)
-    for i in range(iters):
-        t = time.perf_counter()
-        step(i % n_images)
-        out[i] = (time.perf_counter() - t) * 1e3
-    return out
 
 
 def bench_runtime(rt: Runtime, name: str, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, batch_size: int = 100) -> BenchRow:

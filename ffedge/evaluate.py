@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from ffedge.datasets import load_dataset
+from ffedge.bundle import Bundle
+from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import Runtime
@@ -35,16 +36,22 @@ def peak_rss_mb() -> float | None:
     return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
 
 
+def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resize: bool = False) -> Dataset:
+    """A dataset whose images have the bundle's input shape (resized to it with ``resize``)."""
+    c, h, w = bundle.input_shape
+    ds = load_dataset(spec, data_dir=data_dir, image_size=(h, w) if resize else None)
+    if tuple(ds.image_shape) != (c, h, w):
+        dc, dh, dw = ds.image_shape
+        raise FFEdgeError(f"{spec}: images are {dh}x{dw} with {dc} channel(s), the bundle takes {h}x{w} with {c} (pass --resize)")
+    return ds
+
+
 def held_out_split(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The held-out split of a dataset, checked against the bundle's classes and input shape."""
-    c, h, w = rt.bundle.input_shape
-    ds = load_dataset(spec, data_dir=data_dir, image_size=(h, w) if resize else None)
+    ds = load_for_bundle(rt.bundle, spec, data_dir, resize)
     if ds.num_classes != rt.num_classes:
         raise FFEdgeError(f"{spec} has {ds.num_classes} classes, the bundle {rt.num_classes}")
-    if tuple(ds.image_shape) != (c, h, w):
-        dc, dh, dw = ds.image_shape
-        raise FFEdgeError(f"{spec} images are {dh}x{dw} with {dc} channel(s), the bundle takes {h}x{w} with {c} (pass --resize)")
     x, y = ds.x_test, ds.y_test
     if limit:
         x, y = x[:limit], y[:limit]
@@ -60,17 +67,22 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     return m
 
 
+def time_per_image(step: Callable[[int], None], n_images: int, warmup: int, iters: int) -> np.ndarray:
+    """Milliseconds of ``step(i)`` for images i = 0.. (cycling), after ``warmup`` untimed calls."""
+    for i in range(warmup):
+        step(i % n_images)
+    out = np.empty(iters)
+    for i in range(iters):
+        t = time.perf_counter()
+        step(i % n_images)
+        out[i] = (time.perf_counter() - t) * 1e3
+    return out
+
+
 def latency(rt: Runtime, x: np.ndarray, mode: str, k: int, n: int, warmup: int = 5) -> dict[str, float]:
     """Milliseconds per single image (batch 1) over ``n`` images, after ``warmup`` calls."""
     n = min(n, len(x))
-    for i in range(min(warmup, n)):
-        rt.predict(x[i : i + 1], mode, k)
-    times = []
-    for i in range(n):
-        t = time.perf_counter()
-        rt.predict(x[i : i + 1], mode, k)
-        times.append((time.perf_counter() - t) * 1e3)
-    a = np.asarray(times)
+    a = time_per_image(lambda i: rt.predict(x[i : i + 1], mode, k), n, min(warmup, n), n)
     return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "images": n}
 
 

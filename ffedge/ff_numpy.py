@@ -23,6 +23,7 @@ treated as constants.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -155,6 +156,11 @@ def goodness(h: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- optimizer
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from ``base`` to 0 over ``total`` steps."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 class Adam:

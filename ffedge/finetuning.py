@@ -30,12 +30,12 @@ import numpy as np
 
 from ffedge.bundle import Bundle
 from ffedge.bundle_update import commit_update
-from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
-from ffedge.evaluate import peak_rss_mb
-from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, ff_step
+from ffedge.evaluate import load_for_bundle, peak_rss_mb
+from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step
 from ffedge.fsutil import fsync_dir
 from ffedge.onnx_patch import patch_initializers
+from ffedge.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import MODES, Runtime
 
@@ -116,11 +116,7 @@ def _load_replay(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_data(b: Bundle, cfg: FinetuneConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Training examples (at most max_examples, a seeded random choice) and held-out examples, checked against the bundle."""
-    c, h, w = b.input_shape
-    ds = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=(h, w) if cfg.resize else None)
-    if tuple(ds.image_shape) != (c, h, w):
-        dc, dh, dw = ds.image_shape
-        raise FFEdgeError(f"{cfg.data}: images are {dh}x{dw} with {dc} channel(s), the bundle takes {h}x{w} with {c} (pass --resize for the size)")
+    ds = load_for_bundle(b, cfg.data, cfg.data_dir, cfg.resize)
     if [str(k) for k in ds.classes] != [str(k) for k in b.classes]:
         raise FFEdgeError(
             f"{cfg.data}: classes {', '.join(map(str, ds.classes[:12]))} do not match the bundle's {', '.join(map(str, b.classes[:12]))}"
@@ -145,7 +141,6 @@ class HybridNet:
     """The bundle's net with some layers replaced by trainable numpy layers; the rest run in onnxruntime."""
 
     def __init__(self, rt: Runtime, layers: dict[int, QuantFFLayer], anchor: float = 0.0) -> None:
-        self.rt = rt
         self.layers = layers
         self.anchor = anchor
         # Starting weights: each step pulls the weights back toward them by ``anchor`` (limits forgetting).
@@ -252,8 +247,6 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
     net = HybridNet(rt, layers, cfg.anchor)
     k = len(b.classes)
     mean, std = b.manifest["input"]["mean"], b.manifest["input"]["std"]
-    from ffedge.preprocess import normalize
-
     rep.log(f"fine-tuning {b.path} on {cfg.data}: {n_new} examples (+{len(y_tr) - n_new} replayed), layers {which} + head, {cfg.epochs} epochs; "
             f"scoring on {len(y_te)} held-out examples")
     before = accuracy(rt, x_te, y_te, cfg.mode)
@@ -270,7 +263,7 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
             for s in range(0, len(perm), cfg.batch_size):
                 idx = perm[s : s + cfg.batch_size]
                 for o in opts.values():
-                    o.lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+                    o.lr = cosine_lr(cfg.lr, step, steps)
                 xn = normalize(x_tr[idx], mean, std)
                 y = y_tr[idx]
                 wrong = (y + rng.integers(1, k, size=len(y))) % k
@@ -294,7 +287,6 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
                 advance(1)
     with tempfile.TemporaryDirectory(prefix="ffedge-finetune-") as tmpdir:
         files = _write_candidates(b, net, head, master, Path(tmpdir))
-        net.sessions = []
         del rt, net  # free the training sessions before the candidate's are opened (peak memory)
         after_rt = Runtime(b.path, threads=cfg.threads, arena=False, replaced=files, verify=False)
         after = accuracy(after_rt, x_te, y_te, cfg.mode)

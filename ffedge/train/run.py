@@ -19,6 +19,7 @@ import torch
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import atomic_path, atomic_write_json
 from ffedge.progress import QuietReporter, Reporter
+from ffedge.ff_numpy import cosine_lr
 from ffedge.train.model import FFNet, layers_to_str, parse_layers
 from ffedge.train.trainer import (
     LocalTrainer,
@@ -26,7 +27,6 @@ from ffedge.train.trainer import (
     TrainConfig,
     hard_negatives,
     build_model,
-    cosine_lr,
     eval_subset,
     fit_head,
     goodness_accuracy,

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ffedge.bench import BenchRow, time_per_image
+from ffedge.bench import BenchRow
+from ffedge.evaluate import time_per_image
 from ffedge.labels import LabelEncoding
 from ffedge.preprocess import normalize
 from ffedge.train.model import float_copy

@@ -121,11 +121,6 @@ def build_model(cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], n
     return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config())
 
 
-def cosine_lr(base: float, step: int, total: int) -> float:
-    """Cosine decay from ``base`` to 0 over ``total`` steps."""
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
 class LocalTrainer:
     """One optimizer per layer; :meth:`step` does one FF update of every layer on a batch."""
 
