@@ -1,12 +1,16 @@
 """FF vs backprop on the same network, data and budget: held-out accuracy and peak training memory.
 
 Each method trains in its own fresh process (CPU: peak RSS = VmHWM; CUDA:
-torch.cuda.max_memory_allocated). Both train the default int8 QAT network
+torch.cuda.max_memory_allocated). All train the same int8 QAT network
 (Brevitas) for the same epochs at the same batch size of positive examples:
-- FF: ffedge's layer-local trainer (pair mode: at most two layers' graphs alive);
-  prediction by goodness over all labels;
+- ff-layer: pure layer-local FF (ffedge train --local layer): each layer's input
+  is detached, so only one layer's graph is alive at a time;
+- ff-pair: ffedge's default (--local pair): a layer's loss also updates the layer
+  before it, so two layers' graphs are alive;
+  (FF predicts by goodness over all labels; each step sees each positive and one negative)
 - backprop: cross-entropy of the softmax head on neutral-label inputs, gradients
-  through every layer (all activations alive until backward); prediction by the head.
+  through every layer (every layer's activations alive until backward); predicts by the head;
+- backprop-2x: backprop at twice the batch, as many samples per step as FF.
 "Working set" = peak minus the memory after imports, data and model (what training adds).
 
     python benchmarks/ff_vs_backprop.py --epochs 5
@@ -33,7 +37,7 @@ def _mem(device: str) -> float:
     return float(peak_rss_mb() or 0.0)
 
 
-def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device: str) -> dict:
+def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device: str, layers: str) -> dict:
     import numpy as np
     import torch
 
@@ -41,7 +45,8 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    cfg = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch, device=device)
+    local = method.split("-", 1)[1] if method.startswith("ff-") else "pair"
+    cfg = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch, device=device, layers=layers, local=local)
     data = prepare_data(cfg)
     x, y = data.x_train[:limit], data.dataset.y_train[:limit]
     net = build_model(cfg, data.encoding.out_channels, data.dataset.image_shape[1:], data.dataset.num_classes).to(device)
@@ -50,7 +55,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     rng = np.random.default_rng(0)
     enc, k = data.encoding, data.dataset.num_classes
     t0 = time.perf_counter()
-    if method == "ff":
+    if method.startswith("ff"):
         trainer = LocalTrainer(net, cfg)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -59,7 +64,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
         for s in range(0, len(perm), batch):
             idx = perm[s : s + batch]
             xb, yb = x[idx], y[idx]
-            if method == "ff":
+            if method.startswith("ff"):
                 wrong = (yb + rng.integers(1, k, size=len(yb))) % k
                 trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(device), torch.from_numpy(enc.encode(xb, wrong)).to(device))
             else:
@@ -72,7 +77,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     peak = _mem(device)
     net.eval()
     xt, yt = data.x_test, data.dataset.y_test
-    if method == "ff":
+    if method.startswith("ff"):
         acc = goodness_accuracy(goodness_matrix(net, enc, xt, device), yt, [len(net.layers) - 1])
     else:
         with torch.no_grad():
@@ -81,11 +86,30 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
             "train_seconds": seconds, "epochs": epochs, "batch": batch, "examples": int(len(y)), "device": device}
 
 
+METHODS = ("ff-layer", "ff-pair", "backprop", "backprop-2x")
+
+
+def run_child(method: str, a: argparse.Namespace) -> dict:
+    """One method in a fresh process; backprop-2x is backprop at twice the batch (as many samples per step as FF)."""
+    batch = 2 * a.batch if method == "backprop-2x" else a.batch
+    r = subprocess.run([sys.executable, __file__, "--child", method.removesuffix("-2x"), "--dataset", a.dataset,
+                        "--epochs", str(a.epochs), "--batch", str(batch), "--limit", str(a.limit), "--device", a.device,
+                        "--layers", a.layers], capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"error: {method} failed:\n{r.stderr.strip()[-2000:]}")
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    row["method"] = method
+    return row
+
+
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="mnist-5k")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--dataset", default="mnist-5k", help="any ffedge dataset spec (mnist-5k, npz:PATH, ...)")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="positive examples per step (FF adds one negative each)")
+    p.add_argument("--layers", default="16x5p,64x5p,128x3,128x3", help="network, as ffedge train --layers (default: ffedge's default)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--limit", type=int, default=100000, help="training examples used at most")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="1 epoch on 1,000 examples")
@@ -95,27 +119,33 @@ def main() -> int:
     if a.quick:
         a.epochs, a.limit = 1, 1000
     if a.child:
-        print(json.dumps(child(a.child, a.dataset, a.epochs, a.batch, a.limit, a.device)))
+        print(json.dumps(child(a.child, a.dataset, a.epochs, a.batch, a.limit, a.device, a.layers)))
         return 0
-    rows = []
-    for method in ("ff", "backprop"):
-        r = subprocess.run([sys.executable, __file__, "--child", method, "--dataset", a.dataset, "--epochs", str(a.epochs),
-                            "--batch", str(a.batch), "--limit", str(a.limit), "--device", a.device], capture_output=True, text=True)
-        if r.returncode:
-            print(r.stderr, file=sys.stderr)
-            return 1
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    ff, bp = rows
-    ratio = {"peak_ratio": ff["peak_mb"] / bp["peak_mb"], "working_set_ratio": ff["working_set_mb"] / bp["working_set_mb"]}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, **ratio}, indent=2) + "\n")
-    lines = ["| method | held-out accuracy | peak memory (MB) | training working set (MB) | train seconds |", "|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['accuracy']:.2%} | {r['peak_mb']:.0f} | {r['working_set_mb']:.0f} | {r['train_seconds']:.0f} |" for r in rows]
-    lines.append(f"\nFF / backprop: peak {ratio['peak_ratio']:.2f}x, working set {ratio['working_set_ratio']:.2f}x "
-                 f"({a.dataset}, {a.epochs} epochs, batch {a.batch}, {a.device}).")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or "backprop" not in methods:
+        p.error(f"--methods: choose from {', '.join(METHODS)}, including backprop (the baseline)")
+    rows = [run_child(m, a) for m in methods]
+    bp = rows[methods.index("backprop")]
+    for r in rows:
+        r["peak_ratio"] = r["peak_mb"] / bp["peak_mb"]
+        r["working_set_ratio"] = r["working_set_mb"] / bp["working_set_mb"]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import machine, write_results
+
+    info = machine()
+    cmd = "python " + " ".join(["benchmarks/ff_vs_backprop.py", *sys.argv[1:]])
+    mem = "torch.cuda.max_memory_allocated" if a.device.startswith("cuda") else "peak RSS (VmHWM) of a fresh process"
+    lines = ["| method | batch (positives) | held-out accuracy | peak memory (MB) | x backprop | training working set (MB) | x backprop | train seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['batch']} | {r['accuracy']:.2%} | {r['peak_mb']:.0f} | {r['peak_ratio']:.2f} | "
+              f"{r['working_set_mb']:.0f} | {r['working_set_ratio']:.2f} | {r['train_seconds']:.0f} |" for r in rows]
+    lines += ["", f"{a.dataset}, {a.epochs} epoch(s), {rows[0]['examples']:,} training examples, layers {a.layers}, {a.device}; "
+              f"memory: {mem}; working set = peak minus the memory after imports, data and model.",
+              f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}.", f"Command: `{cmd}`"]
+    md = "\n".join(lines) + "\n"
+    write_results(Path(a.out), {"rows": rows, "machine": info, "command": cmd, "layers": a.layers}, md)
+    print(md)
     return 0
 
 

@@ -151,8 +151,11 @@ class LocalTrainer:
             loss.backward(retain_graph=pair)
             if pair and prev_out is not None:
                 torch.autograd.backward(prev_out, grad_tensors=leaf.grad)
-            prev_out, inp = out, out
             stats.append((loss.item(), g[:b].mean().item(), g[b:].mean().item()))
+            # In layer mode keep only the detached output: the pooling's graph would hold this layer's
+            # activity alive while the next layer runs; one graph at a time is what makes FF light.
+            prev_out, inp = (out, out) if pair else (None, out.detach())
+            del h, g, loss, out
         for opt in self.optimizers:
             opt.step()
         return stats

@@ -1,0 +1,101 @@
+"""Accuracy table: FF-CNN int8 bundles on MNIST, Fashion-MNIST and CIFAR-10, next to published anchors.
+
+For each dataset: `ffedge train` (default network, fourier labels, int8 QAT),
+`ffedge export --int8` (parity-checked), then `ffedge eval` of the int8 ONNX
+bundle with onnxruntime on the full held-out test set in three modes: goodness
+over all labels, the softmax head alone, and top-k (head proposes k, goodness
+decides). Epochs and wall time are reported with the accuracy: on a small CPU
+the epochs are far fewer than the anchors used, so the table says how far
+from convergence each figure is.
+
+    python benchmarks/accuracy.py --epochs 3 --data-dir ../shared/data
+    python benchmarks/accuracy.py --quick        # 1 epoch on 2,000 training images per dataset (about a minute each)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, SHARED, dataset_file, evaluate, export_int8, machine, pct, subset, train, write_results  # noqa: E402
+
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+# Published test accuracies (%) and this project's goals, per dataset.
+ANCHORS = {
+    "paper (Scodellaro et al., FF-CNN)": {"mnist": 99.16},
+    "CwComp": {"mnist": 99.42, "fashion_mnist": 92.31, "cifar10": 78.11},
+    "DeeperForward (best)": {"mnist": 99.65, "fashion_mnist": 93.13, "cifar10": 86.22},
+    "ffedge goal": {"mnist": 99.4, "fashion_mnist": 92.5, "cifar10": 80.0},
+}
+MODES = (("all", 0), ("topk", 3), ("head", 0))
+
+
+def run_dataset(name: str, path: Path, epochs: int, work: Path, log: Path, train_args: list[str]) -> dict:
+    spec = f"npz:{path}"
+    metrics = train(spec, work / "runs" / name, epochs, train_args, log)
+    parity = export_int8(work / "runs" / name, work / "export" / name, log)
+    evals = {f"{m}{k or ''}": evaluate(work / "export" / name, spec, m, k, log) for m, k in MODES}
+    return {"dataset": name, "epochs": epochs, "n_train": metrics["n_train"], "n_test": metrics["n_test"],
+            "train_seconds": metrics["train_seconds"], "train_wall_seconds": metrics["wall_seconds"],
+            "qat_test_accuracy": metrics["test_accuracy"], "per_layer_test_accuracy": metrics["per_layer_test_accuracy"],
+            "parity": parity, "int8_ort": evals}
+
+
+def markdown(rows: list[dict], info: dict, cmd: str) -> str:
+    lines = ["| dataset | epochs | train time | int8 ORT, goodness over all labels | int8 ORT, top-3 | int8 ORT, head | p50 latency (all / top-3 / head) | "
+             + " | ".join(ANCHORS) + " |", "|---" * (7 + len(ANCHORS)) + "|"]
+    for r in rows:
+        e = r["int8_ort"]
+        lat = " / ".join(f"{e[m]['latency_batch1']['p50_ms']:.2f}" for m in ("all", "topk3", "head")) + " ms"
+        anchors = " | ".join(f"{a[r['dataset']]:.2f}%" if r["dataset"] in a else "–" for a in ANCHORS.values())
+        lines.append(f"| {DATASETS[r['dataset']]} ({r['n_train']:,} train / {r['n_test']:,} test) | {r['epochs']} | "
+                     f"{r['train_seconds'] / 60:.1f} min | **{pct(e['all']['accuracy'])}** | {pct(e['topk3']['accuracy'])} | "
+                     f"{pct(e['head']['accuracy'])} | {lat} | {anchors} |")
+    lines += ["", f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, Python {info['python']}, torch {info.get('torch', '-')}, "
+              f"onnxruntime {info['onnxruntime']}.", f"Command: `{cmd}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Writes OUT.json and OUT.md; logs every ffedge command to OUT.log.")
+    p.add_argument("--datasets", default="mnist,fashion_mnist,cifar10", help="comma-separated: mnist, fashion_mnist, cifar10")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per dataset")
+    p.add_argument("--data-dir", type=Path, default=SHARED, help="folder with mnist.npz, fashion_mnist.npz, cifar10.npz")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-accuracy", help="where runs and bundles go")
+    p.add_argument("--train-args", default="", help="extra ffedge train options, e.g. '--layers 32x5p,64x3p'")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 2,000 training and 1,000 test images")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy", help="writes OUT.json and OUT.md")
+    a = p.parse_args()
+    names = [n.strip() for n in a.datasets.split(",") if n.strip()]
+    bad = [n for n in names if n not in DATASETS]
+    if bad:
+        p.error(f"unknown dataset(s) {', '.join(bad)}; choose from {', '.join(DATASETS)}")
+    paths = {n: dataset_file(n, a.data_dir) for n in names}
+    if a.quick:
+        a.epochs = 1
+    log = a.out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            path = subset(paths[n], Path(tmp) / f"{n}.npz", 2000, 1000) if a.quick else paths[n]
+            print(f"{DATASETS[n]}: train {a.epochs} epoch(s), export int8, eval ...", flush=True)
+            rows.append(run_dataset(n, path, a.epochs, a.work, log, a.train_args.split()))
+            r = rows[-1]
+            print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
+                  f"train {r['train_seconds']:.0f} s", flush=True)
+    info = machine()
+    cmd = "python " + " ".join(["benchmarks/accuracy.py", *sys.argv[1:]])
+    md = markdown(rows, info, cmd)
+    write_results(a.out, {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick}, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

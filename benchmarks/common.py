@@ -1,0 +1,126 @@
+"""What the benchmark scripts share: dataset files, the train/export/eval pipeline through the real CLI, result files.
+
+Every step runs as its own `ffedge` process, exactly as a user would run it,
+so the figures are the CLI's own (training time from the run's metrics.json,
+accuracy and latency from `ffedge eval --json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+FFEDGE = [sys.executable, "-m", "ffedge.cli"]
+
+
+def dataset_file(name: str, data_dir: Path) -> Path:
+    """The .npz of a benchmark dataset (mnist, fashion_mnist, cifar10) in data_dir; a clear exit if missing."""
+    path = data_dir / f"{name}.npz"
+    if not path.is_file():
+        hint = " (build it with ../shared/data/make-cifar10 OUT.npz)" if name == "cifar10" else ""
+        sys.exit(f"error: {path} not found{hint}; pass --data-dir")
+    return path
+
+
+def subset(src: Path, dst: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> Path:
+    """Write a class-mixed random subset of an .npz dataset (for --quick runs and fixed budgets)."""
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        if n is not None and n < len(arrays[f"y_{split}"]):
+            idx = np.sort(rng.choice(len(arrays[f"y_{split}"]), n, replace=False))
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = arrays[f"x_{split}"][idx], arrays[f"y_{split}"][idx]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, dst)
+    return dst
+
+
+def ffedge(*args: str, log: Path | None = None) -> str:
+    """Run one ffedge CLI command in a fresh process; returns stdout, exits with its stderr on failure."""
+    t0 = time.perf_counter()
+    r = subprocess.run([*FFEDGE, *args], capture_output=True, text=True, cwd=ROOT)
+    if log is not None:
+        with log.open("a") as f:
+            f.write(f"$ ffedge {' '.join(args)}   # {time.perf_counter() - t0:.0f} s, exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}\n")
+    if r.returncode:
+        sys.exit(f"error: ffedge {' '.join(args)} failed (exit {r.returncode}):\n{r.stderr.strip()[-2000:]}")
+    return r.stdout
+
+
+def train(dataset: str, out: Path, epochs: int, extra: list[str], log: Path) -> dict[str, Any]:
+    """`ffedge train` into out; returns the run's metrics.json plus the wall seconds of the whole command."""
+    t0 = time.perf_counter()
+    ffedge("train", "--dataset", dataset, "--epochs", str(epochs), "--out", str(out), "--force", "--threads", "2", *extra, log=log)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["wall_seconds"] = time.perf_counter() - t0
+    return metrics
+
+
+def export_int8(run: Path, out: Path, log: Path) -> dict[str, Any]:
+    """`ffedge export --int8` (with its parity check); returns the bundle manifest's parity block."""
+    ffedge("export", str(run), "--int8", "--out", str(out), "--force", log=log)
+    return json.loads((out / "manifest.json").read_text()).get("parity", {})
+
+
+def evaluate(bundle: Path, dataset: str, mode: str, k: int, log: Path, latency_images: int = 100) -> dict[str, Any]:
+    """`ffedge eval --json` of a bundle on the dataset's held-out split."""
+    args = ["eval", str(bundle), "--dataset", dataset, "--mode", mode, "--threads", "2", "--json",
+            "--latency-images", str(latency_images)]
+    if mode == "topk":
+        args += ["--k", str(k)]
+    result = json.loads(ffedge(*args, log=log))
+    result.pop("confusion", None)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import onnxruntime
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def write_results(out: Path, result: dict[str, Any], markdown: str) -> None:
+    """OUT.json and OUT.md, each written to a temp file and renamed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((out.with_suffix(".json"), json.dumps(result, indent=2) + "\n"), (out.with_suffix(".md"), markdown)):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
+def clean(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
