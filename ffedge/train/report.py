@@ -193,7 +193,7 @@ def draw_cams(
         ok = t == p
         ax = top.add_subplot(grid[2 * r, 0])
         _show_image(ax, raw[i])
-        ax.set_title(f"held-out #{i}\ntrue {_name(names, t)}, predicted {_name(names, p)}", fontsize=9,
+        ax.set_title(f"held-out #{i}\ntrue {_name(names, t)}\npredicted {_name(names, p)}", fontsize=9,
                      color="black" if ok else WRONG_COLOR, fontweight="normal" if ok else "bold")
         ax = top.add_subplot(grid[2 * r + 1, 0])
         ax.axis("off")
