@@ -12,6 +12,9 @@ torch.cuda.max_memory_allocated). All train the same int8 QAT network
   through every layer (every layer's activations alive until backward); predicts by the head;
 - backprop-2x: backprop at twice the batch, as many samples per step as FF.
 "Working set" = peak minus the memory after imports, data and model (what training adds).
+"Saved for backward" = the peak of the bytes autograd holds for backward (tensors saved by
+the graph, counted by storage, via torch.autograd.graph.saved_tensors_hooks): the graph
+memory itself, without the allocator's caches and the convolutions' scratch buffers.
 
     python benchmarks/ff_vs_backprop.py --epochs 5
     python benchmarks/ff_vs_backprop.py --quick      # 1 epoch on 1,000 digits
@@ -37,6 +40,51 @@ def _mem(device: str) -> float:
     return float(peak_rss_mb() or 0.0)
 
 
+class SavedTensorMeter:
+    """Bytes autograd keeps for backward, live and peak: the graph memory FF is meant to save.
+
+    A saved_tensors_hooks pack hook wraps every tensor autograd saves; the wrapper's
+    finalizer runs when the graph that holds it is freed. Storages are counted once.
+    """
+
+    def __init__(self) -> None:
+        self.refs: dict[int, list[int]] = {}  # storage pointer -> [references, bytes]
+        self.live = self.peak = 0
+
+    def pack(self, t):  # noqa: ANN001, ANN201
+        import weakref
+
+        st = t.untyped_storage()
+        key, nbytes = st.data_ptr(), st.nbytes()
+        entry = self.refs.setdefault(key, [0, nbytes])
+        if entry[0] == 0:
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        entry[0] += 1
+        # Detached: a saved output holding its own grad_fn would form a cycle autograd cannot free.
+        holder = _Box([t.detach()])
+        weakref.finalize(holder, self._release, key)
+        return holder
+
+    @staticmethod
+    def unpack(holder):  # noqa: ANN001, ANN205
+        return holder.items[0]
+
+    def _release(self, key: int) -> None:
+        entry = self.refs[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.live -= entry[1]
+            del self.refs[key]
+
+
+class _Box:
+    __slots__ = ("items", "__weakref__")
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+
 def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device: str, layers: str) -> dict:
     import numpy as np
     import torch
@@ -59,6 +107,9 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
         trainer = LocalTrainer(net, cfg)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    meter = SavedTensorMeter()
+    hooks = torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack)
+    hooks.__enter__()
     for _ in range(epochs):
         perm = rng.permutation(len(y))
         for s in range(0, len(perm), batch):
@@ -74,6 +125,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
                 loss.backward()
                 opt.step()
     seconds = time.perf_counter() - t0
+    hooks.__exit__(None, None, None)
     peak = _mem(device)
     net.eval()
     xt, yt = data.x_test, data.dataset.y_test
@@ -83,7 +135,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
         with torch.no_grad():
             acc = float((net.head(neutral_features(net, enc, xt, device)).argmax(1).cpu().numpy() == yt).mean())
     return {"method": method, "accuracy": acc, "peak_mb": peak, "base_mb": base, "working_set_mb": peak - base,
-            "train_seconds": seconds, "epochs": epochs, "batch": batch, "examples": int(len(y)), "device": device}
+            "saved_for_backward_mb": meter.peak / 2**20, "train_seconds": seconds, "epochs": epochs, "batch": batch, "examples": int(len(y)), "device": device}
 
 
 METHODS = ("ff-layer", "ff-pair", "backprop", "backprop-2x")
@@ -130,18 +182,21 @@ def main() -> int:
     for r in rows:
         r["peak_ratio"] = r["peak_mb"] / bp["peak_mb"]
         r["working_set_ratio"] = r["working_set_mb"] / bp["working_set_mb"]
+        r["saved_ratio"] = r["saved_for_backward_mb"] / bp["saved_for_backward_mb"]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import machine, write_results
 
     info = machine()
     cmd = "python " + " ".join(["benchmarks/ff_vs_backprop.py", *sys.argv[1:]])
     mem = "torch.cuda.max_memory_allocated" if a.device.startswith("cuda") else "peak RSS (VmHWM) of a fresh process"
-    lines = ["| method | batch (positives) | held-out accuracy | peak memory (MB) | x backprop | training working set (MB) | x backprop | train seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | batch (positives) | held-out accuracy | peak memory (MB) | x backprop | training working set (MB) | x backprop "
+             "| saved for backward, peak (MB) | x backprop | train seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['batch']} | {r['accuracy']:.2%} | {r['peak_mb']:.0f} | {r['peak_ratio']:.2f} | "
-              f"{r['working_set_mb']:.0f} | {r['working_set_ratio']:.2f} | {r['train_seconds']:.0f} |" for r in rows]
+              f"{r['working_set_mb']:.0f} | {r['working_set_ratio']:.2f} | {r['saved_for_backward_mb']:.1f} | {r['saved_ratio']:.2f} | "
+              f"{r['train_seconds']:.0f} |" for r in rows]
     lines += ["", f"{a.dataset}, {a.epochs} epoch(s), {rows[0]['examples']:,} training examples, layers {a.layers}, {a.device}; "
-              f"memory: {mem}; working set = peak minus the memory after imports, data and model.",
+              f"memory: {mem}; working set = peak minus the memory after imports, data and model; "
+              "saved for backward = peak bytes held by autograd graphs.",
               f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}.", f"Command: `{cmd}`"]
     md = "\n".join(lines) + "\n"
     write_results(Path(a.out), {"rows": rows, "machine": info, "command": cmd, "layers": a.layers}, md)

@@ -52,3 +52,19 @@ def test_label_ablation_quick_runs_for_real(tmp_path: Path) -> None:
         assert 0.0 <= row["test_accuracy"] <= 1.0
     md = out.with_suffix(".md").read_text()
     assert "| MNIST | onehot | 1 |" in md and "Command: `python benchmarks/label_ablation.py --quick" in md
+
+
+def test_saved_tensor_meter_counts_what_autograd_holds() -> None:
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(BENCH))
+    from ff_vs_backprop import SavedTensorMeter
+
+    meter = SavedTensorMeter()
+    w = torch.ones(1000, requires_grad=True)  # 4,000 bytes
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        x = torch.full((1000,), 2.0)
+        y = (w * x).exp()  # mul saves x (for w's gradient), exp saves its output: 2 storages of 4,000 bytes
+        assert meter.live == 8000
+        y.sum().backward()
+    assert meter.peak == 8000 and meter.live == 0
+    assert torch.allclose(w.grad, 2 * torch.exp(2 * torch.ones(1000)))
