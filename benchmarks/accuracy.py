@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, SHARED, dataset_file, evaluate, export_int8, machine, pct, subset, train, write_results  # noqa: E402
+from common import (ROOT, SHARED, choices, command, dataset_file, evaluate, export_int8, fresh_log, machine, pct, subset,  # noqa: E402
+                    train, write_results)
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 # Published test accuracies (%) and this project's goals, per dataset.
@@ -70,16 +71,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 2,000 training and 1,000 test images")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy", help="writes OUT.json and OUT.md")
     a = p.parse_args()
-    names = [n.strip() for n in a.datasets.split(",") if n.strip()]
-    bad = [n for n in names if n not in DATASETS]
-    if bad:
-        p.error(f"unknown dataset(s) {', '.join(bad)}; choose from {', '.join(DATASETS)}")
+    names = choices(p, "--datasets", a.datasets, DATASETS)
     paths = {n: dataset_file(n, a.data_dir) for n in names}
     if a.quick:
         a.epochs = 1
-    log = a.out.with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
+    log = fresh_log(a.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
@@ -90,7 +86,7 @@ def main() -> int:
             print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
                   f"train {r['train_seconds']:.0f} s", flush=True)
     info = machine()
-    cmd = "python " + " ".join(["benchmarks/accuracy.py", *sys.argv[1:]])
+    cmd = command("accuracy.py")
     md = markdown(rows, info, cmd)
     write_results(a.out, {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick}, md)
     print(md)

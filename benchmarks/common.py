@@ -7,6 +7,7 @@ accuracy and latency from `ffedge eval --json`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -116,6 +117,28 @@ def write_results(out: Path, result: dict[str, Any], markdown: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+
+def choices(p: argparse.ArgumentParser, option: str, text: str, allowed: tuple[str, ...] | dict) -> list[str]:
+    """A comma-separated option as a list; an unknown entry is a usage error naming the allowed ones."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        p.error(f"{option}: {'unknown ' + ', '.join(bad) if bad else 'empty'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def fresh_log(out: Path) -> Path:
+    """OUT.log, emptied: every ffedge command of this run is appended to it."""
+    log = out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    return log
+
+
+def command(script: str) -> str:
+    """The command line that produced this run, as the results quote it."""
+    return " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
 
 
 def pct(v: float | None) -> str:

@@ -27,7 +27,12 @@ import json
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import choices, command, machine, write_results  # noqa: E402
 
 
 def _mem(device: str) -> float:
@@ -52,8 +57,6 @@ class SavedTensorMeter:
         self.live = self.peak = 0
 
     def pack(self, t):  # noqa: ANN001, ANN201
-        import weakref
-
         st = t.untyped_storage()
         key, nbytes = st.data_ptr(), st.nbytes()
         entry = self.refs.setdefault(key, [0, nbytes])
@@ -108,24 +111,22 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     else:
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     meter = SavedTensorMeter()
-    hooks = torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack)
-    hooks.__enter__()
-    for _ in range(epochs):
-        perm = rng.permutation(len(y))
-        for s in range(0, len(perm), batch):
-            idx = perm[s : s + batch]
-            xb, yb = x[idx], y[idx]
-            if method.startswith("ff"):
-                wrong = (yb + rng.integers(1, k, size=len(yb))) % k
-                trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(device), torch.from_numpy(enc.encode(xb, wrong)).to(device))
-            else:
-                logits = net.head_logits(torch.from_numpy(enc.neutral(xb)).to(device))
-                loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(yb).to(device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        for _ in range(epochs):
+            perm = rng.permutation(len(y))
+            for s in range(0, len(perm), batch):
+                idx = perm[s : s + batch]
+                xb, yb = x[idx], y[idx]
+                if method.startswith("ff"):
+                    wrong = (yb + rng.integers(1, k, size=len(yb))) % k
+                    trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(device), torch.from_numpy(enc.encode(xb, wrong)).to(device))
+                else:
+                    logits = net.head_logits(torch.from_numpy(enc.neutral(xb)).to(device))
+                    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(yb).to(device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
     seconds = time.perf_counter() - t0
-    hooks.__exit__(None, None, None)
     peak = _mem(device)
     net.eval()
     xt, yt = data.x_test, data.dataset.y_test
@@ -173,21 +174,17 @@ def main() -> int:
     if a.child:
         print(json.dumps(child(a.child, a.dataset, a.epochs, a.batch, a.limit, a.device, a.layers)))
         return 0
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or "backprop" not in methods:
-        p.error(f"--methods: choose from {', '.join(METHODS)}, including backprop (the baseline)")
+    methods = choices(p, "--methods", a.methods, METHODS)
+    if "backprop" not in methods:
+        p.error("--methods: include backprop (the baseline the ratios divide by)")
     rows = [run_child(m, a) for m in methods]
     bp = rows[methods.index("backprop")]
     for r in rows:
         r["peak_ratio"] = r["peak_mb"] / bp["peak_mb"]
         r["working_set_ratio"] = r["working_set_mb"] / bp["working_set_mb"]
         r["saved_ratio"] = r["saved_for_backward_mb"] / bp["saved_for_backward_mb"]
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import machine, write_results
-
     info = machine()
-    cmd = "python " + " ".join(["benchmarks/ff_vs_backprop.py", *sys.argv[1:]])
+    cmd = command("ff_vs_backprop.py")
     mem = "torch.cuda.max_memory_allocated" if a.device.startswith("cuda") else "peak RSS (VmHWM) of a fresh process"
     lines = ["| method | batch (positives) | held-out accuracy | peak memory (MB) | x backprop | training working set (MB) | x backprop "
              "| saved for backward, peak (MB) | x backprop | train seconds |", "|---|---|---|---|---|---|---|---|---|---|"]

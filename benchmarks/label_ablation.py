@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, SHARED, dataset_file, machine, pct, subset, train, write_results  # noqa: E402
+from common import ROOT, SHARED, choices, command, dataset_file, fresh_log, machine, pct, subset, train, write_results  # noqa: E402
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 ENCODINGS = ("fourier", "morph", "onehot")
@@ -52,15 +52,11 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 1,000 training and 500 test images")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_ablation", help="writes OUT.json and OUT.md")
     a = p.parse_args()
-    names = [n.strip() for n in a.datasets.split(",") if n.strip()]
-    encodings = [e.strip() for e in a.encodings.split(",") if e.strip()]
-    if [n for n in names if n not in DATASETS] or [e for e in encodings if e not in ENCODINGS]:
-        p.error(f"choose datasets from {', '.join(DATASETS)} and encodings from {', '.join(ENCODINGS)}")
+    names = choices(p, "--datasets", a.datasets, DATASETS)
+    encodings = choices(p, "--encodings", a.encodings, ENCODINGS)
     if a.quick:
         a.epochs, a.train_images, a.test_images = 1, 1000, 500
-    log = a.out.with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("")
+    log = fresh_log(a.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
@@ -72,7 +68,7 @@ def main() -> int:
                     "n_train", "n_test", "test_accuracy", "per_layer_test_accuracy", "head_test_accuracy", "train_seconds")}})
                 print(f"  held-out {pct(m['test_accuracy'])}, head {pct(m['head_test_accuracy'])}", flush=True)
     info = machine()
-    cmd = "python " + " ".join(["benchmarks/label_ablation.py", *sys.argv[1:]])
+    cmd = command("label_ablation.py")
     md = markdown(rows, info, cmd)
     write_results(a.out, {"rows": rows, "machine": info, "command": cmd, "quick": a.quick}, md)
     print(md)
