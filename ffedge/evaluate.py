@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -36,28 +36,40 @@ def peak_rss_mb() -> float | None:
     return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
 
 
-def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resize: bool = False) -> Dataset:
-    """A dataset whose images have the bundle's input shape (resized to it with ``resize``)."""
-    c, h, w = bundle.input_shape
+def load_fitting(spec: str, input_shape: Sequence[int], data_dir: str | None = None, resize: bool = False,
+                 owner: str = "the bundle", hint: str = " (pass --resize)") -> Dataset:
+    """A dataset whose images have ``input_shape`` (C, H, W) (resized to it with ``resize``); ``owner`` names who needs it."""
+    c, h, w = (int(v) for v in input_shape)
     ds = load_dataset(spec, data_dir=data_dir, image_size=(h, w) if resize else None)
     if tuple(ds.image_shape) != (c, h, w):
         dc, dh, dw = ds.image_shape
-        raise FFEdgeError(f"{spec}: images are {dh}x{dw} with {dc} channel(s), the bundle takes {h}x{w} with {c} (pass --resize)")
+        raise FFEdgeError(f"{spec}: images are {dh}x{dw} with {dc} channel(s), {owner} takes {h}x{w} with {c}{hint}")
     return ds
 
 
-def held_out_split(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
-               limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out split of a dataset, checked against the bundle's classes and input shape."""
-    ds = load_for_bundle(rt.bundle, spec, data_dir, resize)
-    if ds.num_classes != rt.num_classes:
-        raise FFEdgeError(f"{spec} has {ds.num_classes} classes, the bundle {rt.num_classes}")
+def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resize: bool = False) -> Dataset:
+    """A dataset whose images have the bundle's input shape (resized to it with ``resize``)."""
+    return load_fitting(spec, bundle.input_shape, data_dir, resize)
+
+
+def held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: str | None = None, resize: bool = False,
+             limit: int | None = None, owner: str = "the bundle", hint: str = " (pass --resize)") -> tuple[np.ndarray, np.ndarray]:
+    """The held-out split (first ``limit`` images) of a dataset that fits ``input_shape`` and ``num_classes``."""
+    ds = load_fitting(spec, input_shape, data_dir, resize, owner, hint)
+    if ds.num_classes != num_classes:
+        raise FFEdgeError(f"{spec} has {ds.num_classes} classes, {owner} {num_classes}")
     x, y = ds.x_test, ds.y_test
     if limit:
         x, y = x[:limit], y[:limit]
     if len(y) == 0:
         raise FFEdgeError(f"{spec} has no held-out images")
     return x, y
+
+
+def held_out_split(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
+               limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out split of a dataset, checked against the bundle's classes and input shape."""
+    return held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:

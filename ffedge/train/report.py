@@ -28,9 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError, MissingExtraError
-from ffedge.evaluate import confusion
+from ffedge.evaluate import confusion, held_out
 from ffedge.fsutil import atomic_write_json, atomic_write_with
 from ffedge.labels import LabelEncoding, encoding_from_config
 from ffedge.labels_draw import label_sheet, save_label_sheet
@@ -61,17 +60,9 @@ def require_matplotlib() -> Any:
 def held_out_data(cfg: dict[str, Any], limit: int | None = None, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The run's held-out split (first ``limit`` images): raw uint8 NHWC, normalized NCHW as in training, labels."""
     tr = cfg["train"]
-    ds = load_dataset(tr["dataset"], data_dir=data_dir if data_dir is not None else tr.get("data_dir"))
-    if list(ds.image_shape) != list(cfg["input"]["shape"]) or ds.num_classes != len(cfg["classes"]):
-        raise FFEdgeError(
-            f"{tr['dataset']}: images {list(ds.image_shape)} and {ds.num_classes} classes, "
-            f"the run expects {cfg['input']['shape']} and {len(cfg['classes'])}"
-        )
-    raw, y = ds.x_test, ds.y_test
-    if limit:
-        raw, y = raw[:limit], y[:limit]
-    if len(y) == 0:
-        raise FFEdgeError(f"{tr['dataset']} has no held-out images")
+    where = data_dir if data_dir is not None else tr.get("data_dir")
+    raw, y = held_out(tr["dataset"], cfg["input"]["shape"], len(cfg["classes"]), str(where) if where else None,
+                      limit=limit, owner="the run", hint="")
     return raw, normalize(raw, cfg["input"]["mean"], cfg["input"]["std"]), y
 
 
