@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,17 @@ def fp32_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Pat
     out = tmp_path_factory.mktemp("bundles") / "tiny-fp32"
     export_bundle(tiny_run, out, precision="fp32", verify_samples=200, min_agreement=0.95)
     return out
+
+
+def cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """Run ``ffedge ARGS`` as a user does (a fresh process), capturing its output."""
+    return subprocess.run([sys.executable, "-m", "ffedge.cli", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, needle: str = "", code: int = 2) -> str:
+    """The process failed with ``code`` and printed exactly one ``error:`` line containing ``needle``."""
+    assert r.returncode == code, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    err = r.stderr.strip()
+    assert "Traceback" not in r.stderr and err.count("\n") == 0, r.stderr
+    assert err.startswith("error:") and needle in err, r.stderr
+    return err

@@ -6,7 +6,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ffedge.errors import FFEdgeError
+from ffedge.errors import FFEdgeError, one_line
 
 app = typer.Typer(
     name="ffedge",
@@ -27,7 +27,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one error line and return an Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -39,7 +39,7 @@ def run_app(application: typer.Typer) -> int:
         if isinstance(rv, int):
             return rv
     except FFEdgeError as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(one_line(str(e)))}", highlight=False, soft_wrap=True)
         return 2
     except typer.Exit as e:
         return e.exit_code
