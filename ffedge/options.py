@@ -30,8 +30,8 @@ def check_int(value: int | None, option: str, minimum: int = 0, maximum: int | N
 
 
 def check_float(value: float | None, option: str, minimum: float | None = None, maximum: float | None = None,
-                strict_min: bool = False) -> float | None:
-    """``None`` or a finite float within the bounds (``strict_min``: above ``minimum``)."""
+                strict_min: bool = False, strict_max: bool = False) -> float | None:
+    """``None`` or a finite float within the bounds (``strict_min``/``strict_max``: excluding the bound)."""
     if value is None:
         return None
     import math
@@ -40,10 +40,10 @@ def check_float(value: float | None, option: str, minimum: float | None = None, 
     if ok and minimum is not None:
         ok = value > minimum if strict_min else value >= minimum
     if ok and maximum is not None:
-        ok = value <= maximum
+        ok = value < maximum if strict_max else value <= maximum
     if not ok:
         low = "" if minimum is None else (f"> {minimum:g}" if strict_min else f">= {minimum:g}")
-        high = "" if maximum is None else f"<= {maximum:g}"
+        high = "" if maximum is None else (f"< {maximum:g}" if strict_max else f"<= {maximum:g}")
         rng = " and ".join(s for s in (low, high) if s) or "finite"
         raise FFEdgeError(f"{option} must be a finite number {rng}, got {value!r}".replace("number finite", "number"))
     return float(value)
