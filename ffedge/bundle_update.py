@@ -30,6 +30,13 @@ and the rolled-back manifest stays in ``versions/manifest.vN.json`` with a
 ``"rolled_back": {"time", "to"}`` mark (the audit trail). An update after a
 rollback therefore never touches the rolled-back version's files.
 
+Updates and rollbacks hold ``versions/.lock`` (:func:`update_lock`; a
+fine-tune holds it from before its training to its commit), so a second one
+refuses at once instead of silently building on a stale version; and a
+commit made from a given version (``base_version``) refuses if another one
+became current meanwhile. Nothing is written, deleted or read through a
+symbolic link inside a bundle (:func:`check_no_links`): a link there is refused.
+
 Leftovers of an interrupted update (files under ``versions/`` no manifest
 lists, hidden temp files) are ignored by :func:`ffedge.bundle.check_files` and
 cleared by the next update. Old versions' files are kept (that is what makes
@@ -43,8 +50,11 @@ import copy
 import errno
 import hashlib
 import json
+import os
 import re
 import shutil
+import stat
+import threading
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
@@ -61,7 +71,7 @@ from ffedge.bundle import (
     open_bundle,
     read_manifest,
 )
-from ffedge.errors import FFEdgeError
+from ffedge.errors import FFEdgeError, quoted
 from ffedge.fsutil import atomic_path, atomic_write_json, fsync_dir
 
 VERSIONS = "versions"
@@ -72,6 +82,8 @@ _VDIR = re.compile(r"v\d+")
 MANAGED_KEYS = ("files", "history", "bundle_version")
 # Keys whose values are not rewritten when files move (they record, they do not point).
 _NOT_REPOINTED = ("files", "history")
+_BUSY = "another fine-tune or rollback of this bundle is in progress"
+_HELD = threading.local()  # bundles whose lock this thread holds (update_lock is re-entrant)
 
 
 def bundle_version(manifest: Mapping[str, Any]) -> int:
@@ -118,12 +130,12 @@ def _now() -> str:
 def _saved_versions(bundle_dir: Path) -> dict[int, Path]:
     """Saved manifests in ``versions/``: {version: path}."""
     vdir = bundle_dir / VERSIONS
-    if not vdir.is_dir():
+    if vdir.is_symlink() or not vdir.is_dir():
         return {}
     out = {}
     for p in vdir.iterdir():
         m = _SAVED.fullmatch(p.name)
-        if m and p.is_file():
+        if m and p.is_file() and not p.is_symlink():
             out[int(m.group(1))] = p
     return out
 
@@ -154,14 +166,70 @@ def _os_error(bundle_dir: Path, action: str, e: OSError, version: int) -> FFEdge
     return FFEdgeError(f"{bundle_dir}: cannot {action}: {why}{where}; the bundle is unchanged (still version {version})")
 
 
+def _link_error(path: Path) -> FFEdgeError:
+    return FFEdgeError(f"{quoted(str(path))} is a symbolic link; ffedge does not follow links inside a bundle")
+
+
+def _check_inside(root: Path, rel: str | Path) -> Path:
+    """``root / rel``, after checking that no component of it (below ``root``) is a link and it stays inside ``root``."""
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) else Path(rel).parts
+    if not parts or Path(*parts).is_absolute() or ".." in parts:
+        raise FFEdgeError(f"{root}: file name {quoted(str(rel))} leaves the bundle folder")
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise _link_error(path)
+        except (FileNotFoundError, NotADirectoryError):
+            break  # not there (yet): nothing below it can be a link
+    if not os.path.realpath(path).startswith(os.path.join(os.path.realpath(root), "")):
+        raise FFEdgeError(f"{quoted(str(path))} resolves outside the bundle folder {root}")
+    return root / Path(*parts)
+
+
+def check_no_links(bundle_dir: str | Path, files: Any = None) -> None:
+    """Refuse (one line) a symbolic link anywhere ffedge reads or writes in a bundle.
+
+    Checked: ``manifest.json``, everything under ``versions/`` (the lock, saved
+    manifests, every version's files) and every component of each path in
+    ``files`` (default: the current manifest's ``files``, read once
+    ``manifest.json`` is known not to be a link). The bundle folder itself may be a link.
+    """
+    root = Path(bundle_dir)
+    _check_inside(root, MANIFEST)
+    vdir = _check_inside(root, VERSIONS)
+    if vdir.is_dir():
+        for folder, dirs, names in os.walk(vdir):  # os.walk never descends into a linked folder
+            for name in (*dirs, *names):
+                if os.path.islink(os.path.join(folder, name)):
+                    raise _link_error(Path(folder) / name)
+    if files is None:
+        files = read_manifest(root)["files"]
+    for name in files:
+        _check_inside(root, name)
+
+
 @contextlib.contextmanager
-def _locked(bundle_dir: Path) -> Iterator[None]:
-    """Hold ``versions/.lock`` exclusively (one update or rollback at a time)."""
+def update_lock(bundle_dir: str | Path) -> Iterator[None]:
+    """Hold ``versions/.lock`` exclusively: one update or rollback at a time; a second one is refused.
+
+    Re-entrant within a thread (a fine-tune holds it from its start and commits
+    under it). The bundle is checked for links before and after the lock is taken.
+    """
+    bundle_dir = Path(bundle_dir)
+    key = os.path.realpath(bundle_dir)
+    held: set[str] = _HELD.__dict__.setdefault("dirs", set())
+    if key in held:
+        yield
+        return
+    check_no_links(bundle_dir, ())
     vdir = bundle_dir / VERSIONS
     if not vdir.is_dir():
         vdir.mkdir()
         fsync_dir(bundle_dir)
-    with open(vdir / LOCK, "a+b") as f:
+    fd = os.open(vdir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    with os.fdopen(fd, "r+b") as f:
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock, and no clearing of temp files another update may be writing
@@ -170,11 +238,14 @@ def _locked(bundle_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FFEdgeError(f"{bundle_dir}: another update or rollback of this bundle is in progress") from None
+            raise FFEdgeError(f"{bundle_dir}: {_BUSY}") from None
+        held.add(key)
         try:
+            check_no_links(bundle_dir, ())  # a link made before we got the lock
             _clear_temp_files(bundle_dir)
             yield
         finally:
+            held.discard(key)
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
@@ -212,6 +283,7 @@ def commit_update(
     new_files: Mapping[str, bytes | str | Path],
     manifest_changes: Mapping[str, Any] | None = None,
     history_entry: Mapping[str, Any] | None = None,
+    base_version: int | None = None,
 ) -> dict[str, Any]:
     """Make a new version of the bundle in place; returns its manifest.
 
@@ -223,8 +295,10 @@ def commit_update(
     name of a kept file, is pointed at that file's path in the new version.
     ``history_entry`` is appended to ``history`` with ``version``, ``previous``,
     ``time`` (UTC) and ``files`` (the logical names written) added.
+    ``base_version``: the version the new files were made from; if another
+    version is current when the lock is held, nothing is committed (one line).
 
-    The current bundle must open and verify. An OSError (disk full, read-only
+    The current bundle must open and verify, with no link in it. An OSError (disk full, read-only
     folder) is a one-line FFEdgeError and leaves the bundle as it was.
     """
     bundle_dir = Path(bundle_dir)
@@ -234,14 +308,19 @@ def commit_update(
         raise ValueError(f"manifest_changes must not set {', '.join(bad)}: commit_update manages them")
     for name in new_files:
         _check_name(name)
+    check_no_links(bundle_dir)
     verified = open_bundle(bundle_dir).manifest  # (1) read and sha256-verify the current version
     n = bundle_version(verified)
     try:
-        with _locked(bundle_dir):
+        with update_lock(bundle_dir):
             current = read_manifest(bundle_dir)
             if current != verified:  # changed before we got the lock: verify what is there now
                 current = open_bundle(bundle_dir).manifest
             n = bundle_version(current)
+            if base_version is not None and n != base_version:
+                raise FFEdgeError(f"{bundle_dir}: version {n} became current while this update was made from version {base_version}; "
+                                  f"nothing was committed (the bundle is still version {n})")
+            check_no_links(bundle_dir, current["files"])
             return _commit(bundle_dir, current, new_files, manifest_changes, dict(history_entry or {}))
     except OSError as e:
         raise _os_error(bundle_dir, "update the bundle", e, n) from None
@@ -256,7 +335,7 @@ def _commit(bundle_dir: Path, current: dict[str, Any], new_files: Mapping[str, b
     committed = False
     try:
         # (2) the new files, under a folder no manifest references yet
-        if new_dir.exists():  # leftovers of an interrupted update: nothing points there
+        if new_dir.exists():  # leftovers of an interrupted update: nothing points there (checked: no link)
             shutil.rmtree(new_dir)
         digests: dict[str, str] = {}
         if new_files:
@@ -342,14 +421,16 @@ def rollback(bundle_dir: str | Path) -> dict[str, Any]:
     ``versions/manifest.vN.json``, marked ``"rolled_back": {"time", "to"}``;
     its files stay too. The current version need not verify (rolling back a
     damaged update is what this is for), but its manifest must be readable.
+    No link in the bundle is followed (refused, one line).
     """
     bundle_dir = Path(bundle_dir)
+    check_no_links(bundle_dir)
     current = read_manifest(bundle_dir)
     n = bundle_version(current)
     if _parent(current) is None:
         raise FFEdgeError(f"{bundle_dir} (version {n}) has no earlier version to roll back to")
     try:
-        with _locked(bundle_dir):
+        with update_lock(bundle_dir):
             current = read_manifest(bundle_dir)
             n = bundle_version(current)
             p = _parent(current)
@@ -361,6 +442,7 @@ def rollback(bundle_dir: str | Path) -> dict[str, Any]:
             target = _read_saved(saved)
             if bundle_version(target) != p:
                 raise FFEdgeError(f"{saved}: holds version {bundle_version(target)}, not {p}")
+            check_no_links(bundle_dir, target["files"])
             try:
                 check_files(bundle_dir, target)
             except FFEdgeError as e:
