@@ -17,6 +17,8 @@ activations are held; onnxruntime runs without its memory arena.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import shutil
@@ -24,17 +26,18 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from ffedge.bundle import Bundle
-from ffedge.bundle_update import commit_update
+from ffedge.bundle import Bundle, read_manifest
+from ffedge.bundle_update import bundle_version, check_no_links, commit_update, update_lock
 from ffedge.errors import FFEdgeError
 from ffedge.evaluate import load_for_bundle, peak_rss_mb
 from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step
 from ffedge.fsutil import fsync_dir
 from ffedge.onnx_patch import patch_initializers
+from ffedge.options import check_float, check_int, check_threads
 from ffedge.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import MODES, Runtime
@@ -63,15 +66,16 @@ class FinetuneConfig:
     threads: int | None = None
 
     def validate(self) -> None:
+        """Every option checked before any work (one line naming the option)."""
         for name in ("epochs", "batch_size", "max_examples", "eval_examples"):
-            if getattr(self, name) < 1:
-                raise FFEdgeError(f"--{name.replace('_', '-')} must be >= 1")
-        if not 0 <= self.anchor < 1:
-            raise FFEdgeError("--anchor must lie in [0, 1)")
-        if self.head_epochs < 0:
-            raise FFEdgeError("--head-epochs must be >= 0")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise FFEdgeError("--lr must be a positive number")
+            check_int(getattr(self, name), f"--{name.replace('_', '-')}", minimum=1)
+        check_int(self.head_epochs, "--head-epochs", minimum=0)
+        check_int(self.seed, "--seed", minimum=0)
+        check_float(self.lr, "--lr", minimum=0, strict_min=True)
+        check_float(self.anchor, "--anchor", minimum=0, maximum=1, strict_max=True)  # 1 would undo every step
+        check_threads(self.threads)
+        if not isinstance(self.replay, bool):
+            raise FFEdgeError(f"replay must be True or False, got {self.replay!r}")
         if self.mode not in MODES:
             raise FFEdgeError(f"unknown mode '{self.mode}': choose one of {', '.join(MODES)}")
 
@@ -208,25 +212,146 @@ def _write_candidates(b: Bundle, net: HybridNet, head: SoftmaxHead | None, maste
     return files
 
 
-def _copy_bundle(src: Path, out: Path) -> None:
-    """Copy a bundle to a new folder (via a temp folder and a rename: never half-copied)."""
-    if out.exists():
-        raise FFEdgeError(f"{out} already exists: choose another --out")
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+def _why(e: OSError) -> str:
+    return "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e)).splitlines()[0]
+
+
+def _check_out(out: Path, src: Path) -> Path:
+    """Up front: ``out`` does not exist, lies outside the bundle, and a writable folder above it (returned) can hold it."""
+    if os.path.lexists(out):
+        raise FFEdgeError(f"{out} already exists: choose another --out (fine-tuning makes a new bundle folder there)")
+    here = Path(os.path.abspath(out))
+    if Path(os.path.realpath(here)).is_relative_to(os.path.realpath(src)):
+        raise FFEdgeError(f"--out {out} lies inside the bundle {src}: choose a folder outside it")
+    ancestor = here.parent
+    while not os.path.lexists(ancestor):
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FFEdgeError(f"cannot create {out}: {ancestor} is not a folder")
     try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
-        os.replace(tmp, out)
-        fsync_dir(out.resolve().parent)
+        os.rmdir(tempfile.mkdtemp(prefix=".ffedge-probe-", dir=ancestor))
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FFEdgeError(f"cannot create {out}: {e.strerror or e}") from None
+        raise FFEdgeError(f"cannot create {out}: cannot write in {ancestor} ({_why(e)})") from None
+    return ancestor
+
+
+def _temp_root() -> str:
+    try:
+        return tempfile.gettempdir()
+    except OSError:  # no usable temporary directory at all
+        return os.environ.get("TMPDIR") or "the temporary directory"
+
+
+def _check_space(folder: Path | str, needed: int, hint: str = "") -> None:
+    """Refuse up front when ``folder``'s disk cannot hold ``needed`` bytes (where the OS tells)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed:
+        raise FFEdgeError(f"{folder}: {free / 1e6:.1f} MB free, this fine-tune writes about {needed / 1e6:.1f} MB there{hint}; nothing was done")
+
+
+def _check_temp(needed: int) -> None:
+    """Up front: the temporary directory can take a folder and ``needed`` bytes."""
+    root = _temp_root()
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="ffedge-finetune-"))
+    except OSError as e:
+        raise FFEdgeError(f"cannot make a temporary folder in {root}: {_why(e)} (set TMPDIR to a writable folder)") from None
+    _check_space(root, needed, " (set TMPDIR to a folder with room)")
+
+
+@contextlib.contextmanager
+def _temp_folder(version: int) -> Iterator[Path]:
+    """A private temporary folder for the candidate files, removed on every exit path."""
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="ffedge-finetune-")
+    except OSError as e:
+        raise FFEdgeError(f"cannot make a temporary folder in {_temp_root()}: {_why(e)}; the bundle is unchanged (still version {version})") from None
+    with tmp as name:
+        try:
+            yield Path(name)
+        except OSError as e:
+            if not (e.filename and Path(os.path.abspath(e.filename)).is_relative_to(name)):
+                raise
+            raise FFEdgeError(f"cannot write temporary files in {_temp_root()}: {_why(e)}; the bundle is unchanged (still version {version}) "
+                              "(set TMPDIR to a folder with room)") from None
+
+
+def _replaced_bytes(b: Bundle, which: list[int]) -> int:
+    """Bytes of the files a fine-tune of layers ``which`` writes (the same sizes as the files they replace)."""
+    names = {b.layers[i]["file"] for i in which} | {(b.manifest.get("fused") or {}).get("file"), (b.head or {}).get("file"),
+                                                   b.manifest["master"]["file"]}
+    return sum(b.file(n).stat().st_size for n in names if n)
+
+
+def _hold_lock(b: Bundle, cleanup: contextlib.ExitStack) -> None:
+    """Hold the bundle's update lock until ``cleanup`` closes; refuse if the bundle changed since it was opened."""
+    version = bundle_version(b.manifest)
+    try:
+        cleanup.enter_context(update_lock(b.path))
+    except OSError as e:
+        raise FFEdgeError(f"{b.path}: cannot lock the bundle for the update: {_why(e)}; the bundle is unchanged (still version {version})") from None
+    now = bundle_version(read_manifest(b.path))
+    if now != version:
+        raise FFEdgeError(f"{b.path}: version {now} became current while this fine-tune was starting from version {version}; nothing was done")
+
+
+def _copy_bundle(src: Path, out: Path, cleanup: contextlib.ExitStack, version: int) -> Path:
+    """A copy of the bundle (still at ``version``) in a hidden folder beside ``out``, removed on any failure;
+    :func:`_publish` renames it to ``out``."""
+    parent = Path(os.path.abspath(out)).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    except OSError as e:
+        raise FFEdgeError(f"cannot create {out}: {_why(e)}") from None
+
+    def remove() -> None:  # gone once published
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    cleanup.callback(remove)
+    try:
+        shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+    except OSError as e:
+        raise FFEdgeError(f"cannot create {out}: {_why(e)}") from None
+    now = bundle_version(read_manifest(tmp))
+    if now != version:
+        raise FFEdgeError(f"{src} became version {now} while this fine-tune of version {version} ran: {out} was not written; run it again")
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Rename the finished copy to ``out`` (never over anything that appeared there meanwhile)."""
+    if os.path.lexists(out):
+        raise FFEdgeError(f"{out} appeared while fine-tuning: nothing was written there; choose another --out")
+    try:
+        os.rename(tmp, out)
+    except OSError as e:
+        raise FFEdgeError(f"cannot create {out}: {_why(e)}") from None
+    fsync_dir(Path(os.path.abspath(out)).parent)
+    return out
 
 
 def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Fine-tune ``bundle`` (in place, or a copy at ``out``) on ``cfg.data``; returns what was measured."""
-    rep = reporter or QuietReporter()
+    """Fine-tune ``bundle`` (in place, or a copy at ``out``) on ``cfg.data``; returns what was measured.
+
+    Options, the bundle (no links), ``out`` and the temporary directory are
+    checked before any work. In place, the bundle's update lock is held from
+    before the training to the commit: a second fine-tune or a rollback is
+    refused meanwhile. Temporary files are removed on every exit path
+    (exceptions, KeyboardInterrupt).
+    """
+    with contextlib.ExitStack() as cleanup:  # the lock and the temporary folders
+        return _finetune(Path(bundle), cfg, out, reporter or QuietReporter(), cleanup)
+
+
+def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Reporter, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     cfg.validate()
+    check_no_links(bundle)  # before anything in it is read
+    out_disk = _check_out(Path(out), bundle) if out is not None else bundle
     t0 = time.perf_counter()
     rt = Runtime(bundle, threads=cfg.threads, arena=False)
     b = rt.bundle
@@ -239,6 +364,12 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
         raise FFEdgeError(f"cannot write to {b.path}: fine-tune into a copy with --out")
     x_tr, y_tr, x_te, y_te = _load_data(b, cfg)
     n_new = len(y_tr)
+    base = bundle_version(b.manifest)
+    needed = _replaced_bytes(b, which)
+    _check_temp(needed)
+    _check_space(out_disk, needed + (0 if out is None else b.size_bytes()))
+    if out is None:
+        _hold_lock(b, cleanup)
     if cfg.replay and b.manifest.get("replay"):
         # Rehearse the stored training examples alongside the new ones: what keeps the old data's accuracy.
         x_old, y_old = _load_replay(b)
@@ -285,8 +416,8 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
                 for s in range(0, len(perm), 64):
                     head.train_step(feats[perm[s : s + 64]], y_tr[perm[s : s + 64]])
                 advance(1)
-    with tempfile.TemporaryDirectory(prefix="ffedge-finetune-") as tmpdir:
-        files = _write_candidates(b, net, head, master, Path(tmpdir))
+    with _temp_folder(base) as tmpdir:
+        files = _write_candidates(b, net, head, master, tmpdir)
         del rt, net  # free the training sessions before the candidate's are opened (peak memory)
         after_rt = Runtime(b.path, threads=cfg.threads, arena=False, replaced=files, verify=False)
         after = accuracy(after_rt, x_te, y_te, cfg.mode)
@@ -303,8 +434,10 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
             "config": asdict(cfg),
         }
         if out is not None:
-            _copy_bundle(b.path, target)
-        manifest = commit_update(target, files, {"layers": new_layers}, entry)
+            target = _copy_bundle(b.path, target, cleanup, base)
+        manifest = commit_update(target, files, {"layers": new_layers}, entry, base_version=base)
+        if out is not None:
+            target = _publish(target, Path(out))
     return {
         "bundle": str(target), "version": manifest.get("bundle_version"), "examples": int(n_new), "replayed": int(len(y_tr) - n_new),
         "held_out": int(len(y_te)),

@@ -2,15 +2,88 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import app, console, err_console
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
+# Exit codes of an interrupted run: 128 + the signal number, as a shell reports a process killed by it.
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that every cleanup runs."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only; an ignored SIGTERM stays ignored)."""
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        old = signal.getsignal(signal.SIGTERM)
+        if old is None:  # a handler not installed from Python: restore the default
+            old = signal.SIG_DFL
+        if old is not signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back while the block runs; one that arrived is delivered at its end.
+
+    onnxruntime's import turns a KeyboardInterrupt into an ImportError traceback.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _version(bundle: Path) -> int | None:
+    """The bundle's current version, read without following a link (None when it cannot be told)."""
+    from ffedge.bundle import MANIFEST, read_manifest
+    from ffedge.bundle_update import bundle_version
+
+    if os.path.islink(bundle / MANIFEST):
+        return None
+    try:
+        return bundle_version(read_manifest(bundle))
+    except Exception:  # best effort, for a message: any unreadable manifest is "cannot be told"
+        return None
+
+
+def interrupted_message(bundle: Path, out: Path | None, start: int | None, out_existed: bool = False) -> str:
+    """What an interrupted fine-tune kept, in one line (``start``: the version before; ``out_existed``: --out was there before)."""
+    if out is not None:
+        done = _version(out) if not out_existed and os.path.isdir(out) and not os.path.islink(out) else None
+        kept = f"{out} was written first (version {done})" if done is not None else f"nothing was written to {out}"
+        return f"interrupted: {kept}; {bundle} is unchanged"
+    now = _version(bundle)
+    if start is not None and now == start:
+        return f"interrupted: the bundle is unchanged (still version {start})"
+    if now is not None:
+        return f"interrupted after the update was committed: {bundle} is now version {now}"
+    return f"interrupted: {bundle}'s version cannot be read"
 
 
 def limit_malloc_arenas(n: int = 2) -> None:
@@ -52,16 +125,24 @@ def finetune_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fine-tune a bundle on labelled data without torch: the chosen layers learn layer-locally, the update is a new bundle version (ffedge rollback undoes it)."""
-    from ffedge.finetuning import FinetuneConfig, finetune
-    from ffedge.progress import QuietReporter, RichReporter
+    start = _version(bundle) if out is None else None
+    out_existed = out is not None and os.path.lexists(out)
+    try:
+        with sigterm_as_interrupt():
+            with signals_held():
+                from ffedge.finetuning import FinetuneConfig, finetune
+                from ffedge.progress import QuietReporter, RichReporter
 
-    limit_malloc_arenas()
-    cfg = FinetuneConfig(
-        data=data, layers=layers, epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
-        head_epochs=head_epochs, anchor=anchor, replay=replay, eval_examples=eval_examples, mode=mode, seed=seed,
-        data_dir=str(data_dir) if data_dir else None, resize=resize, threads=threads,
-    )
-    r = finetune(bundle, cfg, out=out, reporter=QuietReporter() if as_json else RichReporter())
+            limit_malloc_arenas()
+            cfg = FinetuneConfig(
+                data=data, layers=layers, epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
+                head_epochs=head_epochs, anchor=anchor, replay=replay, eval_examples=eval_examples, mode=mode, seed=seed,
+                data_dir=str(data_dir) if data_dir else None, resize=resize, threads=threads,
+            )
+            r = finetune(bundle, cfg, out=out, reporter=QuietReporter() if as_json else RichReporter())
+    except KeyboardInterrupt as e:
+        err_console.print(interrupted_message(bundle, out, start, out_existed), highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT) from None
     if as_json:
         console.print_json(json.dumps(r))
         return
