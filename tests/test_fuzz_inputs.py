@@ -56,7 +56,7 @@ from ffedge.errors import FFEdgeError
 from ffedge.image_input import read_inputs
 
 CASE_LIMIT_S = 10.0  # one case; the slowest legitimate one takes milliseconds
-SHORT_EXAMPLES = 60  # per target in the short profile
+SHORT_EXAMPLES = 40  # per target in the short profile
 LONG_SECONDS = float(os.environ.get("FFEDGE_FUZZ_SECONDS", "0") or 0)
 
 # --------------------------------------------------------------------------- mutations

@@ -126,10 +126,10 @@ def _wide_to_uint8(a: np.ndarray, mode: str, bits: int | None, path: Path) -> np
     return np.rint(a * (255.0 / top)).astype(np.uint8)
 
 
-def _pixels(im: Image.Image, mode: str, path: Path) -> np.ndarray:
+def _pixels(im: Image.Image, mode: str, bits: int | None, path: Path) -> np.ndarray:
     """A loaded image in ``mode`` ('L' or 'RGB') as uint8 HWC (Pillow errors propagate)."""
     if im.mode in _WIDE_MODES:
-        grey = _wide_to_uint8(np.asarray(im), im.mode, _tiff_bits(im), path)[..., None]
+        grey = _wide_to_uint8(np.asarray(im), im.mode, bits, path)[..., None]
         return grey if mode == "L" else np.repeat(grey, 3, axis=2)
     a = np.asarray(im if im.mode == mode else im.convert(mode))
     return a.reshape(a.shape[0], a.shape[1], 1 if mode == "L" else 3)
@@ -150,8 +150,8 @@ def decode_image(path: Path, mode: str | None = None) -> np.ndarray:
                     with lib.capturing(im.format == "TIFF"):  # libtiff prints its errors on stderr
                         im.load()
                     _check_size(im.width, im.height, path)  # some formats pick their size on load
-                    upright = ImageOps.exif_transpose(im)
-                    return _pixels(upright, mode or _auto_mode(upright), path)
+                    upright = ImageOps.exif_transpose(im)  # a copy: without the TIFF tags
+                    return _pixels(upright, mode or _auto_mode(upright), _tiff_bits(im), path)
         except FFEdgeError:
             raise
         except Image.DecompressionBombError:  # Pillow's own limit, above ours
