@@ -26,9 +26,11 @@ def _fit(x: np.ndarray, name: str, shape: tuple[int, int, int], resize: bool) ->
             f"{name}: image is {x.shape[1]}x{x.shape[2]} with {x.shape[3]} channel(s), the bundle takes "
             f"{h}x{w} with {c}: pass --resize to resize and convert it"
         )
-    if x.shape[3] != c:
-        x = x.mean(axis=3, keepdims=True).round().astype(np.uint8) if c == 1 else np.repeat(x[..., :1], c, axis=3)
-    return resize_images(x, (h, w)) if x.shape[1:3] != (h, w) else x
+    if x.shape[3] != c and c == 1:
+        x = x.mean(axis=3, keepdims=True).round().astype(np.uint8)
+    if x.shape[1:3] != (h, w):
+        x = resize_images(x, (h, w))
+    return np.repeat(x[..., :1], c, axis=3) if x.shape[3] != c else x  # grey -> RGB after resizing: a third of the work
 
 
 def read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:

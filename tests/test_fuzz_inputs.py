@@ -349,7 +349,8 @@ def _run_case(fn: Callable[[], None]) -> str:
     except _Hang:
         return "hang"
     except Exception as e:  # noqa: BLE001 - the point is to classify everything else
-        return f"{type(e).__name__}: {str(e)[:200]}"
+        kind = type(e).__qualname__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__qualname__}"
+        return f"{kind}: {str(e)[:200]}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         faulthandler.cancel_dump_traceback_later()

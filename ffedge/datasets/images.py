@@ -110,20 +110,22 @@ def _tiff_bits(im: Image.Image) -> int | None:
 
 def _wide_to_uint8(a: np.ndarray, mode: str, bits: int | None, path: Path) -> np.ndarray:
     """A 16-bit, 32-bit integer or float single-channel image -> uint8, by the module's rule."""
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a)):
+    if mode == "F" and not np.all(np.isfinite(a)):
         raise FFEdgeError(f"{path}: image contains NaN or infinite values")
     lo, hi = float(a.min()), float(a.max())
     if mode.startswith("I;16"):
-        top = float(2 ** (bits or 16) - 1)
+        top = 2 ** (bits or 16) - 1
     elif lo < 0 or hi > 65535:
         kind = "float" if mode == "F" else "32-bit integer"
         raise FFEdgeError(f"{path}: {kind} pixel values {lo:g}..{hi:g} are outside 0..65535: store 0..1, 0..255 or 0..65535")
     else:
-        top = 1.0 if mode == "F" and hi <= 1 else 255.0 if hi <= 255 else 65535.0
+        top = 1 if mode == "F" and hi <= 1 else 255 if hi <= 255 else 65535
     if lo < 0 or hi > top:
-        raise FFEdgeError(f"{path}: pixel values {lo:g}..{hi:g} exceed the {bits or 16}-bit range 0..{top:g}")
-    return np.rint(a * (255.0 / top)).astype(np.uint8)
+        raise FFEdgeError(f"{path}: pixel values {lo:g}..{hi:g} exceed the {bits or 16}-bit range 0..{top}")
+    if mode == "F":
+        return np.rint(a.astype(np.float32) * np.float32(255 / top)).astype(np.uint8)
+    # Integers: round(v * 255 / top) exactly (top is odd, so there are no ties), in 32 bits.
+    return ((a.astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8)
 
 
 def _pixels(im: Image.Image, mode: str, bits: int | None, path: Path) -> np.ndarray:
