@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ffedge.datasets.base import resize_images
-from ffedge.datasets.folder import load_images
+from ffedge.datasets.files import check_regular, load_npy
+from ffedge.datasets.images import load_images
 from ffedge.errors import FFEdgeError
 
 
@@ -25,22 +26,23 @@ def _fit(x: np.ndarray, name: str, shape: tuple[int, int, int], resize: bool) ->
             f"{name}: image is {x.shape[1]}x{x.shape[2]} with {x.shape[3]} channel(s), the bundle takes "
             f"{h}x{w} with {c}: pass --resize to resize and convert it"
         )
-    if x.shape[3] != c:
-        x = x.mean(axis=3, keepdims=True).round().astype(np.uint8) if c == 1 else np.repeat(x[..., :1], c, axis=3)
-    return resize_images(x, (h, w)) if x.shape[1:3] != (h, w) else x
+    if x.shape[3] != c and c == 1:
+        x = x.mean(axis=3, keepdims=True).round().astype(np.uint8)
+    if x.shape[1:3] != (h, w):
+        x = resize_images(x, (h, w))
+    return np.repeat(x[..., :1], c, axis=3) if x.shape[3] != c else x  # grey -> RGB after resizing: a third of the work
 
 
 def read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """A .npy of one image (HW, HWC) or a batch (NHW, NHWC) with pixel values 0..255 -> uint8 NHWC."""
-    try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise FFEdgeError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    x = load_npy(path)
+    if x.dtype.kind not in "iuf":
         raise FFEdgeError(f"{path}: expected numeric pixels, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise FFEdgeError(f"{path}: contains NaN or infinite values")
-    if x.size and (x.min() < 0 or x.max() > 255):
+    if x.size == 0:
+        raise FFEdgeError(f"{path}: array of shape {list(x.shape)} holds no pixels")
+    if x.min() < 0 or x.max() > 255:
         raise FFEdgeError(f"{path}: pixel values must lie in 0..255, got {x.min():g}..{x.max():g}")
     c = shape[0]
     if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3) and x.shape[2] == c and x.shape[:2] == shape[1:]):
@@ -53,16 +55,19 @@ def read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def read_inputs(paths: list[Path], shape: tuple[int, int, int], resize: bool = False) -> tuple[np.ndarray, list[str]]:
-    """Images from files (each image file, or each image of a .npy batch) -> uint8 NHWC and a name per image."""
+    """Images from files (each image file, or each image of a .npy batch) -> uint8 NHWC and a name per image.
+
+    Only regular files are read (a folder, pipe or device is one error line); see
+    :mod:`ffedge.datasets.images` for the formats, the pixel limit and 16-bit/float pixels.
+    """
     if not paths:
         raise FFEdgeError("no input files given")
-    batches, names = [], []
-    for p in paths:
-        p = Path(p)
+    for p in map(Path, paths):  # every name checked before any is decoded
         if p.is_dir():
             raise FFEdgeError(f"{p} is a folder: pass image files (e.g. {p}/*.png)")
-        if not p.exists():
-            raise FFEdgeError(f"{p}: no such file")
+        check_regular(p)
+    batches, names = [], []
+    for p in map(Path, paths):
         if p.suffix.lower() == ".npy":
             x = read_npy(p, shape)
             names += [str(p)] if len(x) == 1 else [f"{p}[{i}]" for i in range(len(x))]

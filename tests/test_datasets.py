@@ -445,9 +445,9 @@ def test_npz_nhw_and_class_names(tmp_path: Path) -> None:
 def test_npz_nhwc_default_class_names(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     x = np.zeros((3, 4, 4, 3), np.uint8)
-    np.savez(path, x_train=x, y_train=np.array([0, 1, 3]), x_test=x, y_test=np.array([0, 0, 0]))
+    np.savez(path, x_train=x, y_train=np.array([0, 1, 3]), x_test=x, y_test=np.array([2, 0, 0]))
     ds = load_dataset(f"npz:{path}")
-    assert ds.image_shape == (3, 4, 4) and ds.classes == ["0", "1", "2", "3"]
+    assert ds.image_shape == (3, 4, 4) and ds.classes == ["0", "1", "2", "3"]  # labels of both splits count
 
 
 @pytest.mark.parametrize(

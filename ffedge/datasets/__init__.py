@@ -9,7 +9,9 @@
 - ``npz:PATH``: arrays x_train, y_train, x_test, y_test (+ optional class_names).
 
 Standard datasets are checked against their published md5s and downloaded
-from the canonical sources when missing (if allowed).
+from the canonical sources when missing (if allowed). Every file is read as
+untrusted input: regular files only, images up to ``MAX_IMAGE_PIXELS``, arrays
+up to ``MAX_ARRAY_BYTES`` checked before allocating, any damage one FFEdgeError.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from pathlib import Path
 from ffedge.datasets.base import Dataset, resize_images
 from ffedge.datasets.cifar import load_cifar
 from ffedge.datasets.embedded import load_mnist_5k
+from ffedge.datasets.files import MAX_ARRAY_BYTES
 from ffedge.datasets.folder import load_folder, load_images
 from ffedge.datasets.idx import load_idx_dataset
+from ffedge.datasets.images import MAX_IMAGE_PIXELS
 from ffedge.datasets.npzfile import load_npz
 from ffedge.errors import FFEdgeError
 
-__all__ = ["Dataset", "DATASET_NAMES", "DATASET_PREFIXES", "default_data_dir", "load_dataset", "load_images"]
+__all__ = [
+    "Dataset", "DATASET_NAMES", "DATASET_PREFIXES", "MAX_ARRAY_BYTES", "MAX_IMAGE_PIXELS",
+    "default_data_dir", "load_dataset", "load_images",
+]
 
 DATASET_NAMES: tuple[str, ...] = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100")
 DATASET_PREFIXES: tuple[str, ...] = ("folder:", "npz:")

@@ -30,6 +30,8 @@ class Dataset:
                 raise ValueError(f"x_{split} must be uint8 NHWC, got {x.dtype} {x.shape}")
             if y.dtype != np.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"y_{split} must be int64 [{x.shape[0]}], got {y.dtype} {y.shape}")
+            if y.size and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+                raise ValueError(f"y_{split} labels must lie in 0..{len(self.classes) - 1}, got {int(y.min())}..{int(y.max())}")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"train/test image shapes differ: {self.x_train.shape[1:]} vs {self.x_test.shape[1:]}")
 

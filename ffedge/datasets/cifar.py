@@ -8,13 +8,13 @@ followed by 3072 bytes of 32x32 pixels stored channel-first (R, G, B planes).
 from __future__ import annotations
 
 import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels
+from ffedge.datasets.files import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, reason
 from ffedge.datasets.remote import ensure_files
 from ffedge.errors import FFEdgeError
 
@@ -53,16 +53,19 @@ LAYOUTS = {
 def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
     """Contents of the ``wanted`` member names (paths inside the tar), in one streaming pass."""
     found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, mode="r|gz") as tar:
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if name in wanted and member.isfile():
-                    f = tar.extractfile(member)
-                    if f is not None:
-                        found[name] = f.read()
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise FFEdgeError(f"cannot read {path}: corrupt or truncated tar.gz ({e}); delete it and download it again") from e
+    with open_regular(path) as raw:
+        try:
+            with tarfile.open(fileobj=raw, mode="r|gz") as tar:
+                for member in tar:
+                    name = member.name.removeprefix("./")
+                    if name in wanted and member.isfile():
+                        if member.size > MAX_ARRAY_BYTES:
+                            raise FFEdgeError(f"{path}: member {name} declares {member.size:,} bytes, above the {MAX_ARRAY_BYTES:,}-byte limit")
+                        f = tar.extractfile(member)
+                        if f is not None:
+                            found[name] = f.read()
+        except (tarfile.TarError, *DECODE_ERRORS) as e:
+            raise FFEdgeError(f"cannot read {path}: corrupt or truncated tar.gz ({reason(e)}); delete it and download it again") from None
     return found
 
 

@@ -1,4 +1,4 @@
-"""Image folders: one sub-folder per class, any format Pillow reads.
+"""Image folders: one sub-folder per class of PNG/JPEG/GIF/TIFF/BMP/WebP/PPM images (see ``images``).
 
 Layouts: ``PATH/<class>/<image>`` (split here, 20% of each class to test) or
 ``PATH/train/<class>/...`` plus ``PATH/test/<class>/...`` (used as given).
@@ -6,92 +6,59 @@ Layouts: ``PATH/<class>/<image>`` (split here, 20% of each class to test) or
 
 from __future__ import annotations
 
+import stat
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from ffedge.datasets.base import Dataset
+from ffedge.datasets.images import image_extensions, load_images
 from ffedge.errors import FFEdgeError
+
+__all__ = ["TEST_FRACTION", "SPLIT_SEED", "load_folder", "load_images"]
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-def _is_image_name(path: Path) -> bool:
-    """True for non-hidden files whose extension Pillow knows (skips README.txt, .DS_Store...)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in Image.registered_extensions()
+def _is_image_name(path: Path, extensions: set[str]) -> bool:
+    """True for non-hidden regular files of a format read (skips README.txt, .DS_Store, sub-folders...).
+
+    An entry with an image name that is a pipe, socket or device is refused (reading it could hang).
+    """
+    if path.name.startswith(".") or path.suffix.lower() not in extensions:
+        return False
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise FFEdgeError(f"folder: cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        return False
+    if not stat.S_ISREG(mode):
+        raise FFEdgeError(f"folder: {path} is not a regular file (a pipe, socket or device): remove it")
+    return True
+
+
+def _entries(path: Path) -> list[Path]:
+    try:
+        return sorted(path.iterdir(), key=lambda p: p.name)
+    except OSError as e:
+        raise FFEdgeError(f"folder: cannot list {path}: {e.strerror or e}") from None
 
 
 def _subdirs(path: Path) -> list[Path]:
-    return sorted((p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    return [p for p in _entries(path) if p.is_dir() and not p.name.startswith(".")]
 
 
 def _class_files(root: Path) -> dict[str, list[Path]]:
     """Class name -> sorted image files, for each class sub-folder of ``root``."""
-    classes = {d.name: sorted((p for p in d.iterdir() if _is_image_name(p)), key=lambda p: p.name) for d in _subdirs(root)}
+    ext = image_extensions()
+    classes = {d.name: [p for p in _entries(d) if _is_image_name(p, ext)] for d in _subdirs(root)}
     for name, files in classes.items():
         if not files:
             raise FFEdgeError(f"folder: class folder {root / name} has no images")
     return classes
-
-
-def _first_mode(path: Path) -> str:
-    """'L' if the first image is grayscale, else 'RGB': every image is converted to it. Reads the header only."""
-    with _open(path) as im:
-        gray = im.mode in _GRAY_MODES or (im.mode == "P" and _palette_is_gray(im))
-    return "L" if gray else "RGB"
-
-
-def _palette_is_gray(im: Image.Image) -> bool:
-    rgb = np.asarray(im.getpalette() or [], dtype=np.uint8).reshape(-1, 3)
-    return bool(np.all(rgb[:, 0] == rgb[:, 1]) and np.all(rgb[:, 1] == rgb[:, 2]))
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        return Image.open(path)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise FFEdgeError(f"cannot read image {path}: {e}") from e
-
-
-def load_images(paths: list[Path], size: tuple[int, int] | None = None, mode: str | None = None) -> np.ndarray:
-    """Read image files into uint8 NHWC.
-
-    ``size`` (H, W) resizes (bilinear); without it all images must share the first
-    one's size. ``mode`` 'L' or 'RGB'; by default the first image's mode ('L' if it is
-    grayscale, else 'RGB').
-    EXIF orientation is applied.
-    """
-    if not paths:
-        raise FFEdgeError("no images to load")
-    mode = mode or _first_mode(paths[0])
-    if mode not in ("L", "RGB"):
-        raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
-    out: np.ndarray | None = None
-    first: Path = paths[0]
-    for i, p in enumerate(paths):
-        try:
-            with _open(p) as im:
-                img = ImageOps.exif_transpose(im).convert(mode)
-        except FFEdgeError:
-            raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise FFEdgeError(f"cannot read image {p}: {e}") from e
-        if size is not None:
-            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        if out is None:
-            out = np.empty((len(paths), img.height, img.width, 1 if mode == "L" else 3), dtype=np.uint8)
-        elif (img.height, img.width) != out.shape[1:3]:
-            raise FFEdgeError(
-                f"folder: {p} is {img.height}x{img.width} but {first} is {out.shape[1]}x{out.shape[2]} (HxW): "
-                f"pass an image size to resize all images"
-            )
-        out[i] = np.asarray(img).reshape(out.shape[1:])
-    assert out is not None
-    return out
 
 
 def _split_class(name: str, n: int) -> tuple[np.ndarray, np.ndarray]:

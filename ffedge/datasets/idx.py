@@ -7,12 +7,14 @@ dimensions, then each dimension as a big-endian uint32, then the raw data.
 from __future__ import annotations
 
 import gzip
-import zlib
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels, as_nhwc
+from ffedge.datasets.files import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, read_upto, reason
 from ffedge.datasets.remote import ensure_files
 from ffedge.errors import FFEdgeError
 
@@ -33,31 +35,41 @@ FILES = {
 }
 
 
+def _read_idx(f: BinaryIO, where: str) -> np.ndarray:
+    """Decode an uncompressed IDX stream of unsigned bytes; the size the header declares is bounded first."""
+    head = read_upto(f, 4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise FFEdgeError(f"{where}: not an IDX file (bad magic number)")
+    if head[2] != _UBYTE:
+        raise FFEdgeError(f"{where}: IDX data type 0x{head[2]:02x} is not supported (expected 0x08, unsigned byte)")
+    ndim = head[3]
+    raw_dims = read_upto(f, 4 * ndim)
+    if ndim == 0 or len(raw_dims) < 4 * ndim:
+        raise FFEdgeError(f"{where}: truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+    header, size = 4 + 4 * ndim, int(np.prod(dims, dtype=object))
+    if size > MAX_ARRAY_BYTES:
+        raise FFEdgeError(f"{where}: IDX header says {dims} ({size:,} bytes), above the {MAX_ARRAY_BYTES:,}-byte limit")
+    data = read_upto(f, size)
+    if len(data) != size or f.read(1):
+        have = f"{header + len(data)}" if len(data) != size else f"more than {header + size}"
+        raise FFEdgeError(f"{where}: IDX header says {dims} ({header + size} bytes) but the file has {have} bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
 def parse_idx(data: bytes, where: str) -> np.ndarray:
     """Decode an uncompressed IDX byte string holding unsigned bytes; ``where`` names it in errors."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise FFEdgeError(f"{where}: not an IDX file (bad magic number)")
-    if data[2] != _UBYTE:
-        raise FFEdgeError(f"{where}: IDX data type 0x{data[2]:02x} is not supported (expected 0x08, unsigned byte)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise FFEdgeError(f"{where}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(data) != expected:
-        raise FFEdgeError(f"{where}: IDX header says {dims} ({expected} bytes) but the file has {len(data)} bytes")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+    return _read_idx(io.BytesIO(data), where)
 
 
 def read_idx_gz(path: Path) -> np.ndarray:
-    """Read one gzipped IDX file; a corrupt or truncated file raises FFEdgeError naming it."""
-    try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError, zlib.error) as e:
-        raise FFEdgeError(f"cannot read {path}: corrupt or truncated gzip ({e}); delete it and download it again") from e
-    return parse_idx(data, str(path))
+    """Read one gzipped IDX file (regular files only); a corrupt or truncated file raises FFEdgeError naming it."""
+    with open_regular(path) as raw:
+        try:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                return _read_idx(f, str(path))
+        except DECODE_ERRORS as e:
+            raise FFEdgeError(f"cannot read {path}: corrupt or truncated gzip ({reason(e)}); delete it and download it again") from None
 
 
 def read_idx_split(images_path: Path, labels_path: Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

@@ -1,29 +1,24 @@
 """Datasets stored as .npz: x_train, y_train, x_test, y_test, optional class_names.
 
-Images are uint8 NHW or NHWC (C = 1 or 3); labels any integer dtype. Loaded
-with ``allow_pickle=False``: object arrays are refused, never unpickled.
+Images are uint8 NHW or NHWC (C = 1 or 3). Labels: any integer dtype, values
+0..K-1; without class_names every value up to the largest must occur (a set with
+gaps such as {0, 200} is refused: it would silently make 201 classes), with
+class_names (K names) they must lie in 0..K-1. Read by
+:class:`~ffedge.datasets.files.NpzArchive`: sizes bounded before allocating, CRCs
+checked, object arrays refused (never unpickled).
 """
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels, as_nhwc
+from ffedge.datasets.files import NpzArchive
 from ffedge.errors import FFEdgeError
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-def _get(npz: np.lib.npyio.NpzFile, key: str, where: str) -> np.ndarray:
-    try:
-        return npz[key]
-    except ValueError as e:  # object arrays need pickle
-        raise FFEdgeError(f"{where}: array {key!r} is an object array (needs pickle, refused): store plain arrays") from e
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise FFEdgeError(f"{where}: cannot read array {key!r}: {e}") from e
 
 
 def _check_images(x: np.ndarray, key: str, where: str) -> np.ndarray:
@@ -35,55 +30,64 @@ def _check_images(x: np.ndarray, key: str, where: str) -> np.ndarray:
 
 
 def _check_labels(y: np.ndarray, key: str, n: int, where: str) -> np.ndarray:
+    """Integer labels, one per image, none negative (still in their stored dtype)."""
     if y.dtype.kind not in "iu":
-        raise FFEdgeError(f"{where}: {key} must hold integer labels, got {y.dtype}")
+        raise FFEdgeError(f"{where}: {key} must hold integer labels 0..K-1, got {y.dtype}")
     if y.ndim != 1:
         raise FFEdgeError(f"{where}: {key} must be 1-D, got shape {y.shape}")
     if y.shape[0] != n:
         raise FFEdgeError(f"{where}: {key} has {y.shape[0]} labels but x_{key[2:]} has {n} images")
     if y.size and int(y.min()) < 0:
         raise FFEdgeError(f"{where}: {key} has negative label {int(y.min())}")
-    return as_labels(y)
+    return y
 
 
-def _class_names(npz: np.lib.npyio.NpzFile, num_labels: int, where: str) -> list[str]:
-    if "class_names" not in npz.files:
-        return [str(i) for i in range(num_labels)]
-    names = _get(npz, "class_names", where)
+def _shown(labels: np.ndarray, limit: int = 6) -> str:
+    """A sorted label set for a message: its first values and its largest."""
+    items = [str(int(v)) for v in labels[:limit]]
+    if labels.size > limit:
+        items[-1:] = ["...", str(int(labels[-1]))]
+    return "{" + ", ".join(items) + "}"
+
+
+def _class_names(npz: NpzArchive, used: np.ndarray, where: str) -> list[str]:
+    """Class names: the stored class_names (covering every label), else 0..K-1 when labels have no gaps."""
+    top = int(used[-1]) if used.size else -1
+    if "class_names" not in npz:
+        if used.size != top + 1:
+            raise FFEdgeError(
+                f"{where}: labels {_shown(used)} are {used.size} distinct values but go up to {top}, which would make "
+                f"{top + 1} classes: number the classes 0..{used.size - 1}, or store class_names ({top + 1} names) if the gaps are meant"
+            )
+        return [str(i) for i in range(top + 1)]
+    names = npz.array("class_names")
     if names.dtype.kind not in "US" or names.ndim != 1:
         raise FFEdgeError(f"{where}: class_names must be a 1-D string array, got {names.dtype} {names.shape}")
     out = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
-    if len(out) < num_labels:
-        raise FFEdgeError(f"{where}: class_names has {len(out)} names but labels go up to {num_labels - 1}")
+    if top >= len(out):
+        raise FFEdgeError(f"{where}: class_names has {len(out)} names but labels go up to {top} (labels must be 0..{len(out) - 1})")
     return out
 
 
 def load_npz(path: Path) -> Dataset:
     """Load and validate a .npz dataset file."""
     where = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise FFEdgeError(f"npz: {path} does not exist")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise FFEdgeError(f"npz: cannot read {path} as a .npz file: {e}") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise FFEdgeError(f"npz: {path} is a single .npy array, expected a .npz with keys {', '.join(REQUIRED_KEYS)}")
-    with npz:
-        missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+    with NpzArchive(path) as npz:
+        missing = [k for k in REQUIRED_KEYS if k not in npz]
         if missing:
             raise FFEdgeError(f"{where}: missing key(s) {', '.join(missing)} (has: {', '.join(npz.files) or 'nothing'})")
-        x_tr = _check_images(_get(npz, "x_train", where), "x_train", where)
-        x_te = _check_images(_get(npz, "x_test", where), "x_test", where)
+        x_tr = _check_images(npz.array("x_train"), "x_train", where)
+        x_te = _check_images(npz.array("x_test"), "x_test", where)
         for key, x in (("x_train", x_tr), ("x_test", x_te)):
             if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
                 raise FFEdgeError(f"{where}: {key} is empty (shape {x.shape}): it needs at least one image")
         if x_tr.shape[1:] != x_te.shape[1:]:
             raise FFEdgeError(f"{where}: x_train images are {x_tr.shape[1:]} but x_test images are {x_te.shape[1:]} (HWC)")
-        y_tr = _check_labels(_get(npz, "y_train", where), "y_train", len(x_tr), where)
-        y_te = _check_labels(_get(npz, "y_test", where), "y_test", len(x_te), where)
-        top = max([int(y.max()) for y in (y_tr, y_te) if y.size], default=-1)
-        classes = _class_names(npz, top + 1, where)
+        y_tr = _check_labels(npz.array("y_train"), "y_train", len(x_tr), where)
+        y_te = _check_labels(npz.array("y_test"), "y_test", len(x_te), where)
+        classes = _class_names(npz, np.union1d(y_tr.astype(np.uint64), y_te.astype(np.uint64)), where)
     if len(classes) < 2:
         raise FFEdgeError(f"{where}: needs at least 2 classes, found {len(classes)}")
-    return Dataset(f"npz:{path}", x_tr, y_tr, x_te, y_te, classes)
+    return Dataset(f"npz:{path}", x_tr, as_labels(y_tr), x_te, as_labels(y_te), classes)
