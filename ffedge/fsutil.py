@@ -6,9 +6,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
 import tempfile
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Iterator
+
+from ffedge.errors import FFEdgeError, quoted
 
 
 def _umask() -> int:
@@ -83,3 +87,173 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------- folders ffedge writes
+
+
+def is_temp_of(name: str, names: Iterable[str]) -> bool:
+    """``name`` is a temp file :func:`atomic_path` makes for one of ``names`` (``.NAME.xxxx.tmp``)."""
+    return any(name.startswith(f".{n}.") and name.endswith(".tmp") for n in names)
+
+
+def find_link(root: Path) -> Path | None:
+    """The first symbolic link at or under ``root`` (walked without following links), or None."""
+    if root.is_symlink():
+        return root
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in sorted(dirnames + filenames):
+            if Path(dirpath, name).is_symlink():
+                return Path(dirpath, name)
+    return None
+
+
+def foreign_entries(folder: Path, known: Callable[[PurePosixPath, bool], bool]) -> list[str]:
+    """Entries under ``folder`` that ffedge did not write: ``known(relative_path, is_dir)`` says no,
+    or they are links or special files. Walked without following links; a foreign folder is not entered."""
+    foreign: list[str] = []
+
+    def walk(d: Path, rel: PurePosixPath) -> None:
+        for entry in sorted(os.scandir(d), key=lambda e: e.name):
+            r = rel / entry.name
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if entry.is_symlink() or not (is_dir or entry.is_file(follow_symlinks=False)) or not known(r, is_dir):
+                foreign.append(f"{r}/" if is_dir else str(r))
+            elif is_dir:
+                walk(Path(entry.path), r)
+
+    walk(folder, PurePosixPath())
+    return foreign
+
+
+def ownership_problem(folder: Path, known: Callable[[PurePosixPath, bool], bool]) -> str | None:
+    """Why ``folder`` may not be replaced as one ffedge wrote (links, files it did not write), or None."""
+    link = find_link(folder)
+    if link is not None:
+        return f"{link} is a symbolic link"
+    try:
+        foreign = foreign_entries(folder, known)
+    except OSError as e:
+        return f"cannot list it ({e.strerror or e})"
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        return f"it holds files ffedge did not write: {', '.join(quoted(f) for f in foreign[:5])}{more}"
+    return None
+
+
+def check_out_folder(path: Path, option: str = "--out") -> None:
+    """``path`` is a folder, or can be made one, and can be written in; else one clear error.
+
+    Checked by creating (and removing) a probe folder in ``path`` or its nearest
+    existing parent, so read-only mounts, ``/proc`` and files in the way fail here,
+    before any work, and nothing is left behind.
+    """
+    where = path
+    try:
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise FFEdgeError(f"{option} {path} exists and is not a folder")
+        else:
+            where = path.absolute().parent
+            while not where.exists():
+                where = where.parent
+            if not where.is_dir():
+                raise FFEdgeError(f"{option} {path}: {where} is not a folder")
+        os.rmdir(tempfile.mkdtemp(prefix=".ffedge-probe-", dir=where))
+    except OSError as e:
+        raise FFEdgeError(f"{option} {path}: cannot create a folder in {where} ({e.strerror or e})") from None
+
+
+def make_folders(path: Path) -> list[Path]:
+    """``mkdir -p path``; returns the folders it created, outermost first (for :func:`remove_made_folders`)."""
+    missing = []
+    p = path.absolute()
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def remove_made_folders(made: list[Path]) -> None:
+    """Remove the folders :func:`make_folders` created, innermost first, where they are still empty."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while a few steps must all happen; one that came meanwhile acts after.
+
+    (Python-level deferral: masking the main thread alone would not do, as the
+    kernel may hand the signal to any of torch's threads.) Main thread only;
+    elsewhere, a no-op.
+    """
+    pending: list[int] = []
+    old: dict[int, Any] = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not None:  # None: a handler not set from Python, left alone
+                old[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(pending[0])
+
+
+def replace_folder(new: Path, out: Path, problem: Callable[[Path], str | None]) -> None:
+    """Rename the finished folder ``new`` to ``out``.
+
+    An existing ``out`` is moved aside and deleted only after the rename, and only
+    if ``problem(out)`` (checked again now) finds it is still a folder ffedge wrote;
+    otherwise nothing is deleted and ``new`` stays where it is. Ctrl-C and SIGTERM
+    wait until the swap is done.
+    """
+    with signals_held():
+        old = None
+        if out.is_symlink() or (out.exists() and any(out.iterdir())):
+            why = problem(out)
+            if why is not None:
+                raise FFEdgeError(f"{out} was not replaced: {why}; the new result is kept in {new}")
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        elif out.exists():
+            out.rmdir()  # an empty folder
+        os.replace(new, out)
+        fsync_dir(out.absolute().parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (raised by :func:`sigterm_as_interrupt`): handled as Ctrl-C, exit status 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Raise :class:`Terminated` on SIGTERM, so cleanup runs as for Ctrl-C (main thread only)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

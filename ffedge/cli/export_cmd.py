@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
-from ffedge.cli.app import app, console
-from ffedge.errors import FFEdgeError
+from ffedge.cli.app import app, console, err_console
+from ffedge.errors import FFEdgeError, one_line
 
 
 def parity_lines(report: dict[str, Any]) -> list[str]:
@@ -33,13 +34,14 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Export int8 (QCDQ, integer convolutions in onnxruntime). The default."),
     fp32: bool = typer.Option(False, "--fp32", help="Export the float model the same way, for comparison."),
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: export/RUN_NAME-int8 or -fp32)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists (only after the new bundle passed its checks)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it is a bundle ffedge wrote (only after the new bundle passed its checks)."),
     verify_samples: int = typer.Option(1000, "--verify-samples", help="Held-out images for the parity check (0 skips it)."),
     min_agreement: float = typer.Option(0.99, "--min-agreement", help="Fail below this top-1 agreement with the torch model."),
     master: bool = typer.Option(False, "--master", help="Also store the float master weights (master.npz) and replay examples (replay.npz), which on-device fine-tuning needs."),
     replay: int = typer.Option(500, "--replay", help="With --master: class-balanced training examples stored for rehearsal during fine-tuning (0: none)."),
 ) -> None:
     """Export a run to a bundle: one ONNX file per FF layer, the softmax head, label arrays and manifest.json."""
+    from ffedge.fsutil import Terminated, sigterm_as_interrupt
     from ffedge.progress import RichReporter
     from ffedge.train.export import export_bundle
 
@@ -47,8 +49,14 @@ def export(
         raise FFEdgeError("--int8 and --fp32 exclude each other")
     precision = "fp32" if fp32 else "int8"
     dest = out or Path("export") / f"{run_dir.resolve().name}-{precision}"
-    m = export_bundle(run_dir, dest, precision=precision, force=force, verify_samples=verify_samples,
-                      min_agreement=min_agreement, reporter=RichReporter(), master=master, replay=replay)
+    try:
+        with sigterm_as_interrupt():
+            m = export_bundle(run_dir, dest, precision=precision, force=force, verify_samples=verify_samples,
+                              min_agreement=min_agreement, reporter=RichReporter(), master=master, replay=replay)
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        err_console.print(escape(one_line(f"{what}: nothing was written to {dest}")), highlight=False, soft_wrap=True)
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
     for i, layer in enumerate(m["layers"]):
         fused = {k: v for k, v in layer["ort_ops"].items() if k.startswith(("QLinear", "ConvInteger", "MatMulInteger"))}
         console.print(f"layer {i}: {layer['file']}, integer kernels at EXTENDED optimization: {fused or 'none'}", highlight=False)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ffedge.cli.app import app, console
+from ffedge.errors import FFEdgeError
 
 
 @app.command("labels")
@@ -30,8 +31,12 @@ def labels(
     download: bool = typer.Option(True, "--download/--no-download", help="Allow downloading a missing dataset."),
 ) -> None:
     """Draw the label patterns of an encoding and one test image encoded with every label, as a PNG."""
+    from ffedge.fsutil import check_out_folder
     from ffedge.labels_draw import write_dataset_label_sheet
 
+    if out.is_dir():
+        raise FFEdgeError(f"--out {out} is a folder: name the .png file to write")
+    check_out_folder(out.parent, f"--out {out}: its folder")
     path = write_dataset_label_sheet(
         dataset, encoding, out, label_mode=label_mode, data_dir=data_dir, index=index, download=download, scale=scale
     )

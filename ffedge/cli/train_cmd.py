@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
-from ffedge.cli.app import app
-from ffedge.errors import FFEdgeError
+from ffedge.cli.app import app, err_console
+from ffedge.errors import FFEdgeError, one_line, quoted
 
 
 def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -18,7 +19,7 @@ def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise FFEdgeError(f"{option} takes comma-separated integers, e.g. 2,3 (got '{text}')") from None
+        raise FFEdgeError(f"{option} takes comma-separated integers, e.g. 2,3 (got {quoted(text)})") from None
 
 
 @app.command("train")
@@ -47,31 +48,38 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, help="Dataset directory (default: $FFEDGE_DATA or the user cache)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/DATASET-LABELS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
-    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it is a run folder ffedge wrote (only once the new run is complete)."),
 ) -> None:
     """Train a quantization-aware Forward-Forward CNN with spatially-extended labels."""
+    from ffedge.fsutil import sigterm_as_interrupt
     from ffedge.progress import RichReporter
     from ffedge.train import TrainConfig, resume_run, train_run
+    from ffedge.train.run import TrainingInterrupted
 
     out_dir = out or Path("runs") / f"{dataset.split(':')[0]}-{labels}"
-    reporter = RichReporter()
-    if resume:
-        if force:
-            raise FFEdgeError("--resume and --force exclude each other")
-        resume_run(out_dir, epochs=epochs, reporter=reporter)
-        return
-    label_params = {"mode": label_mode} if label_mode else {}
+    if resume and force:
+        raise FFEdgeError("--resume and --force exclude each other")
     if label_mode and labels != "fourier":
         raise FFEdgeError("--label-mode applies to --labels fourier only")
-    cfg = TrainConfig(
-        dataset=dataset, labels=labels, label_params=label_params, batch_size=batch_size, lr=lr,
-        quant=not no_quant, bits=bits, weight_bits=weight_bits, loss=loss, alpha=alpha, threshold=threshold,
-        local=local, negatives=negatives, predict_layers=parse_int_list(predict_layers, "--predict-layers"),
-        head_epochs=head_epochs, seed=seed, device=device, threads=threads, eval_samples=eval_samples,
-        data_dir=str(data_dir) if data_dir else None,
-    )
-    if epochs is not None:
-        cfg.epochs = epochs
-    if layers is not None:
-        cfg.layers = layers
-    train_run(cfg, out_dir, force=force, reporter=reporter)
+    reporter = RichReporter()
+    try:
+        with sigterm_as_interrupt():
+            if resume:
+                resume_run(out_dir, epochs=epochs, reporter=reporter)
+                return
+            cfg = TrainConfig(
+                dataset=dataset, labels=labels, label_params={"mode": label_mode} if label_mode else {},
+                batch_size=batch_size, lr=lr, quant=not no_quant, bits=bits, weight_bits=weight_bits, loss=loss,
+                alpha=alpha, threshold=threshold, local=local, negatives=negatives,
+                predict_layers=parse_int_list(predict_layers, "--predict-layers"), head_epochs=head_epochs,
+                seed=seed, device=device, threads=threads, eval_samples=eval_samples,
+                data_dir=str(data_dir) if data_dir else None,
+            )
+            if epochs is not None:
+                cfg.epochs = epochs
+            if layers is not None:
+                cfg.layers = layers
+            train_run(cfg, out_dir, force=force, reporter=reporter)
+    except TrainingInterrupted as e:
+        err_console.print(escape(one_line(str(e))), highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,10 @@ from torch import nn
 
 import ffedge
 from ffedge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, PRECISIONS
+from ffedge.bundle_update import VERSIONS
 from ffedge.errors import FFEdgeError
-from ffedge.fsutil import atomic_write_json, fsync_dir, sha256_file
+from ffedge.fsutil import atomic_write_json, check_out_folder, is_temp_of, ownership_problem, replace_folder, sha256_file
+from ffedge.options import check_float, check_int
 from ffedge.labels import encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import make_session
@@ -259,27 +262,72 @@ def _quant_facts(layer: FFConvLayer) -> dict[str, Any]:
     }
 
 
+def _known_bundle_entry(listed: set[str]) -> Any:
+    """Says which paths in a bundle folder ffedge writes: the manifest, listed files, ``versions/``, temp files."""
+    root_names = listed | {MANIFEST}
+
+    def known(rel: PurePosixPath, is_dir: bool) -> bool:
+        parts = rel.parts
+        if len(parts) == 1:
+            return parts[0] == VERSIONS if is_dir else parts[0] in root_names or is_temp_of(parts[0], root_names)
+        if parts[0] != VERSIONS:
+            return False
+        if len(parts) == 2:
+            if is_dir:
+                return re.fullmatch(r"v\d+", parts[1]) is not None
+            return parts[1] == ".lock" or re.fullmatch(r"\.?manifest\.v\d+\.json(\..*\.tmp)?", parts[1]) is not None
+        return len(parts) == 3 and not is_dir and re.fullmatch(r"v\d+", parts[1]) is not None
+
+    return known
+
+
+def _listed_names(manifest: dict[str, Any]) -> set[str]:
+    files = manifest.get("files")
+    return {PurePosixPath(n).parts[0] for n in files if isinstance(n, str) and n} if isinstance(files, dict) else set()
+
+
+def bundle_problem(folder: Path) -> str | None:
+    """Why ``folder`` is not a bundle ffedge wrote (so ``--force`` may not replace it), or None.
+
+    A bundle is recognized by its manifest; every other entry must be a file some
+    manifest (current or saved under ``versions/``) lists, or ffedge's own bookkeeping.
+    """
+    def read(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError):
+            return None
+
+    if not (folder / MANIFEST).is_file():
+        return f"it has no {MANIFEST}"
+    m = read(folder / MANIFEST)
+    if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT or not isinstance(m.get("files"), dict):
+        return f"its {MANIFEST} is not an ffedge bundle's"
+    listed = _listed_names(m)
+    if (folder / VERSIONS).is_dir() and not (folder / VERSIONS).is_symlink():
+        for saved in sorted((folder / VERSIONS).glob("manifest.v*.json")):
+            old = read(saved)
+            listed |= _listed_names(old) if isinstance(old, dict) else set()
+    return ownership_problem(folder, _known_bundle_entry(listed - {VERSIONS}))
+
+
 def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FFEdgeError(f"{out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FFEdgeError(f"{out} already exists: pass --force to replace it")
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise FFEdgeError(f"cannot write to {parent}")
+    """``out`` can take the bundle: new, empty, or (with ``force``) a bundle ffedge wrote; its parent is writable."""
+    if out.is_symlink():
+        raise FFEdgeError(f"--out {out} is a symbolic link: name the folder itself")
+    check_out_folder(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FFEdgeError(f"{out} already exists: pass --force to replace it")
+        why = bundle_problem(out)
+        if why is not None:
+            raise FFEdgeError(f"--force replaces only a bundle ffedge wrote, and {out} is not one ({why}): nothing was deleted")
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place; an old one is removed only after that."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Move the finished bundle into place; an old one is removed only after that (if it still is a bundle)."""
+    replace_folder(tmp, out, bundle_problem)
 
 
 def write_master(net: FFNet, path: Path) -> None:
@@ -381,12 +429,13 @@ def export_bundle(
     cfg, net = load_run(run_dir)
     if precision == "int8" and not cfg["model"]["quant"]:
         raise FFEdgeError(f"{run_dir} was trained without quantization (--no-quant): export it with --fp32")
-    if not 0 <= min_agreement <= 1:
-        raise FFEdgeError("--min-agreement must lie between 0 and 1")
+    check_float(min_agreement, "--min-agreement", 0.0, 1.0)
+    check_int(verify_samples, "--verify-samples", 0)
+    check_int(replay, "--replay", 0)
     _check_out(out, force)
     int8 = precision == "int8"
     model = net if int8 else float_copy(net)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.absolute().parent))
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700

@@ -22,15 +22,16 @@ Agg canvas is used (no pyplot, no global backend switch).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ffedge.errors import FFEdgeError, MissingExtraError
+from ffedge.errors import FFEdgeError, MissingExtraError, quoted
 from ffedge.evaluate import confusion, held_out
-from ffedge.fsutil import atomic_write_json, atomic_write_with
+from ffedge.fsutil import atomic_write_json, atomic_write_with, check_out_folder
 from ffedge.labels import LabelEncoding, encoding_from_config
 from ffedge.labels_draw import label_sheet, save_label_sheet
 from ffedge.preprocess import normalize
@@ -312,6 +313,25 @@ def draw_confusion(cm: np.ndarray, names: Sequence[str], accuracy: float, title:
 # ---------------------------------------------------------------- the report
 
 
+def _check_out(out: Path) -> None:
+    """``out`` is writable, and the report replaces only files an earlier ffedge report there wrote."""
+    check_out_folder(out)
+    ours = {"report.json"}
+    try:
+        old = json.loads((out / "report.json").read_text())
+        if isinstance(old, dict) and isinstance(old.get("files"), list) and "confusion" in old:
+            ours |= {f for f in old["files"] if isinstance(f, str)}
+        else:
+            ours = set()
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, RecursionError):
+        ours = set()
+    clash = [name for name in (*FILES, "report.json") if (out / name).exists() and name not in ours]
+    if clash:
+        raise FFEdgeError(f"--out {out} already holds {quoted(clash[0])}, which no ffedge report wrote there: choose another folder")
+
+
 def write_report(
     run_dir: str | Path,
     out: str | Path = "report",
@@ -335,8 +355,7 @@ def write_report(
         raise FFEdgeError(f"--limit must be >= 1 (got {limit})")
     if not run_dir.is_dir():
         raise FFEdgeError(f"no such run folder: {run_dir}")
-    if out.exists() and not out.is_dir():
-        raise FFEdgeError(f"--out {out} exists and is not a folder")
+    _check_out(out)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FFEdgeError("--device cuda: no CUDA device is available to torch here")
     cfg, net = load_run(run_dir)

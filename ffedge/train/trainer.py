@@ -17,14 +17,20 @@ import numpy as np
 import torch
 
 from ffedge.datasets import Dataset, load_dataset
-from ffedge.errors import FFEdgeError
+from ffedge.errors import FFEdgeError, quoted
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
+from ffedge.options import check_float, check_int, check_threads
 from ffedge.preprocess import compute_normalization, normalize
 from ffedge.train.losses import LOSS_NAMES, ff_loss
 from ffedge.train.model import DEFAULT_LAYERS, FFNet, QuantConfig, goodness, parse_layers
 
 LOCAL_MODES = ("pair", "layer")
 NEGATIVE_MODES = ("random", "hard")
+MAX_SEED = 2**63 - 1
+MAX_CHANNELS = 4096  # per layer; far more only exhausts memory while the model is built
+MAX_KERNEL = 31
+# Far beyond any useful value; larger ones overflow float32 inside the optimizer or the loss.
+MAX_LR, MAX_ALPHA, MAX_THRESHOLD = 1e3, 1e4, 1e6
 
 
 @dataclass
@@ -54,30 +60,43 @@ class TrainConfig:
     eval_samples: int = 100
     data_dir: str | None = None
 
+    def check_types(self, source: str = "") -> None:
+        """Every field has its declared type (``config.json`` may have been edited); ``source`` names where from."""
+        where = f"{source}: " if source else ""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _type_ok(value, str(f.type)):
+                raise FFEdgeError(f"{where}training option '{f.name}' must be {_TYPE_WORDS.get(str(f.type), f.type)}, got {quoted(value)}")
+
     def validate(self) -> None:
-        """Reject bad options with one clear message, before anything is written."""
+        """Reject bad options with one clear message, before anything is written or loaded."""
+        self.check_types()
         if self.labels not in ENCODING_NAMES:
-            raise FFEdgeError(f"unknown label encoding '{self.labels}': choose one of {', '.join(ENCODING_NAMES)}")
+            raise FFEdgeError(f"unknown label encoding {quoted(self.labels)}: choose one of {', '.join(ENCODING_NAMES)}")
         if self.loss not in LOSS_NAMES:
-            raise FFEdgeError(f"unknown loss '{self.loss}': choose one of {', '.join(LOSS_NAMES)}")
+            raise FFEdgeError(f"unknown loss {quoted(self.loss)}: choose one of {', '.join(LOSS_NAMES)}")
         if self.local not in LOCAL_MODES:
-            raise FFEdgeError(f"unknown --local '{self.local}': choose one of {', '.join(LOCAL_MODES)}")
+            raise FFEdgeError(f"unknown --local {quoted(self.local)}: choose one of {', '.join(LOCAL_MODES)}")
         if self.negatives not in NEGATIVE_MODES:
-            raise FFEdgeError(f"unknown --negatives '{self.negatives}': choose one of {', '.join(NEGATIVE_MODES)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise FFEdgeError(f"--{name.replace('_', '-')} must be >= 1")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise FFEdgeError("--lr must be a positive number")
-        if self.head_epochs < 0 or self.eval_samples < 0:
-            raise FFEdgeError("--head-epochs and --eval-samples must be >= 0")
+            raise FFEdgeError(f"unknown --negatives {quoted(self.negatives)}: choose one of {', '.join(NEGATIVE_MODES)}")
+        check_int(self.epochs, "--epochs", 1)
+        check_int(self.batch_size, "--batch-size", 1)
+        check_int(self.head_epochs, "--head-epochs", 0)
+        check_int(self.eval_samples, "--eval-samples", 0)
+        check_int(self.seed, "--seed", 0, MAX_SEED)
+        check_float(self.lr, "--lr", 0.0, MAX_LR, strict_min=True)
+        check_float(self.alpha, "--alpha", 0.0, MAX_ALPHA, strict_min=True)
+        check_float(self.threshold, "--threshold", 0.0, MAX_THRESHOLD)
+        check_threads(self.threads)
         self.quant_config()
-        n = len(parse_layers(self.layers))
-        for i in self.prediction_layers(n):
-            if not 0 <= i < n:
-                raise FFEdgeError(f"--predict-layers: layer {i} does not exist (the net has layers 0..{n - 1})")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise FFEdgeError("--device cuda: no CUDA device is available to torch here")
+        specs = parse_layers(self.layers)
+        for spec in specs:
+            if spec.channels > MAX_CHANNELS or spec.kernel > MAX_KERNEL:
+                raise FFEdgeError(f"bad layer {quoted(spec.to_str())} in --layers: at most {MAX_CHANNELS} channels and a kernel of {MAX_KERNEL}")
+        for i in self.prediction_layers(len(specs)):
+            if not 0 <= i < len(specs):
+                raise FFEdgeError(f"--predict-layers: layer {i} does not exist (the net has layers 0..{len(specs) - 1})")
+        check_device(self.device)
 
     def quant_config(self) -> QuantConfig:
         """Weights default to min(bits, 7) bits; see :class:`QuantConfig` for why 7."""
@@ -89,11 +108,64 @@ class TrainConfig:
         return list(self.predict_layers) if self.predict_layers else [n_layers - 1]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
+    def from_dict(cls, d: Any, source: str = "") -> "TrainConfig":
+        """The config saved in a run's ``config.json``; wrong types and unknown keys are one clear error."""
+        where = f"{source}: " if source else ""
+        if not isinstance(d, dict):
+            raise FFEdgeError(f"{where}'train' must be an object of training options, got {quoted(d)}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise FFEdgeError(f"{where}unknown training option {quoted(unknown[0])} (written by another ffedge version?)")
         if "weight_bits" not in d:  # runs made before weight_bits existed used one width for all
             d = {**d, "weight_bits": d.get("bits", 8)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        cfg = cls(**d)
+        cfg.check_types(source)
+        return cfg
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """``value`` fits a field annotation of :class:`TrainConfig` (written as a string)."""
+    for part in (p.strip() for p in annotation.split("|")):
+        if part == "None" and value is None:
+            return True
+        if part == "bool" and isinstance(value, bool):
+            return True
+        if part == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if part == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if part == "str" and isinstance(value, str):
+            return True
+        if part.startswith("dict[str") and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return True
+        if part == "list[int]" and isinstance(value, list) and all(_type_ok(v, "int") for v in value):
+            return True
+    return False
+
+
+_TYPE_WORDS = {
+    "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+    "int | None": "an integer or null", "str | None": "a string or null",
+    "list[int] | None": "a list of integers or null", "dict[str, Any]": "an object",
+}
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda``/``cuda:N`` (with that GPU present) or ``mps`` (when available); else one clear error."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise FFEdgeError(f"--device {quoted(device)}: choose cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FFEdgeError(f"--device {device}: no CUDA device is available to torch here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FFEdgeError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) (0..{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise FFEdgeError(f"--device {device}: MPS is not available to torch here")
+    elif dev.type != "cpu":
+        raise FFEdgeError(f"--device {quoted(device)}: choose cpu, cuda, cuda:N or mps")
 
 
 @dataclass
@@ -121,6 +193,10 @@ def build_model(cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], n
     return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config())
 
 
+class Diverged(FFEdgeError):
+    """A training step produced a loss or goodness that is not finite (NaN or infinite)."""
+
+
 class LocalTrainer:
     """One optimizer per layer; :meth:`step` does one FF update of every layer on a batch."""
 
@@ -134,7 +210,10 @@ class LocalTrainer:
                 group["lr"] = lr
 
     def step(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[tuple[float, float, float]]:
-        """Update every layer once; returns (loss, mean g_pos, mean g_neg) per layer."""
+        """Update every layer once; returns (loss, mean g_pos, mean g_neg) per layer.
+
+        Raises :class:`Diverged` (before any weight changes) when one of them is not finite.
+        """
         cfg, pair = self.cfg, self.cfg.local == "pair"
         b = x_pos.shape[0]
         for opt in self.optimizers:
@@ -156,6 +235,9 @@ class LocalTrainer:
             # activity alive while the next layer runs; one graph at a time is what makes FF light.
             prev_out, inp = (out, out) if pair else (None, out.detach())
             del h, g, loss, out
+        for idx, values in enumerate(stats):
+            if not all(math.isfinite(v) for v in values):
+                raise Diverged(f"layer {idx} has loss {values[0]}, goodness {values[1]}/{values[2]} (positive/negative)")
         for opt in self.optimizers:
             opt.step()
         return stats
