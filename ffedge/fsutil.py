@@ -243,17 +243,21 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Raise :class:`Terminated` on SIGTERM, so cleanup runs as for Ctrl-C (main thread only)."""
+    """Raise :class:`Terminated` on SIGTERM, so cleanup runs as for Ctrl-C (main thread only; an ignored SIGTERM stays ignored)."""
 
     def handler(signum: int, frame: Any) -> None:
         raise Terminated()
 
+    old: Any = None
+    installed = False
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+            old = signal.signal(signal.SIGTERM, handler)
+            installed = True
     except ValueError:  # not the main thread
-        yield
-        return
+        pass
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        if installed:
+            signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)

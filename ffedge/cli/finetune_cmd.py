@@ -2,61 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 
 from ffedge.cli.app import app, console, err_console
+from ffedge.fsutil import Terminated, signals_held, sigterm_as_interrupt
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 # Exit codes of an interrupted run: 128 + the signal number, as a shell reports a process killed by it.
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that every cleanup runs."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only; an ignored SIGTERM stays ignored)."""
-    def raise_terminated(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    try:
-        old = signal.getsignal(signal.SIGTERM)
-        if old is None:  # a handler not installed from Python: restore the default
-            old = signal.SIG_DFL
-        if old is not signal.SIG_IGN:
-            signal.signal(signal.SIGTERM, raise_terminated)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back while the block runs; one that arrived is delivered at its end.
-
-    onnxruntime's import turns a KeyboardInterrupt into an ImportError traceback.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _version(bundle: Path) -> int | None:
