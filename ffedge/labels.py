@@ -85,7 +85,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ffedge.errors import FFEdgeError
+from ffedge.errors import FFEdgeError, quoted
 
 ENCODING_NAMES = ("fourier", "morph", "onehot")
 CONFIG_VERSION = 1
@@ -148,7 +148,7 @@ def _check_unknown(name: str, params: dict[str, Any], allowed: Iterable[str]) ->
     extra = sorted(set(params) - set(allowed))
     if extra:
         raise FFEdgeError(
-            f"unknown parameter(s) for the {name!r} label encoding: {', '.join(extra)} "
+            f"unknown parameter(s) for the {name!r} label encoding: {', '.join(map(quoted, extra))} "
             f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
         )
 

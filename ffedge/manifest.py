@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
@@ -662,6 +663,8 @@ def read_manifest_file(path: str | Path) -> Manifest:
     """Read, decode and check one manifest file (``manifest.json`` or a saved ``versions/manifest.vN.json``)."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a named pipe would block the read forever
+            raise ValueError("not a regular file")
         with open(path, "rb") as f:
             data = f.read(MAX_MANIFEST_BYTES + 1)
         if len(data) > MAX_MANIFEST_BYTES:

@@ -107,7 +107,7 @@ def test_malformed_manifest_is_one_line_naming_the_key(int8_bundle: Path, tmp_pa
     b = _edited(int8_bundle, tmp_path / "b", edit)
     with pytest.raises(FFEdgeError, match="manifest.json"):
         open_bundle(b)
-    for args in (("info", str(b)), ("info", str(b), "--json"), ("predict", str(b), str(x_npy))):
+    for args in (("info", str(b)), ("predict", str(b), str(x_npy))):
         assert_one_line_error(cli_inprocess(*args), needle)
 
 
@@ -223,3 +223,10 @@ def test_options_are_checked_before_any_work(int8_bundle: Path, x_npy: Path, arg
 def test_eval_with_absurd_threads_fails_at_once(int8_bundle: Path) -> None:
     """Today's main hung here (onnxruntime starting 100000 threads)."""
     assert_one_line_error(cli("eval", str(int8_bundle), "--threads", "100000", timeout=60), "--threads must be between 1 and")
+
+
+def test_a_manifest_that_is_a_named_pipe_does_not_hang(int8_bundle: Path, tmp_path: Path) -> None:
+    b = _edited(int8_bundle, tmp_path / "b", lambda b, m: None)
+    (b / MANIFEST).unlink()
+    os.mkfifo(b / MANIFEST)
+    assert_one_line_error(cli("info", str(b), timeout=60), "unreadable manifest (ValueError: not a regular file)")
