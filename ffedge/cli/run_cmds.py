@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from ffedge.cli.app import app, console
 from ffedge.options import check_int, check_threads
+
+if TYPE_CHECKING:
+    from ffedge.manifest import Manifest
 
 MODE_HELP = "all: goodness over every label; head: softmax head, one pass; topk: head proposes --k labels, goodness decides."
 
@@ -66,7 +69,7 @@ def eval_cmd(
     mode_txt = f"topk (k={k})" if mode == "topk" else mode
     say(f"{shown(str(bundle))} ({r['precision']}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}")
     say(f"accuracy {r['accuracy']:.2%}")
-    t = Table("true \\ predicted", *[Text(shown(c)) for c in r["classes"]], title="confusion matrix")
+    t = Table("true \\ predicted", *[Column(Text(shown(c))) for c in r["classes"]], title="confusion matrix")
     for c, row in zip(r["classes"], r["confusion"]):
         t.add_row(Text(shown(c)), *[str(v) for v in row])
     console.print(t)
@@ -153,7 +156,9 @@ def info(
         raise typer.Exit(1)
 
 
-def _print_info(bundle: Path, m, sizes: dict[str, int], total: int, history: list, status: str, checked: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, history: list[dict[str, Any]], status: str,
+                checked: dict[str, str]) -> None:
+    """The text form of ``ffedge info``."""
     c, h, w = m.input.shape
     enc = m.encoding
     say(f"bundle {shown(str(bundle))}: format {m.format} v{m.version}, {m.precision}, made {shown(m.created or '?')} "
