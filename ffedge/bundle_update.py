@@ -59,20 +59,10 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
 
-from ffedge.bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    MANIFEST,
-    PRECISIONS,
-    REQUIRED_KEYS,
-    RESERVED,
-    _check_structure,
-    check_files,
-    open_bundle,
-    read_manifest,
-)
+from ffedge.bundle import MANIFEST, RESERVED, check_files, check_paths, open_bundle, read_manifest
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.fsutil import atomic_path, atomic_write_json, fsync_dir
+from ffedge.fsutil import atomic_path, fsync_dir
+from ffedge.manifest import Manifest, parse_manifest, read_manifest_file, write_manifest
 
 VERSIONS = "versions"
 LOCK = ".lock"
@@ -86,9 +76,12 @@ _BUSY = "another fine-tune or rollback of this bundle is in progress"
 _HELD = threading.local()  # bundles whose lock this thread holds (update_lock is re-entrant)
 
 
-def bundle_version(manifest: Mapping[str, Any]) -> int:
+def bundle_version(manifest: Manifest | Mapping[str, Any]) -> int:
     """The manifest's ``bundle_version`` (1 when absent: a bundle as exported)."""
-    return int(manifest.get("bundle_version", 1))
+    if isinstance(manifest, Manifest):
+        return manifest.current_version
+    v = manifest.get("bundle_version")
+    return 1 if v is None else int(v)
 
 
 def logical_name(path: str) -> str:
@@ -140,23 +133,20 @@ def _saved_versions(bundle_dir: Path) -> dict[int, Path]:
     return out
 
 
-def _read_saved(path: Path) -> dict[str, Any]:
+def _read_saved(path: Path) -> Manifest:
     try:
-        m = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise FFEdgeError(f"{path}: unreadable saved manifest ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(m, dict) or not isinstance(m.get("files"), dict):
-        raise FFEdgeError(f"{path}: not a saved bundle manifest")
-    return m
+        return read_manifest_file(path)
+    except FileNotFoundError:
+        raise FFEdgeError(f"{path}: the saved manifest is missing") from None
 
 
-def _parent(manifest: Mapping[str, Any]) -> int | None:
+def _parent(manifest: Manifest) -> int | None:
     """The version the current one was made from (None for a bundle as exported)."""
-    n = bundle_version(manifest)
-    history = manifest.get("history") or []
-    if history and isinstance(history[-1], dict) and history[-1].get("version") == n:
-        prev = history[-1].get("previous", n - 1)
-        return int(prev) if prev is not None else None
+    n = manifest.current_version
+    history = manifest.history or []
+    if history and history[-1].version == n:
+        last = history[-1]
+        return last.previous if "previous" in last.key_order else n - 1
     return None
 
 
@@ -205,7 +195,7 @@ def check_no_links(bundle_dir: str | Path, files: Any = None) -> None:
                 if os.path.islink(os.path.join(folder, name)):
                     raise _link_error(Path(folder) / name)
     if files is None:
-        files = read_manifest(root)["files"]
+        files = read_manifest(root).files
     for name in files:
         _check_inside(root, name)
 
@@ -309,7 +299,7 @@ def commit_update(
     for name in new_files:
         _check_name(name)
     check_no_links(bundle_dir)
-    verified = open_bundle(bundle_dir).manifest  # (1) read and sha256-verify the current version
+    verified = open_bundle(bundle_dir).manifest  # (1) read, check and sha256-verify the current version
     n = bundle_version(verified)
     try:
         with update_lock(bundle_dir):
@@ -320,13 +310,13 @@ def commit_update(
             if base_version is not None and n != base_version:
                 raise FFEdgeError(f"{bundle_dir}: version {n} became current while this update was made from version {base_version}; "
                                   f"nothing was committed (the bundle is still version {n})")
-            check_no_links(bundle_dir, current["files"])
+            check_no_links(bundle_dir, current.files)
             return _commit(bundle_dir, current, new_files, manifest_changes, dict(history_entry or {}))
     except OSError as e:
         raise _os_error(bundle_dir, "update the bundle", e, n) from None
 
 
-def _commit(bundle_dir: Path, current: dict[str, Any], new_files: Mapping[str, bytes | str | Path],
+def _commit(bundle_dir: Path, current: Manifest, new_files: Mapping[str, bytes | str | Path],
             changes: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     n = bundle_version(current)
     k = max([n, *_saved_versions(bundle_dir)]) + 1
@@ -345,13 +335,13 @@ def _commit(bundle_dir: Path, current: dict[str, Any], new_files: Mapping[str, b
                 digests[name] = _write_file(new_dir / name, src)
             fsync_dir(new_dir)
         # (3) the manifest we are leaving, so the old version stays restorable
-        atomic_write_json(saved_manifest_path(bundle_dir, n), current)
+        write_manifest(saved_manifest_path(bundle_dir, n), current)
         # (4) the new manifest
-        new = _next_manifest(current, k, digests, changes, entry)
-        _check_manifest(bundle_dir, new)
-        check_files(bundle_dir, new)  # every file it lists is on disk with its sha256
+        new = _next_manifest(current.to_dict(), k, digests, changes, entry)
+        typed = _check_manifest(bundle_dir, new)
+        check_files(bundle_dir, typed)  # every file it lists is on disk with its sha256
         # (5) the commit point
-        atomic_write_json(bundle_dir / MANIFEST, new)
+        write_manifest(bundle_dir / MANIFEST, typed)
         committed = True
         fsync_dir(bundle_dir)
         return new
@@ -361,24 +351,15 @@ def _commit(bundle_dir: Path, current: dict[str, Any], new_files: Mapping[str, b
         raise
 
 
-def _check_manifest(bundle_dir: Path, m: dict[str, Any]) -> None:
+def _check_manifest(bundle_dir: Path, m: dict[str, Any]) -> Manifest:
     """The checks ``read_manifest`` makes, on a manifest not yet written."""
-    where = bundle_dir / MANIFEST
-    missing = [k for k in REQUIRED_KEYS if k not in m]
-    if missing:
-        raise FFEdgeError(f"{where}: the updated manifest would lack the key(s) {', '.join(missing)}")
-    if m["format"] != BUNDLE_FORMAT or m["version"] != BUNDLE_VERSION or m["precision"] not in PRECISIONS:
-        raise FFEdgeError(f"{where}: the update would change the bundle's format, version or precision to unsupported values")
-    _check_structure(where, m)
-    fused = m.get("fused")
-    if fused is not None and (not isinstance(fused, dict) or fused.get("file") not in m["files"]):
-        raise FFEdgeError(f"{where}: the updated 'fused' entry does not name a listed file")
+    return parse_manifest(m, f"{bundle_dir / MANIFEST} (as the update would write it)")
 
 
 def _is_current(bundle_dir: Path, version: int) -> bool:
     try:
         return bundle_version(json.loads((bundle_dir / MANIFEST).read_text())) == version
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, TypeError):
         return False
 
 
@@ -387,7 +368,7 @@ def _next_manifest(current: dict[str, Any], k: int, digests: Mapping[str, str],
     """Version ``k``'s manifest: ``current`` with ``changes``, the new files (``digests``) and a history entry."""
     new_path = {name: version_path(k, name) for name in digests}
     mapping: dict[str, str] = {}
-    for path in current["files"]:
+    for path in current.files:
         logical = logical_name(path)
         if logical in new_path:
             mapping[path] = new_path[logical]
@@ -397,7 +378,7 @@ def _next_manifest(current: dict[str, Any], k: int, digests: Mapping[str, str],
     m = {**copy.deepcopy(current), **copy.deepcopy(dict(changes))}
     m = {key: (value if key in _NOT_REPOINTED else repoint(value, mapping)) for key, value in m.items()}
     files: dict[str, str] = {}
-    for path, digest in current["files"].items():
+    for path, digest in current.files.items():
         logical = logical_name(path)
         if logical in digests:
             files[new_path[logical]] = digests[logical]
@@ -426,6 +407,7 @@ def rollback(bundle_dir: str | Path) -> dict[str, Any]:
     bundle_dir = Path(bundle_dir)
     check_no_links(bundle_dir)
     current = read_manifest(bundle_dir)
+    check_paths(bundle_dir, current)
     n = bundle_version(current)
     if _parent(current) is None:
         raise FFEdgeError(f"{bundle_dir} (version {n}) has no earlier version to roll back to")
@@ -442,15 +424,15 @@ def rollback(bundle_dir: str | Path) -> dict[str, Any]:
             target = _read_saved(saved)
             if bundle_version(target) != p:
                 raise FFEdgeError(f"{saved}: holds version {bundle_version(target)}, not {p}")
-            check_no_links(bundle_dir, target["files"])
+            check_no_links(bundle_dir, target.files)
             try:
                 check_files(bundle_dir, target)
             except FFEdgeError as e:
                 raise FFEdgeError(f"cannot roll back to version {p}, it is damaged: {e}") from None
-            atomic_write_json(saved_manifest_path(bundle_dir, n), {**current, "rolled_back": {"time": _now(), "to": p}})
-            atomic_write_json(bundle_dir / MANIFEST, target)  # the commit point
+            write_manifest(saved_manifest_path(bundle_dir, n), {**current.to_dict(), "rolled_back": {"time": _now(), "to": p}})
+            write_manifest(bundle_dir / MANIFEST, target)  # the commit point
             fsync_dir(bundle_dir)
-            return target
+            return target.to_dict()
     except OSError as e:
         raise _os_error(bundle_dir, "roll back", e, n) from None
 
@@ -467,11 +449,11 @@ def versions(bundle_dir: str | Path) -> list[dict[str, Any]]:
     n = bundle_version(current)
     out: dict[int, dict[str, Any]] = {}
 
-    def entry(m: Mapping[str, Any]) -> dict[str, Any]:
-        v = bundle_version(m)
-        hist = m.get("history") or []
-        last = hist[-1] if hist and isinstance(hist[-1], dict) and hist[-1].get("version") == v else None
-        return dict(last) if last else {"version": v, "time": m.get("created"), "event": "export"}
+    def entry(m: Manifest) -> dict[str, Any]:
+        v = m.current_version
+        hist = m.history or []
+        last = hist[-1] if hist and hist[-1].version == v else None
+        return last.to_dict() if last else {"version": v, "time": m.created, "event": "export"}
 
     for v, path in _saved_versions(bundle_dir).items():
         try:
@@ -481,11 +463,11 @@ def versions(bundle_dir: str | Path) -> list[dict[str, Any]]:
         if bundle_version(m) != v or v == n:
             continue
         rec = entry(m)
-        if "rolled_back" in m:
-            rec.update(status="rolled back", rolled_back=m["rolled_back"])
+        if m.rolled_back is not None:
+            rec.update(status="rolled back", rolled_back=m.rolled_back.to_dict())
         out[v] = rec
-    lineage = {1: {"version": 1, "time": current.get("created"), "event": "export"}}
-    lineage.update({int(h["version"]): dict(h) for h in current.get("history") or [] if isinstance(h, dict) and "version" in h})
+    lineage = {1: {"version": 1, "time": current.created, "event": "export"}}
+    lineage.update({h.version: h.to_dict() for h in current.history or []})
     for v, rec in lineage.items():
         out[v] = {**rec, "status": "current" if v == n else "earlier"}
     out.setdefault(n, {**entry(current), "status": "current"})

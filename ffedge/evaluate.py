@@ -11,6 +11,7 @@ import numpy as np
 from ffedge.bundle import Bundle
 from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError
+from ffedge.options import check_int
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import Runtime
 
@@ -55,6 +56,7 @@ def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resi
 def held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: str | None = None, resize: bool = False,
              limit: int | None = None, owner: str = "the bundle", hint: str = " (pass --resize)") -> tuple[np.ndarray, np.ndarray]:
     """The held-out split (first ``limit`` images) of a dataset that fits ``input_shape`` and ``num_classes``."""
+    check_int(limit, "--limit", 1)
     ds = load_fitting(spec, input_shape, data_dir, resize, owner, hint)
     if ds.num_classes != num_classes:
         raise FFEdgeError(f"{spec} has {ds.num_classes} classes, {owner} {num_classes}")
@@ -110,8 +112,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy and confusion matrix over (x, y), throughput at ``batch_size``, batch-1 latency, peak RSS."""
     rep = reporter or QuietReporter()
-    if batch_size < 1:
-        raise FFEdgeError("--batch-size must be >= 1")
+    check_int(batch_size, "--batch-size", 1)
+    check_int(latency_images, "--latency-images", 0)
+    rt.check_mode(mode, k)
     preds = []
     t0 = time.perf_counter()
     with rep.task(f"evaluating {len(y)} images ({mode})", len(y)) as advance:

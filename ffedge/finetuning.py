@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ffedge.bundle import Bundle, read_manifest
+from ffedge.bundle import Bundle, load_master, load_replay, read_manifest
 from ffedge.bundle_update import bundle_version, check_no_links, commit_update, update_lock
 from ffedge.errors import FFEdgeError
 from ffedge.evaluate import load_for_bundle, peak_rss_mb
@@ -94,28 +94,12 @@ def trainable_layers(text: str, n_layers: int) -> list[int]:
 
 
 def _load_master(b: Bundle) -> dict[str, np.ndarray]:
-    info = b.manifest.get("master")
-    if not info:
-        raise FFEdgeError(f"{b.path} has no float master weights: export it with 'ffedge export RUN --int8 --master'")
-    try:
-        with np.load(b.file(info["file"]), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError) as e:
-        raise FFEdgeError(f"{b.path}: cannot read the master weights ({e})") from None
+    return load_master(b)
 
 
 def _load_replay(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
     """The bundle's rehearsal examples (``replay.npz``), checked against its input shape and classes."""
-    info = b.manifest.get("replay")
-    c, h, w = b.input_shape
-    try:
-        with np.load(b.file(info["file"]), allow_pickle=False) as z:
-            x, y = z["x"], z["y"]
-    except (OSError, ValueError, KeyError) as e:
-        raise FFEdgeError(f"{b.path}: cannot read the replay examples ({e})") from None
-    if x.dtype != np.uint8 or x.shape[1:] != (h, w, c) or len(x) != len(y) or (len(y) and not 0 <= y.min() <= y.max() < len(b.classes)):
-        raise FFEdgeError(f"{b.path}: the replay examples do not fit the bundle")
-    return x, y.astype(np.int64)
+    return load_replay(b)
 
 
 def _load_data(b: Bundle, cfg: FinetuneConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -190,22 +174,22 @@ def _write_candidates(b: Bundle, net: HybridNet, head: SoftmaxHead | None, maste
     for i, layer in net.layers.items():
         q = layer.quantized()
         entry = b.layers[i]
-        name = Path(entry["file"]).name
-        patch_initializers(b.file(entry["file"]), tmp / name, q)
+        name = Path(entry.file).name
+        patch_initializers(b.file(entry.file), tmp / name, q)
         files[name] = tmp / name
         fused_values.update({f"l{i}_{k}": v for k, v in q.items()})
         master[f"layer{i}.weight"], master[f"layer{i}.bias"] = layer.weight, layer.bias
-    fused = b.manifest.get("fused")
+    fused = b.manifest.fused
     if fused:
-        name = Path(fused["file"]).name
-        patch_initializers(b.file(fused["file"]), tmp / name, fused_values)
+        name = Path(fused.file).name
+        patch_initializers(b.file(fused.file), tmp / name, fused_values)
         files[name] = tmp / name
     if head is not None and b.head:
-        name = Path(b.head["file"]).name
-        patch_initializers(b.file(b.head["file"]), tmp / name, {"head_w": head.weight, "head_b": head.bias})
+        name = Path(b.head.file).name
+        patch_initializers(b.file(b.head.file), tmp / name, {"head_w": head.weight, "head_b": head.bias})
         files[name] = tmp / name
         master["head.weight"], master["head.bias"] = head.weight, head.bias
-    name = Path(b.manifest["master"]["file"]).name
+    name = Path(b.manifest.master.file).name
     with open(tmp / name, "wb") as f:
         np.savez(f, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in master.items()})
     files[name] = tmp / name
@@ -281,8 +265,9 @@ def _temp_folder(version: int) -> Iterator[Path]:
 
 def _replaced_bytes(b: Bundle, which: list[int]) -> int:
     """Bytes of the files a fine-tune of layers ``which`` writes (the same sizes as the files they replace)."""
-    names = {b.layers[i]["file"] for i in which} | {(b.manifest.get("fused") or {}).get("file"), (b.head or {}).get("file"),
-                                                   b.manifest["master"]["file"]}
+    m = b.manifest
+    names = {b.layers[i].file for i in which} | {m.fused.file if m.fused else None, b.head.file if b.head else None,
+                                                 m.master.file if m.master else None}
     return sum(b.file(n).stat().st_size for n in names if n)
 
 
@@ -355,8 +340,8 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
     t0 = time.perf_counter()
     rt = Runtime(bundle, threads=cfg.threads, arena=False)
     b = rt.bundle
-    if b.manifest["precision"] != "int8":
-        raise FFEdgeError(f"{b.path} is an {b.manifest['precision']} bundle: fine-tuning works on int8 bundles")
+    if b.manifest.precision != "int8":
+        raise FFEdgeError(f"{b.path} is an {b.manifest.precision} bundle: fine-tuning works on int8 bundles")
     master = _load_master(b)
     which = trainable_layers(cfg.layers, len(b.layers))
     target = Path(out) if out is not None else b.path
@@ -370,14 +355,14 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
     _check_space(out_disk, needed + (0 if out is None else b.size_bytes()))
     if out is None:
         _hold_lock(b, cleanup)
-    if cfg.replay and b.manifest.get("replay"):
+    if cfg.replay and b.manifest.replay:
         # Rehearse the stored training examples alongside the new ones: what keeps the old data's accuracy.
         x_old, y_old = _load_replay(b)
         x_tr, y_tr = np.concatenate([x_tr, x_old]), np.concatenate([y_tr, y_old])
-    layers = {i: QuantFFLayer.from_master(master, i, b.layers[i]) for i in which}
+    layers = {i: QuantFFLayer.from_master(master, i, b.layers[i].to_dict()) for i in which}
     net = HybridNet(rt, layers, cfg.anchor)
     k = len(b.classes)
-    mean, std = b.manifest["input"]["mean"], b.manifest["input"]["std"]
+    mean, std = b.manifest.input.mean, b.manifest.input.std
     rep.log(f"fine-tuning {b.path} on {cfg.data}: {n_new} examples (+{len(y_tr) - n_new} replayed), layers {which} + head, {cfg.epochs} epochs; "
             f"scoring on {len(y_te)} held-out examples")
     before = accuracy(rt, x_te, y_te, cfg.mode)
@@ -398,7 +383,7 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
                 xn = normalize(x_tr[idx], mean, std)
                 y = y_tr[idx]
                 wrong = (y + rng.integers(1, k, size=len(y))) % k
-                losses.append(net.train_batch(b.encoding.encode(xn, y), b.encoding.encode(xn, wrong), opts, b.manifest.get("objective") or {}))
+                losses.append(net.train_batch(b.encoding.encode(xn, y), b.encoding.encode(xn, wrong), opts, b.manifest.objective.options() if b.manifest.objective else {}))
                 step += 1
                 advance(len(idx), loss=f"{np.mean(losses[-1]):.3f}")
         history.append(float(np.mean(losses)))
@@ -406,7 +391,7 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
     head = None
     if b.head and cfg.head_epochs:
         head = SoftmaxHead.from_master(master)
-        hl = [int(i) for i in b.head["layers"]]
+        hl = list(b.head.layers)
         feats = np.concatenate([
             head.features(net.features(b.encoding.neutral(normalize(x_tr[s : s + 64], mean, std)), hl)) for s in range(0, len(y_tr), 64)
         ])
@@ -423,7 +408,7 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
         after = accuracy(after_rt, x_te, y_te, cfg.mode)
         del after_rt
         rep.log(f"held-out accuracy after: {after:.2%}")
-        new_layers = [dict(e) for e in b.layers]
+        new_layers = [e.to_dict() for e in b.layers]
         for i, layer in layers.items():
             new_layers[i]["quant"] = {**new_layers[i]["quant"], "weight_scale": float(layer.weight_scale())}
         seconds = time.perf_counter() - t0
@@ -439,7 +424,7 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
         if out is not None:
             target = _publish(target, Path(out))
     return {
-        "bundle": str(target), "version": manifest.get("bundle_version"), "examples": int(n_new), "replayed": int(len(y_tr) - n_new),
+        "bundle": str(target), "version": bundle_version(manifest), "examples": int(n_new), "replayed": int(len(y_tr) - n_new),
         "held_out": int(len(y_te)),
         "layers": which, "accuracy_before": before, "accuracy_after": after, "ff_loss": history,
         "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),

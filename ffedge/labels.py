@@ -85,7 +85,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ffedge.errors import FFEdgeError
+from ffedge.errors import FFEdgeError, quoted
 
 ENCODING_NAMES = ("fourier", "morph", "onehot")
 CONFIG_VERSION = 1
@@ -101,6 +101,8 @@ MORPH_DEFAULT_OPS = ("dilate", "erode", "open")
 MORPH_SHRINKING = ("erode", "open")  # can erase thin strokes: kept to short lines
 MORPH_SHRINK_MAX_RADIUS = 1
 ONEHOT_DEFAULT_AMPLITUDE = 3.0
+# Bound of amplitudes, angles and phases: larger values overflow float32 patterns (inf, then NaN).
+MAX_PARAM = 1e6
 
 
 # ---------------------------------------------------------------- validation
@@ -127,8 +129,8 @@ def _check_amplitude(value: Any) -> float:
         amp = float(value)
     except (TypeError, ValueError):
         raise FFEdgeError(f"amplitude must be a number, got {value!r}") from None
-    if not math.isfinite(amp) or amp <= 0:
-        raise FFEdgeError(f"amplitude must be a finite number > 0, got {value!r}")
+    if not math.isfinite(amp) or not 0 < amp <= MAX_PARAM:
+        raise FFEdgeError(f"amplitude must be a number in (0, {MAX_PARAM:g}], got {value!r}")
     return amp
 
 
@@ -137,8 +139,8 @@ def _check_float(name: str, value: Any) -> float:
         out = float(value)
     except (TypeError, ValueError):
         raise FFEdgeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise FFEdgeError(f"{name} must be finite, got {value!r}")
+    if not math.isfinite(out) or abs(out) > MAX_PARAM:
+        raise FFEdgeError(f"{name} must be a finite number within +-{MAX_PARAM:g}, got {value!r}")
     return out
 
 
@@ -146,7 +148,7 @@ def _check_unknown(name: str, params: dict[str, Any], allowed: Iterable[str]) ->
     extra = sorted(set(params) - set(allowed))
     if extra:
         raise FFEdgeError(
-            f"unknown parameter(s) for the {name!r} label encoding: {', '.join(extra)} "
+            f"unknown parameter(s) for the {name!r} label encoding: {', '.join(map(quoted, extra))} "
             f"(allowed: {', '.join(sorted(allowed)) or 'none'})"
         )
 

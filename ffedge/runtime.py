@@ -13,6 +13,7 @@ Three modes:
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -20,11 +21,17 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from ffedge.bundle import Bundle, open_bundle
-from ffedge.errors import FFEdgeError
+from ffedge.bundle import Bundle, check_files, load_master, load_replay, open_bundle, read_manifest
+from ffedge.errors import FFEdgeError, quoted
+from ffedge.options import check_int, check_threads
 from ffedge.preprocess import normalize
 
 MODES = ("all", "head", "topk")
+# What onnxruntime raises (its own exception types, none a subclass of a builtin one but Exception).
+ORT_ERRORS = tuple(
+    v for v in vars(__import__("onnxruntime.capi.onnxruntime_pybind11_state", fromlist=["_"])).values()
+    if isinstance(v, type) and issubclass(v, Exception)
+)
 
 
 class Prediction(NamedTuple):
@@ -79,6 +86,81 @@ def make_session(
         raise FFEdgeError(f"{path}: onnxruntime cannot load it: {msg}") from None
 
 
+Dims = Sequence["int | None"]
+
+
+class Graph:
+    """An onnxruntime session of one bundle file, its inputs and outputs checked against the manifest.
+
+    ``run`` is the session's; an error onnxruntime raises while running is a one-line error.
+    """
+
+    def __init__(self, session: ort.InferenceSession, name: str) -> None:
+        self.session = session
+        self.name = name
+
+    def run(self, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(outputs, feeds)
+        except ORT_ERRORS as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise FFEdgeError(f"{quoted(self.name)}: onnxruntime failed to run it: {msg}") from None
+
+    def get_inputs(self) -> list:  # type: ignore[type-arg]
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> list:  # type: ignore[type-arg]
+        return self.session.get_outputs()
+
+
+def _signature(args: Sequence, want: dict[str, Dims], what: str, where: str, ordered: bool = True) -> None:  # type: ignore[type-arg]
+    """Graph inputs or outputs ``args`` have exactly the names of ``want`` (in its order), float32 and the shapes given.
+
+    A dim of ``want`` that is None is free (the batch); a symbolic dim of the graph fits any size.
+    """
+    got = [a.name for a in args]
+    if (got if ordered else sorted(got)) != (list(want) if ordered else sorted(want)):
+        raise FFEdgeError(f"{where} does not fit the manifest: its {what} are {quoted(got)}, expected {list(want)}")
+    for a in args:
+        dims = want[a.name]
+        shape = list(a.shape) if a.shape is not None else None
+        bad = a.type != "tensor(float)" or shape is None or len(shape) != len(dims) or any(
+            d is not None and isinstance(s, int) and s != d for s, d in zip(shape, dims)
+        )
+        if bad:
+            expected = ["N" if d is None else d for d in dims]
+            raise FFEdgeError(f"{where} does not fit the manifest: {what[:-1]} {quoted(a.name)} is {a.type} "
+                              f"{quoted(shape)}, expected float {expected}")
+
+
+def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None:
+    """The inputs and outputs of a ``layer`` (number ``index``), ``fused`` or ``head`` graph, against the manifest."""
+    m = bundle.manifest
+    ins, outs = graph.get_inputs(), graph.get_outputs()
+    where = f"{bundle.path}: {quoted(graph.name)} ({kind if kind != 'layer' else f'layer {index}'})"
+    if kind == "layer":
+        layer = m.layers[index]
+        _signature(ins, {"x": [None, *layer.in_shape]}, "inputs", where)
+        c, h, w = layer.out_shape
+        _signature(outs, {"y": [None, c, h, w], "goodness": [None], "feature": [None, c]}, "outputs", where)
+    elif kind == "fused":
+        _signature(ins, {"x": [None, *m.layers[0].in_shape]}, "inputs", where)
+        want: dict[str, Dims] = {"goodness": [None]}
+        head_layers = m.head.layers if m.head else []
+        # Features of other layers may be there too (unused); anything else (a layer's 'y') is another graph.
+        found = [re.fullmatch(r"feature([0-9]{1,6})", a.name) for a in outs]
+        extra = {int(f.group(1)) for f in found if f and int(f.group(1)) < len(m.layers)}
+        for i in sorted({*head_layers, *extra}):
+            want[f"feature{i}"] = [None, m.layers[i].out_shape[0]]
+        _signature(outs, want, "outputs", where, ordered=False)
+    elif kind == "head":
+        assert m.head is not None
+        _signature(ins, {f"f{i}": [None, m.layers[i].out_shape[0]] for i in m.head.layers}, "inputs", where, ordered=False)
+        _signature(outs, {"probs": [None, len(m.classes)]}, "outputs", where)
+    else:
+        raise ValueError(f"unknown graph kind {kind!r}")
+
+
 def as_pixels(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     """Check a batch of images against the bundle's (C, H, W) and return uint8 NHWC.
 
@@ -105,6 +187,13 @@ def as_pixels(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.rint(x).astype(np.uint8)
 
 
+def check_mode(mode: str) -> str:
+    """One of MODES, else a one-line error."""
+    if mode not in MODES:
+        raise FFEdgeError(f"unknown mode {quoted(mode)}: choose one of {', '.join(MODES)}")
+    return mode
+
+
 class Runtime:
     """A loaded bundle: the fused whole-net session (or one session per FF layer), plus the head.
 
@@ -124,32 +213,36 @@ class Runtime:
     ) -> None:
         """``arena=False`` trades a little speed for lower peak memory. ``replaced`` maps file
         names of the bundle to other files to run instead (candidate files of an update,
-        evaluated before they are committed; they are not checksum-verified)."""
+        evaluated before they are committed; they are not checksum-verified).
+
+        Every graph opened is checked against the manifest (:func:`check_graph`).
+        """
+        self.threads = check_threads(threads)
         self.bundle: Bundle = open_bundle(bundle_dir, verify=verify)
         self.arena = arena
         self.replaced = dict(replaced or {})
         self.encoding = self.bundle.encoding
-        self.threads = threads
         self.providers = list(providers) if providers else None
         self.max_hypotheses = max(1, int(max_hypotheses))
         self.n_layers = len(self.bundle.layers)
-        head = self.bundle.head
-        self.head_layers = [int(i) for i in head["layers"]] if head else []
-        self.head_session = self._open(head["file"], spin=False) if head else None
-        fused = self.bundle.manifest.get("fused")
-        self.fused_session = self._open(fused["file"], spin=True) if fused else None
-        self._layer_sessions: list[ort.InferenceSession] | None = None
+        m = self.bundle.manifest
+        self.head_layers = list(m.head.layers) if m.head else []
+        self.head_session = self._open(m.head.file, "head", spin=False) if m.head else None
+        self.fused_session = self._open(m.fused.file, "fused", spin=True) if m.fused else None
+        self._layer_sessions: list[Graph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
 
-    def _open(self, name: str, spin: bool) -> ort.InferenceSession:
+    def _open(self, name: str, kind: str, spin: bool, index: int = 0) -> Graph:
         path = self.replaced.get(Path(name).name, self.bundle.file(name))
-        return make_session(path, self.threads, spin, self.providers, arena=self.arena)
+        graph = Graph(make_session(path, self.threads, spin, self.providers, arena=self.arena), name)
+        check_graph(graph, kind, self.bundle, index)
+        return graph
 
     @property
-    def layer_sessions(self) -> list[ort.InferenceSession]:
+    def layer_sessions(self) -> list[Graph]:
         """One session per FF layer (input ``x``; outputs ``y``, ``goodness``, ``feature``)."""
         if self._layer_sessions is None:
-            self._layer_sessions = [self._open(layer["file"], spin=False) for layer in self.bundle.layers]
+            self._layer_sessions = [self._open(layer.file, "layer", False, i) for i, layer in enumerate(self.bundle.layers)]
         return self._layer_sessions
 
     @property
@@ -165,8 +258,8 @@ class Runtime:
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         """Pixels -> normalized float32 NCHW, exactly as in training."""
-        inp = self.bundle.manifest["input"]
-        return normalize(as_pixels(images, self.bundle.input_shape), inp["mean"], inp["std"])
+        inp = self.bundle.manifest.input
+        return normalize(as_pixels(images, self.bundle.input_shape), inp.mean, inp.std)
 
     def forward(self, x_encoded: np.ndarray, feature_layers: Sequence[int] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
         """Encoded inputs [N, C', H, W] -> goodness summed over the prediction layers [N], and the requested features."""
@@ -210,26 +303,29 @@ class Runtime:
             outs.append(self.head_session.run(None, {f"f{i}": f for i, f in zip(self.head_layers, feats)})[0])
         return np.concatenate(outs) if outs else np.zeros((0, self.num_classes), np.float32)
 
+    def check_mode(self, mode: str, k: int = 3) -> None:
+        """A mode this bundle can run (``head`` and ``topk`` need its head) and, for ``topk``, a ``k`` in 1..K."""
+        check_mode(mode)
+        if mode != "all" and self.head_session is None:
+            raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
+        if mode == "topk":
+            check_int(k, "--k", 1, self.num_classes)
+
     def predict(self, images: np.ndarray, mode: str = "all", k: int = 3) -> Prediction:
         """Classify a batch of images (pixels, NHWC or NHW)."""
-        if mode not in MODES:
-            raise FFEdgeError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
+        self.check_mode(mode, k)
         x = self.normalize(images)
         return self.predict_normalized(x, mode, k)
 
     def predict_normalized(self, x: np.ndarray, mode: str = "all", k: int = 3) -> Prediction:
         """Like :meth:`predict` for inputs already normalized (float32 NCHW)."""
+        self.check_mode(mode, k)
         if mode == "all":
             g = self.goodness(x)
             return Prediction(g.argmax(1), g)
         probs = self.head_probs(x)
         if mode == "head":
             return Prediction(probs.argmax(1), probs)
-        if mode != "topk":
-            raise FFEdgeError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
-        k = int(k)
-        if not 1 <= k <= self.num_classes:
-            raise FFEdgeError(f"--k must be between 1 and {self.num_classes}")
         cand = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [B, k]
         scores = np.full(probs.shape, -np.inf, dtype=np.float32)
         if len(x):
@@ -242,3 +338,38 @@ class Runtime:
             ).reshape(len(x), k)
             np.put_along_axis(scores, cand, g, axis=1)
         return Prediction(scores.argmax(1), scores)
+
+
+def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, str]:
+    """Verify a bundle and load everything in it as the code that uses it does; returns file -> what was checked.
+
+    Every listed file is sha256-verified; every ONNX graph is opened with
+    onnxruntime and its inputs and outputs checked against the manifest; every
+    .npy/.npz is read in full (never unpickled) and checked as its user checks it.
+    A file nothing loads (e.g. notes) is only sha256-verified. ``verified``: the
+    caller has just run :func:`~ffedge.bundle.check_files`.
+    """
+    if not verified:
+        check_files(bundle_dir, read_manifest(bundle_dir))
+    rt = Runtime(bundle_dir, threads=1, verify=False, arena=False)
+    b, m = rt.bundle, rt.bundle.manifest
+    checked = {name: "sha256" for name in m.files}
+    graph = "sha256, opened with onnxruntime, inputs/outputs match the manifest"
+    rt.layer_sessions  # noqa: B018  (opens and checks every layer file)
+    for name in [layer.file for layer in m.layers] + [e.file for e in (m.fused, m.head) if e is not None]:
+        checked[name] = graph
+    for ref in (m.label_arrays or {}).values():
+        checked[ref] = "sha256, loaded (no pickles), matches the label encoding"
+    if m.master is not None:
+        master = load_master(b)
+        need = [f"layer{i}.{k}" for i in range(len(m.layers)) for k in ("weight", "bias", "bn_mean", "bn_var", "bn_eps")]
+        lack = [k for k in need + ["head.weight", "head.bias"] if k not in master]
+        if lack:
+            raise FFEdgeError(f"{b.path}: the master weights {quoted(m.master.file)} lack {', '.join(lack[:5])}")
+        checked[m.master.file] = f"sha256, loaded (no pickles), {len(master)} arrays"
+    if m.replay is not None:
+        x, _ = load_replay(b)
+        if m.replay.examples is not None and m.replay.examples != len(x):
+            raise FFEdgeError(f"{b.path}: {quoted(m.replay.file)} holds {len(x)} examples, the manifest says {m.replay.examples}")
+        checked[m.replay.file] = f"sha256, loaded (no pickles), {len(x)} examples fit the input and classes"
+    return checked

@@ -66,3 +66,17 @@ def assert_one_line_error(r: subprocess.CompletedProcess, needle: str = "", code
     assert "Traceback" not in r.stderr and err.count("\n") == 0, r.stderr
     assert err.startswith("error:") and needle in err, r.stderr
     return err
+
+
+def cli_inprocess(*args: str) -> subprocess.CompletedProcess:
+    """Run ``ffedge ARGS`` in this process through the CLI's own entry point (``run_app``): the same code as
+    :func:`cli` without a process start, for tables of cases. Returns what :func:`cli` returns."""
+    import contextlib
+    import io
+
+    from ffedge.cli import app, run_app
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = run_app(app, list(args))
+    return subprocess.CompletedProcess(["ffedge", *args], rc, out.getvalue(), err.getvalue())

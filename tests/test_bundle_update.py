@@ -301,7 +301,7 @@ bundle, alt = Path(sys.argv[1]), Path(sys.argv[2])
 files = {{p.name: p.read_bytes() for p in sorted(alt.iterdir())}}
 print("ready", flush=True)
 while True:
-    if read_manifest(bundle).get("bundle_version", 1) == 1:
+    if read_manifest(bundle).current_version == 1:
         commit_update(bundle, files, {{}}, {{"reason": "sigkill test"}})
         print("committed", flush=True)
     else:

@@ -25,7 +25,7 @@ def test_int8_layers_store_int8_weights_and_fuse_to_integer_convs(int8_bundle: P
     _, net = load_run(tiny_run)
     assert len(b.layers) == len(net.layers)
     for i, layer in enumerate(b.layers):
-        model = onnx.load(str(int8_bundle / layer["file"]))
+        model = onnx.load(str(int8_bundle / layer.file))
         onnx.checker.check_model(model, full_check=True)
         inits = {t.name: t for t in model.graph.initializer}
         assert not [v.name for v in model.graph.input if v.name in inits], "initializers must not be graph inputs"
@@ -34,8 +34,8 @@ def test_int8_layers_store_int8_weights_and_fuse_to_integer_convs(int8_bundle: P
         int8_sizes = [int(np.prod(t.dims)) for t in inits.values() if t.data_type == onnx.TensorProto.INT8]
         assert n_weights in int8_sizes, "conv weights must be stored as int8"
         assert not any(int(np.prod(t.dims)) == n_weights and t.data_type == onnx.TensorProto.FLOAT for t in inits.values())
-        assert layer["ort_ops"].get("QLinearConv") == 1, layer["ort_ops"]
-        assert layer["quant"]["weight_bits"] == 7 and layer["quant"]["act_bits"] == 8
+        assert (layer.ort_ops or {}).get("QLinearConv") == 1, layer.ort_ops
+        assert layer.quant is not None and layer.quant.weight_bits == 7 and layer.quant.act_bits == 8
 
 
 def test_parity_is_recorded_and_tight(int8_bundle: Path) -> None:
@@ -54,7 +54,7 @@ def test_fp32_bundle_matches_float_model_and_int8_is_smaller(fp32_bundle: Path, 
     for layer in m["parity"]["layers"]:
         assert layer["max_rel"] < 1e-4
     i8, f32 = open_bundle(int8_bundle), open_bundle(fp32_bundle)
-    ratio = sum((int8_bundle / l["file"]).stat().st_size for l in i8.layers) / sum((fp32_bundle / l["file"]).stat().st_size for l in f32.layers)
+    ratio = sum((int8_bundle / l.file).stat().st_size for l in i8.layers) / sum((fp32_bundle / l.file).stat().st_size for l in f32.layers)
     assert ratio < 0.4, ratio
 
 

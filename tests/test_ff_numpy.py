@@ -39,7 +39,7 @@ def real(bundle: Path) -> dict[str, Any]:
     from ffedge.runtime import make_session
 
     b = open_bundle(bundle)
-    m = b.manifest
+    m = b.manifest.to_dict()
     ds = load_dataset("mnist-5k")
     rng = np.random.default_rng(0)
     idx = rng.choice(len(ds.x_train), N_IMAGES, replace=False)

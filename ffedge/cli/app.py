@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -31,11 +33,15 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def run_app(application: typer.Typer) -> int:
-    """Run the app; user errors become one line on stderr and exit code 2."""
+def run_app(application: typer.Typer, args: Sequence[str] | None = None) -> int:
+    """Run the app on ``args`` (default: the command line); user errors become one line on stderr and exit code 2.
+
+    With ``args`` the CLI can be driven in-process (tests, fuzzers): nothing calls ``sys.exit``.
+    """
     try:
         # Without standalone mode click returns the code of a typer.Exit instead of raising it.
-        rv = application(standalone_mode=False)
+        extra = {} if args is None else {"args": list(args), "prog_name": "ffedge"}
+        rv = application(standalone_mode=False, **extra)
         if isinstance(rv, int):
             return rv
     except FFEdgeError as e:

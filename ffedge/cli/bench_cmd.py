@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ffedge.cli.app import app, console
-from ffedge.errors import FFEdgeError
+from ffedge.options import check_int, check_threads
 
 
 def _fmt(v: Any, spec: str, none: str = "-") -> str:
@@ -37,13 +37,17 @@ def bench(
     from ffedge.progress import RichReporter
     from ffedge.runtime import Runtime
 
-    if warmup < 0 or iters < 1 or limit < 1:
-        raise FFEdgeError("--warmup must be >= 0, --iters and --limit >= 1")
+    check_threads(threads)
+    check_int(warmup, "--warmup", 0)
+    check_int(iters, "--iters", 1)
+    check_int(limit, "--limit", 1)
     rep = RichReporter()
     rt = Runtime(str(bundle), threads=threads)
-    src = rt.bundle.manifest.get("source") or {}
-    run = run_dir or (Path(src["run"]) if src.get("run") and (Path(src["run"]) / "weights.pt").exists() else None)
-    x, y = held_out_split(rt, dataset or src.get("dataset") or "mnist-5k", data_dir=str(data_dir) if data_dir else None, limit=limit)
+    src = rt.bundle.manifest.source
+    named_run = src.run if src is not None else None
+    run = run_dir or (Path(named_run) if named_run and (Path(named_run) / "weights.pt").exists() else None)
+    named_data = src.dataset if src is not None else None
+    x, y = held_out_split(rt, dataset or named_data or "mnist-5k", data_dir=str(data_dir) if data_dir else None, limit=limit)
     try:
         import ffedge.train  # noqa: F401
 
@@ -58,7 +62,7 @@ def bench(
 
             fp32_dir = Path(tmp) / "fp32"
             export_bundle(run, fp32_dir, precision="fp32", verify_samples=0, reporter=rep)
-        variants = [(f"{rt.bundle.manifest['precision']} ORT", rt)]
+        variants = [(f"{rt.bundle.manifest.precision} ORT", rt)]
         if fp32_dir is not None:
             variants.insert(0, ("fp32 ORT", Runtime(str(fp32_dir), threads=threads)))
         with rep.task("benchmarking", len(variants) + int(have_torch and run is not None)) as advance:

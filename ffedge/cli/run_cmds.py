@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import typer
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from ffedge.cli.app import app, console
+from ffedge.options import check_int, check_threads
+
+if TYPE_CHECKING:
+    from ffedge.manifest import Manifest
 
 MODE_HELP = "all: goodness over every label; head: softmax head, one pass; topk: head proposes --k labels, goodness decides."
+
+
+def shown(value: object) -> str:
+    """A value from a bundle or the user (a class name, a file name) as one safe line of text."""
+    from ffedge.errors import quoted
+
+    text = value if isinstance(value, str) else str(value)
+    return text if text.isprintable() else quoted(text)
+
+
+def say(text: str) -> None:
+    """Print a line that holds values from a bundle: no markup, emoji codes or highlighting applied to them."""
+    console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -32,21 +50,28 @@ def eval_cmd(
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
     from ffedge.evaluate import evaluate, held_out_split
     from ffedge.progress import RichReporter
-    from ffedge.runtime import Runtime
+    from ffedge.runtime import Runtime, check_mode
 
+    check_threads(threads)
+    check_mode(mode)
+    check_int(k, "--k", 1)
+    check_int(batch_size, "--batch-size", 1)
+    check_int(latency_images, "--latency-images", 0)
+    check_int(limit, "--limit", 1)
     rt = Runtime(str(bundle), threads=threads)
+    rt.check_mode(mode, k)
     x, y = held_out_split(rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit)
     r = evaluate(rt, x, y, mode=mode, k=k, batch_size=batch_size, latency_images=latency_images, reporter=RichReporter())
-    r.update(bundle=str(bundle), dataset=dataset, precision=rt.bundle.manifest["precision"], threads=threads)
+    r.update(bundle=str(bundle), dataset=dataset, precision=rt.bundle.manifest.precision, threads=threads)
     if as_json:
         console.print_json(json.dumps(r))
         return
     mode_txt = f"topk (k={k})" if mode == "topk" else mode
-    console.print(f"{bundle} ({r['precision']}) on {dataset}, {r['images']} held-out images, mode {mode_txt}", highlight=False)
-    console.print(f"accuracy {r['accuracy']:.2%}", highlight=False)
-    t = Table("true \\ predicted", *[str(c) for c in r["classes"]], title="confusion matrix")
+    say(f"{shown(str(bundle))} ({r['precision']}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}")
+    say(f"accuracy {r['accuracy']:.2%}")
+    t = Table("true \\ predicted", *[Column(Text(shown(c))) for c in r["classes"]], title="confusion matrix")
     for c, row in zip(r["classes"], r["confusion"]):
-        t.add_row(str(c), *[str(v) for v in row])
+        t.add_row(Text(shown(c)), *[str(v) for v in row])
     console.print(t)
     lat = r["latency_batch1"]
     if lat:
@@ -69,15 +94,20 @@ def predict(
 ) -> None:
     """Classify image files: the top labels with their goodness (or head probability)."""
     from ffedge.image_input import read_inputs
-    from ffedge.runtime import Runtime
+    from ffedge.runtime import Runtime, check_mode
 
+    check_threads(threads)
+    check_mode(mode)
+    check_int(k, "--k", 1)
+    check_int(top, "--top", 1)
     rt = Runtime(str(bundle), threads=threads)
+    rt.check_mode(mode, k)
     x, names = read_inputs(images, rt.bundle.input_shape, resize=resize)
     pred = rt.predict(x, mode=mode, k=k)
     score = "probability" if mode == "head" else "goodness"
     results = []
     for name, label, s in zip(names, pred.labels, pred.scores):
-        order = [int(i) for i in np.argsort(-s, kind="stable")[: max(1, top)] if np.isfinite(s[i])]
+        order = [int(i) for i in np.argsort(-s, kind="stable")[:top] if np.isfinite(s[i])]
         results.append({
             "file": name,
             "label": rt.classes[int(label)],
@@ -87,8 +117,8 @@ def predict(
         console.print_json(json.dumps({"mode": mode, "predictions": results}))
         return
     for r in results:
-        tops = ", ".join(f"{t['label']} ({t[score]:.3f})" for t in r["top"])
-        console.print(f"{r['file']}: {r['label']}   top: {tops}", highlight=False)
+        tops = ", ".join(f"{shown(t['label'])} ({t[score]:.3f})" for t in r["top"])
+        say(f"{shown(r['file'])}: {shown(r['label'])}   top: {tops}")
 
 
 @app.command("info")
@@ -96,44 +126,65 @@ def info(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and checks as JSON."),
 ) -> None:
-    """What a bundle holds: classes, input, label encoding, layers, bits, sizes and checksum status."""
-    from ffedge.bundle import MANIFEST, check_files, read_manifest
+    """What a bundle holds (classes, input, label encoding, layers, bits, sizes), after verifying and loading every file.
+
+    Exit 1 when a checksum fails (the report says which); a file that does not load
+    or does not fit the manifest is a one-line error (exit 2).
+    """
+    from ffedge.bundle import MANIFEST, check_files, check_paths, read_manifest
     from ffedge.bundle_update import versions
     from ffedge.errors import FFEdgeError
+    from ffedge.runtime import load_and_check
 
     m = read_manifest(bundle)
+    check_paths(bundle, m)
     try:
         check_files(bundle, m)
         status = "ok (every file matches its sha256)"
     except FFEdgeError as e:
         status = f"FAILED: {e}"
-    sizes = {n: (bundle / n).stat().st_size for n in m["files"] if (bundle / n).is_file()}
+    checked = load_and_check(bundle, verified=True) if status.startswith("ok") else {}
+    sizes = {n: (bundle / n).stat().st_size for n in m.files if (bundle / n).is_file()}
     total = sum(sizes.values()) + (bundle / MANIFEST).stat().st_size
+    history = versions(bundle)
     if as_json:
-        console.print_json(json.dumps({"manifest": m, "checksums": status, "sizes": sizes, "total_bytes": total, "versions": versions(bundle)}))
+        console.print_json(json.dumps({"manifest": m.to_dict(), "checksums": status, "loaded": checked, "sizes": sizes,
+                                       "total_bytes": total, "versions": history}))
     else:
-        c, h, w = m["input"]["shape"]
-        enc = m["encoding"]
-        console.print(f"bundle {bundle}: format {m['format']} v{m['version']}, {m['precision']}, made {m.get('created', '?')} by ffedge {m.get('ffedge_version', '?')}", highlight=False)
-        console.print(f"classes ({len(m['classes'])}): {', '.join(map(str, m['classes']))}", highlight=False)
-        console.print(f"input: {c}x{h}x{w} pixels, mean {m['input']['mean']}, std {m['input']['std']}", highlight=False)
-        console.print(f"labels: {enc.get('name')} " + ", ".join(f"{k}={v}" for k, v in enc.items() if k in ("mode", "amplitude", "frequency")), highlight=False)
-        t = Table("layer", "file", "in", "out", "conv", "bits w/a", "bytes", "integer kernels")
-        for i, layer in enumerate(m["layers"]):
-            q = layer.get("quant") or {}
-            fused = sum(v for k_, v in layer.get("ort_ops", {}).items() if k_.startswith(("QLinear", "ConvInteger")))
-            t.add_row(str(i), layer["file"], "x".join(map(str, layer["in_shape"])), "x".join(map(str, layer["out_shape"])),
-                      f"{layer.get('channels', '?')} {layer.get('kernel', '?')}x{layer.get('kernel', '?')}" + (" +pool" if layer.get("pool") else ""),
-                      f"{q.get('weight_bits', 32)}/{q.get('act_bits', 32)}", str(sizes.get(layer["file"], "missing")), str(fused))
-        console.print(t)
-        console.print(f"prediction by goodness of layer(s) {m['predict_layers']}; head: {m['head']['file'] + ' on layers ' + str(m['head']['layers']) if m.get('head') else 'none'}", highlight=False)
-        console.print(f"size: {total / 1e6:.3f} MB in {len(sizes) + 1} files", highlight=False)
-        if "parity" in m:
-            p = m["parity"]
-            console.print(f"parity at export: agreement {p['agreement']:.2%} on {p['samples']} images (bundle accuracy {p['bundle_accuracy']:.2%})", highlight=False)
-        for v in versions(bundle):
-            details = ", ".join(f"{k} {v[k]}" for k in ("event", "data", "examples", "accuracy_before", "accuracy_after", "seconds") if k in v)
-            console.print(f"version {v['version']} ({v.get('status', '?')}): {v.get('time', '?')} {details}", highlight=False)
-        console.print(f"checksums: {status}", highlight=False)
+        _print_info(bundle, m, sizes, total, history, status, checked)
     if not status.startswith("ok"):
         raise typer.Exit(1)
+
+
+def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, history: list[dict[str, Any]], status: str,
+                checked: dict[str, str]) -> None:
+    """The text form of ``ffedge info``."""
+    c, h, w = m.input.shape
+    enc = m.encoding
+    say(f"bundle {shown(str(bundle))}: format {m.format} v{m.version}, {m.precision}, made {shown(m.created or '?')} "
+        f"by ffedge {shown(m.ffedge_version or '?')}")
+    say(f"classes ({len(m.classes)}): {', '.join(map(shown, m.classes))}")
+    say(f"input: {c}x{h}x{w} pixels, mean {m.input.mean}, std {m.input.std}")
+    say(f"labels: {shown(enc.get('name'))} " + ", ".join(f"{k}={shown(v)}" for k, v in enc.items() if k in ("mode", "amplitude", "frequency")))
+    t = Table("layer", "file", "in", "out", "conv", "bits w/a", "bytes", "integer kernels")
+    for i, layer in enumerate(m.layers):
+        q = layer.quant
+        fused = sum(v for k_, v in (layer.ort_ops or {}).items() if k_.startswith(("QLinear", "ConvInteger")))
+        conv = f"{layer.channels or '?'} {layer.kernel or '?'}x{layer.kernel or '?'}" + (" +pool" if layer.pool else "")
+        t.add_row(str(i), Text(shown(layer.file)), "x".join(map(str, layer.in_shape)), "x".join(map(str, layer.out_shape)), conv,
+                  f"{q.weight_bits}/{q.act_bits}" if q else "32/32", str(sizes.get(layer.file, "missing")), str(fused))
+    console.print(t)
+    head = f"{shown(m.head.file)} on layers {m.head.layers}" if m.head else "none"
+    say(f"prediction by goodness of layer(s) {m.predict_layers}; head: {head}")
+    say(f"size: {total / 1e6:.3f} MB in {len(sizes) + 1} files")
+    p = m.parity
+    if p is not None and p.agreement is not None and p.samples is not None and p.bundle_accuracy is not None:
+        say(f"parity at export: agreement {p.agreement:.2%} on {p.samples} images (bundle accuracy {p.bundle_accuracy:.2%})")
+    for v in history:
+        details = ", ".join(f"{k} {shown(v[k])}" for k in ("event", "data", "examples", "accuracy_before", "accuracy_after", "seconds") if k in v)
+        say(f"version {v['version']} ({shown(v.get('status', '?'))}): {shown(v.get('time', '?'))} {details}")
+    say(f"checksums: {shown(status)}")
+    if checked:
+        say("loaded and checked:")
+        for name, what in checked.items():
+            say(f"  {shown(name)}: {what}")

@@ -33,9 +33,10 @@ import ffedge
 from ffedge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, PRECISIONS
 from ffedge.bundle_update import VERSIONS
 from ffedge.errors import FFEdgeError
-from ffedge.fsutil import atomic_write_json, check_out_folder, is_temp_of, ownership_problem, replace_folder, sha256_file
+from ffedge.fsutil import check_out_folder, is_temp_of, ownership_problem, replace_folder, sha256_file
 from ffedge.options import check_float, check_int
 from ffedge.labels import encoding_from_config
+from ffedge.manifest import write_manifest
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import make_session
 from ffedge.train.model import FFConvLayer, FFNet, float_copy
@@ -478,11 +479,11 @@ def export_bundle(
             manifest["master"] = {"file": MASTER_FILE}
         if n_replay:
             manifest["replay"] = {"file": REPLAY_FILE, "examples": n_replay}
-        atomic_write_json(tmp / MANIFEST, manifest)
+        manifest = write_manifest(tmp / MANIFEST, manifest).to_dict()  # checked as every reader checks it
         if verify_samples:
             report = parity_report(tmp, run_dir, samples=verify_samples, reporter=rep, cfg_net=(cfg, net))
             manifest["parity"] = report
-            atomic_write_json(tmp / MANIFEST, manifest)
+            manifest = write_manifest(tmp / MANIFEST, manifest).to_dict()
             if report["agreement"] < min_agreement:
                 raise FFEdgeError(
                     f"parity check failed: the bundle agrees with the torch model on {report['agreement']:.2%} of "

@@ -47,7 +47,10 @@ def layer_differences(rt: Runtime, ref: FFNet, x_enc: np.ndarray, int8: bool) ->
         o_y = sess.run(None, {"x": cur.numpy()})[0]
         diff = np.abs(o_y - t_y.numpy())
         if int8:
-            step = float(rt.bundle.layers[i]["quant"]["output_scale"])
+            quant = rt.bundle.layers[i].quant
+            if quant is None:
+                raise FFEdgeError(f"{rt.bundle.path}: layer {i} has no quantization facts")
+            step = quant.output_scale
             d = diff / step
             out.append({"max_steps": float(d.max()), "frac_off_by_more_than_half_step": float((d > 0.5).mean())})
         else:
@@ -67,10 +70,10 @@ def parity_report(
     rep = reporter or QuietReporter()
     cfg, net = cfg_net if cfg_net is not None else load_run(run_dir)
     rt = Runtime(str(bundle_dir))
-    int8 = rt.bundle.manifest["precision"] == "int8"
+    int8 = rt.bundle.manifest.precision == "int8"
     ref = net if int8 else float_copy(net)
     ref.eval()
-    if rt.bundle.classes != list(cfg["classes"]) or [layer["out_shape"] for layer in rt.bundle.layers] != [list(s) for s in ref.out_shapes]:
+    if rt.bundle.classes != list(cfg["classes"]) or [layer.out_shape for layer in rt.bundle.layers] != [tuple(s) for s in ref.out_shapes]:
         raise FFEdgeError(f"{bundle_dir} was not exported from {run_dir} (classes or layers differ)")
     x, y = held_out(cfg, samples)
     enc = rt.encoding
