@@ -368,7 +368,7 @@ def _next_manifest(current: dict[str, Any], k: int, digests: Mapping[str, str],
     """Version ``k``'s manifest: ``current`` with ``changes``, the new files (``digests``) and a history entry."""
     new_path = {name: version_path(k, name) for name in digests}
     mapping: dict[str, str] = {}
-    for path in current.files:
+    for path in current["files"]:
         logical = logical_name(path)
         if logical in new_path:
             mapping[path] = new_path[logical]
@@ -378,7 +378,7 @@ def _next_manifest(current: dict[str, Any], k: int, digests: Mapping[str, str],
     m = {**copy.deepcopy(current), **copy.deepcopy(dict(changes))}
     m = {key: (value if key in _NOT_REPOINTED else repoint(value, mapping)) for key, value in m.items()}
     files: dict[str, str] = {}
-    for path, digest in current.files.items():
+    for path, digest in current["files"].items():
         logical = logical_name(path)
         if logical in digests:
             files[new_path[logical]] = digests[logical]

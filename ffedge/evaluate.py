@@ -59,6 +59,8 @@ def held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: 
     check_int(limit, "--limit", 1)
     ds = load_fitting(spec, input_shape, data_dir, resize, owner, hint)
     if ds.num_classes != num_classes:
+        if ds.label_gaps:
+            raise FFEdgeError(ds.label_gaps)
         raise FFEdgeError(f"{spec} has {ds.num_classes} classes, {owner} {num_classes}")
     x, y = ds.x_test, ds.y_test
     if limit:

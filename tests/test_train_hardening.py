@@ -125,6 +125,11 @@ def _prepare(w: Path, tiny_run: Path, small_npz: str) -> list[dict[str, Any]]:
     run_copy("replace_term")
 
     train = ["train", "--dataset", _tiny_npz(w, small_npz), *TINY]
+    import numpy as np
+
+    y = np.arange(60) % 10
+    y[3] = 200
+    np.savez(w / "gaps.npz", x_train=np.zeros((60, 28, 28), np.uint8), y_train=y, x_test=np.zeros((20, 28, 28), np.uint8), y_test=np.arange(20) % 10)
     bad = ["train", "--dataset", NO_DATA, *TINY, "--epochs", "1"]
     run = str(tiny_run)
     cases = [
@@ -153,6 +158,7 @@ def _prepare(w: Path, tiny_run: Path, small_npz: str) -> list[dict[str, Any]]:
         ("export_verify_negative", ["export", run, "--out", str(w / "o_export"), "--verify-samples", "-5"]),
         ("report_user_file", ["report", run, "--out", str(w / "report"), "--limit", "20"]),
         ("labels_out_folder", ["labels", "--dataset", small_npz, "--out", str(w / "dir.png")]),
+        ("train_label_gaps", ["train", "--dataset", f"npz:{w / 'gaps.npz'}", *TINY, "--epochs", "1", "--out", str(w / "gaps_out")]),
         ("force_replaces_run", [*train, "--epochs", "1", "--out", str(w / "replace"), "--force"]),
     ]
     if not torch.cuda.is_available():
@@ -239,6 +245,13 @@ def test_bad_options_and_outputs_fail_before_any_work(batch: tuple[Path, dict, d
     err = assert_one_line_error(_result(results, name), needle)
     assert "never.npz" not in err  # checked before the dataset
     assert not [p.name for p in w.iterdir() if p.name.startswith("o_")]
+
+
+def test_labels_with_gaps_are_refused_before_training(batch: tuple[Path, dict, dict]) -> None:
+    """y=200 among 0..9 used to train a 201-class model silently."""
+    w, results, _ = batch
+    assert_one_line_error(_result(results, "train_label_gaps"), "go up to 200, which would make 201 classes")
+    assert not (w / "gaps_out").exists() or not any((w / "gaps_out").iterdir())
 
 
 def test_sigterm_during_force_keeps_the_old_run(batch: tuple[Path, dict, dict]) -> None:

@@ -21,6 +21,9 @@ class Dataset:
     x_test: np.ndarray  # uint8 [M, H, W, C]
     y_test: np.ndarray  # int64 [M]
     classes: list[str]
+    # Set by a loader whose labels skip classes (e.g. {0, 200} without class names): fine for
+    # scoring a bundle that has those classes, refused where the classes are decided (training).
+    label_gaps: str | None = None
 
     def __post_init__(self) -> None:
         # Loaders validate user input with FFEdgeError first; these are internal invariants.

@@ -1,8 +1,9 @@
 """Datasets stored as .npz: x_train, y_train, x_test, y_test, optional class_names.
 
 Images are uint8 NHW or NHWC (C = 1 or 3). Labels: any integer dtype, values
-0..K-1; without class_names every value up to the largest must occur (a set with
-gaps such as {0, 200} is refused: it would silently make 201 classes), with
+0..K-1; without class_names every value up to the largest must occur for training
+(a set with gaps such as {0, 200} is refused there: it would silently make 201
+classes; scoring or fine-tuning a bundle on a subset of its classes is fine), with
 class_names (K names) they must lie in 0..K-1. Read by
 :class:`~ffedge.datasets.files.NpzArchive`: sizes bounded before allocating, CRCs
 checked, object arrays refused (never unpickled).
@@ -50,15 +51,25 @@ def _shown(labels: np.ndarray, limit: int = 6) -> str:
     return "{" + ", ".join(items) + "}"
 
 
+MAX_IMPLIED_CLASSES = 100_000
+
+
+def _gaps(used: np.ndarray, where: str) -> str | None:
+    """Without class_names: why labels with gaps would make a wrong class count (None when 0..K-1 all occur)."""
+    top = int(used[-1]) if used.size else -1
+    if used.size == top + 1:
+        return None
+    return (f"{where}: labels {_shown(used)} are {used.size} distinct values but go up to {top}, which would make "
+            f"{top + 1} classes: number the classes 0..{used.size - 1}, or store class_names ({top + 1} names) if the gaps are meant")
+
+
 def _class_names(npz: NpzArchive, used: np.ndarray, where: str) -> list[str]:
-    """Class names: the stored class_names (covering every label), else 0..K-1 when labels have no gaps."""
+    """Class names: the stored class_names (covering every label), else 0..max label."""
     top = int(used[-1]) if used.size else -1
     if "class_names" not in npz:
-        if used.size != top + 1:
-            raise FFEdgeError(
-                f"{where}: labels {_shown(used)} are {used.size} distinct values but go up to {top}, which would make "
-                f"{top + 1} classes: number the classes 0..{used.size - 1}, or store class_names ({top + 1} names) if the gaps are meant"
-            )
+        gaps = _gaps(used, where)
+        if gaps and top >= MAX_IMPLIED_CLASSES:  # far too many classes to even list
+            raise FFEdgeError(gaps)
         return [str(i) for i in range(top + 1)]
     names = npz.array("class_names")
     if names.dtype.kind not in "US" or names.ndim != 1:
@@ -87,7 +98,9 @@ def load_npz(path: Path) -> Dataset:
             raise FFEdgeError(f"{where}: x_train images are {x_tr.shape[1:]} but x_test images are {x_te.shape[1:]} (HWC)")
         y_tr = _check_labels(npz.array("y_train"), "y_train", len(x_tr), where)
         y_te = _check_labels(npz.array("y_test"), "y_test", len(x_te), where)
-        classes = _class_names(npz, np.union1d(y_tr.astype(np.uint64), y_te.astype(np.uint64)), where)
+        used = np.union1d(y_tr.astype(np.uint64), y_te.astype(np.uint64))
+        classes = _class_names(npz, used, where)
+        gaps = None if "class_names" in npz else _gaps(used, where)
     if len(classes) < 2:
         raise FFEdgeError(f"{where}: needs at least 2 classes, found {len(classes)}")
-    return Dataset(f"npz:{path}", x_tr, as_labels(y_tr), x_te, as_labels(y_te), classes)
+    return Dataset(f"npz:{path}", x_tr, as_labels(y_tr), x_te, as_labels(y_te), classes, label_gaps=gaps)

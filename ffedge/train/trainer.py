@@ -183,6 +183,8 @@ class PreparedData:
 def prepare_data(cfg: TrainConfig) -> PreparedData:
     """Load the dataset, compute normalization on the training split, build the label encoding."""
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    if ds.label_gaps:
+        raise FFEdgeError(ds.label_gaps)
     mean, std = compute_normalization(ds.x_train)
     enc = make_encoding(cfg.labels, ds.num_classes, ds.image_shape, **cfg.label_params)
     return PreparedData(ds, mean, std, enc, normalize(ds.x_train, mean, std), normalize(ds.x_test, mean, std))
