@@ -175,7 +175,7 @@ def test_links_and_paths_out_of_the_bundle_are_refused(int8_bundle: Path, tmp_pa
     before = _checksums(outside)
     linked = _edited(int8_bundle, tmp_path / "versions-link", lambda b, m: os.symlink(outside, b / "versions"))
     for args in (("info", str(linked)), ("predict", str(linked), str(x_npy)), ("rollback", str(linked))):
-        assert_one_line_error(cli_inprocess(*args), "'versions' is a symbolic link")
+        assert_one_line_error(cli_inprocess(*args), "versions' is a symbolic link")
     with pytest.raises(FFEdgeError, match="symbolic link"):
         from ffedge.bundle_update import commit_update
 
