@@ -163,27 +163,28 @@ def check_files(bundle_dir: str | Path, manifest: Manifest) -> None:
 
 
 def load_npy(bundle_dir: str | Path, ref: str, what: str) -> np.ndarray:
-    """One .npy array of the bundle (never unpickled); a damaged file is a one-line error."""
+    """One .npy array of the bundle: bounded before allocating, never unpickled; a damaged file is a one-line error."""
+    from ffedge.datasets.files import load_npy as read_bounded_npy
+
     root = Path(bundle_dir)
     try:
-        arr = np.load(confined(root, ref), allow_pickle=False)
+        return read_bounded_npy(confined(root, ref))
+    except FFEdgeError as e:
+        raise _fail(root, f"cannot read {what} {quoted(ref)}: {e}") from None
     except _NPY_ERRORS as e:
         raise _fail(root, f"cannot read {what} {quoted(ref)}: {_why(e)}") from None
-    if not isinstance(arr, np.ndarray):
-        arr.close()
-        raise _fail(root, f"{what} {quoted(ref)} is not a .npy array")
-    return arr
 
 
 def load_npz(bundle_dir: str | Path, ref: str, what: str) -> dict[str, np.ndarray]:
-    """Every array of one .npz archive of the bundle (never unpickled); a damaged file is a one-line error."""
+    """Every array of one .npz archive of the bundle: bounded, CRC-checked, never unpickled; a damaged file is one line."""
+    from ffedge.datasets.files import NpzArchive
+
     root = Path(bundle_dir)
     try:
-        z = np.load(confined(root, ref), allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise _fail(root, f"{what} {quoted(ref)} is not a .npz archive")
-        with z:
-            return {k: z[k] for k in z.files}
+        with NpzArchive(confined(root, ref)) as z:
+            return {k: z.array(k) for k in z.files}
+    except FFEdgeError as e:
+        raise _fail(root, f"cannot read {what} {quoted(ref)}: {e}") from None
     except _NPY_ERRORS as e:
         raise _fail(root, f"cannot read {what} {quoted(ref)}: {_why(e)}") from None
 
