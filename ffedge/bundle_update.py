@@ -61,7 +61,7 @@ from typing import Any, Iterator, Mapping
 
 from ffedge.bundle import MANIFEST, RESERVED, check_files, check_paths, open_bundle, read_manifest
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.fsutil import atomic_path, fsync_dir
+from ffedge.fsutil import atomic_path, find_link, fsync_dir
 from ffedge.manifest import Manifest, parse_manifest, read_manifest_file, write_manifest
 
 VERSIONS = "versions"
@@ -150,8 +150,13 @@ def _parent(manifest: Manifest) -> int | None:
     return None
 
 
+def os_reason(e: OSError) -> str:
+    """An OSError as a short phrase for a one-line message ("no space left on device", "Permission denied", ...)."""
+    return "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e)).splitlines()[0]
+
+
 def _os_error(bundle_dir: Path, action: str, e: OSError, version: int) -> FFEdgeError:
-    why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e)).splitlines()[0]
+    why = os_reason(e)
     where = f" ({e.filename})" if e.filename else ""
     return FFEdgeError(f"{bundle_dir}: cannot {action}: {why}{where}; the bundle is unchanged (still version {version})")
 
@@ -189,11 +194,9 @@ def check_no_links(bundle_dir: str | Path, files: Any = None) -> None:
     root = Path(bundle_dir)
     _check_inside(root, MANIFEST)
     vdir = _check_inside(root, VERSIONS)
-    if vdir.is_dir():
-        for folder, dirs, names in os.walk(vdir):  # os.walk never descends into a linked folder
-            for name in (*dirs, *names):
-                if os.path.islink(os.path.join(folder, name)):
-                    raise _link_error(Path(folder) / name)
+    link = find_link(vdir) if vdir.is_dir() else None
+    if link is not None:
+        raise _link_error(link)
     if files is None:
         files = read_manifest(root).files
     for name in files:

@@ -18,7 +18,6 @@ activations are held; onnxruntime runs without its memory arena.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import shutil
@@ -31,7 +30,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ffedge.bundle import Bundle, load_master, load_replay, read_manifest
-from ffedge.bundle_update import bundle_version, check_no_links, commit_update, update_lock
+from ffedge.bundle_update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
 from ffedge.evaluate import load_for_bundle, peak_rss_mb
 from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step
@@ -196,10 +195,6 @@ def _write_candidates(b: Bundle, net: HybridNet, head: SoftmaxHead | None, maste
     return files
 
 
-def _why(e: OSError) -> str:
-    return "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e)).splitlines()[0]
-
-
 def _check_out(out: Path, src: Path) -> Path:
     """Up front: ``out`` does not exist, lies outside the bundle, and a writable folder above it (returned) can hold it."""
     if os.path.lexists(out):
@@ -215,7 +210,7 @@ def _check_out(out: Path, src: Path) -> Path:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".ffedge-probe-", dir=ancestor))
     except OSError as e:
-        raise FFEdgeError(f"cannot create {out}: cannot write in {ancestor} ({_why(e)})") from None
+        raise FFEdgeError(f"cannot create {out}: cannot write in {ancestor} ({os_reason(e)})") from None
     return ancestor
 
 
@@ -242,7 +237,7 @@ def _check_temp(needed: int) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix="ffedge-finetune-"))
     except OSError as e:
-        raise FFEdgeError(f"cannot make a temporary folder in {root}: {_why(e)} (set TMPDIR to a writable folder)") from None
+        raise FFEdgeError(f"cannot make a temporary folder in {root}: {os_reason(e)} (set TMPDIR to a writable folder)") from None
     _check_space(root, needed, " (set TMPDIR to a folder with room)")
 
 
@@ -252,14 +247,14 @@ def _temp_folder(version: int) -> Iterator[Path]:
     try:
         tmp = tempfile.TemporaryDirectory(prefix="ffedge-finetune-")
     except OSError as e:
-        raise FFEdgeError(f"cannot make a temporary folder in {_temp_root()}: {_why(e)}; the bundle is unchanged (still version {version})") from None
+        raise FFEdgeError(f"cannot make a temporary folder in {_temp_root()}: {os_reason(e)}; the bundle is unchanged (still version {version})") from None
     with tmp as name:
         try:
             yield Path(name)
         except OSError as e:
             if not (e.filename and Path(os.path.abspath(e.filename)).is_relative_to(name)):
                 raise
-            raise FFEdgeError(f"cannot write temporary files in {_temp_root()}: {_why(e)}; the bundle is unchanged (still version {version}) "
+            raise FFEdgeError(f"cannot write temporary files in {_temp_root()}: {os_reason(e)}; the bundle is unchanged (still version {version}) "
                               "(set TMPDIR to a folder with room)") from None
 
 
@@ -277,7 +272,7 @@ def _hold_lock(b: Bundle, cleanup: contextlib.ExitStack) -> None:
     try:
         cleanup.enter_context(update_lock(b.path))
     except OSError as e:
-        raise FFEdgeError(f"{b.path}: cannot lock the bundle for the update: {_why(e)}; the bundle is unchanged (still version {version})") from None
+        raise FFEdgeError(f"{b.path}: cannot lock the bundle for the update: {os_reason(e)}; the bundle is unchanged (still version {version})") from None
     now = bundle_version(read_manifest(b.path))
     if now != version:
         raise FFEdgeError(f"{b.path}: version {now} became current while this fine-tune was starting from version {version}; nothing was done")
@@ -291,7 +286,7 @@ def _copy_bundle(src: Path, out: Path, cleanup: contextlib.ExitStack, version: i
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     except OSError as e:
-        raise FFEdgeError(f"cannot create {out}: {_why(e)}") from None
+        raise FFEdgeError(f"cannot create {out}: {os_reason(e)}") from None
 
     def remove() -> None:  # gone once published
         if tmp.is_dir() and not tmp.is_symlink():
@@ -301,7 +296,7 @@ def _copy_bundle(src: Path, out: Path, cleanup: contextlib.ExitStack, version: i
     try:
         shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
     except OSError as e:
-        raise FFEdgeError(f"cannot create {out}: {_why(e)}") from None
+        raise FFEdgeError(f"cannot create {out}: {os_reason(e)}") from None
     now = bundle_version(read_manifest(tmp))
     if now != version:
         raise FFEdgeError(f"{src} became version {now} while this fine-tune of version {version} ran: {out} was not written; run it again")
@@ -315,7 +310,7 @@ def _publish(tmp: Path, out: Path) -> Path:
     try:
         os.rename(tmp, out)
     except OSError as e:
-        raise FFEdgeError(f"cannot create {out}: {_why(e)}") from None
+        raise FFEdgeError(f"cannot create {out}: {os_reason(e)}") from None
     fsync_dir(Path(os.path.abspath(out)).parent)
     return out
 
