@@ -128,9 +128,11 @@ def _check_amplitude(value: Any) -> float:
     try:
         amp = float(value)
     except (TypeError, ValueError):
-        raise FFEdgeError(f"amplitude must be a number, got {value!r}") from None
+        raise FFEdgeError(f"amplitude must be a number, got {quoted(value)}") from None
+    except OverflowError:  # an integer too large for a float
+        amp = math.inf
     if not math.isfinite(amp) or not 0 < amp <= MAX_PARAM:
-        raise FFEdgeError(f"amplitude must be a number in (0, {MAX_PARAM:g}], got {value!r}")
+        raise FFEdgeError(f"amplitude must be a number in (0, {MAX_PARAM:g}], got {quoted(value)}")
     return amp
 
 
@@ -138,9 +140,11 @@ def _check_float(name: str, value: Any) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise FFEdgeError(f"{name} must be a number, got {value!r}") from None
+        raise FFEdgeError(f"{name} must be a number, got {quoted(value)}") from None
+    except OverflowError:  # an integer too large for a float
+        out = math.inf
     if not math.isfinite(out) or abs(out) > MAX_PARAM:
-        raise FFEdgeError(f"{name} must be a finite number within +-{MAX_PARAM:g}, got {value!r}")
+        raise FFEdgeError(f"{name} must be a finite number within +-{MAX_PARAM:g}, got {quoted(value)}")
     return out
 
 
