@@ -21,9 +21,9 @@ import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,9 @@ from ffedge.train.trainer import (
     PreparedData,
     TrainConfig,
     hard_negatives,
+    augment,
     build_model,
+    to_quantized,
     eval_subset,
     fit_head,
     goodness_accuracy,
@@ -316,11 +318,25 @@ def _check_checkpoint(state: Any, path: Path) -> dict[str, Any]:
     return state
 
 
+@dataclass
+class Probe:
+    """Called as ``fn(train_seconds, net, data)`` each time another ``every_s`` seconds of training have passed.
+
+    The time the call takes is not counted as training time: benchmarks use it to score
+    the net at fixed intervals of training wall time (``benchmarks/time_to_accuracy.py``).
+    The net is in training mode; the call must not change its weights.
+    """
+
+    every_s: float
+    fn: Callable[[float, FFNet, PreparedData], None]
+
+
 def train_run(
     cfg: TrainConfig,
     out: str | Path,
     force: bool = False,
     reporter: Reporter | None = None,
+    probe: Probe | None = None,
 ) -> dict[str, Any]:
     """Train a new run in ``out`` and return its metrics (also written to ``metrics.json``).
 
@@ -329,7 +345,7 @@ def train_run(
     """
     cfg.validate()
     mode = _out_mode(Path(out), resume=False, force=force)
-    return _train(cfg, Path(out), None, mode, reporter or QuietReporter())
+    return _train(cfg, Path(out), None, mode, reporter or QuietReporter(), probe)
 
 
 def resume_run(out: str | Path, epochs: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -349,7 +365,9 @@ def resume_run(out: str | Path, epochs: int | None = None, reporter: Reporter | 
     return _train(cfg, out, state, "resume", reporter or QuietReporter())
 
 
-def _train(cfg: TrainConfig, out: Path, state: dict[str, Any] | None, mode: str, reporter: Reporter) -> dict[str, Any]:
+def _train(
+    cfg: TrainConfig, out: Path, state: dict[str, Any] | None, mode: str, reporter: Reporter, probe: Probe | None = None
+) -> dict[str, Any]:
     folder = _RunFolder(out, mode, int(state["epoch"]) if state else None)
     try:
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -359,7 +377,7 @@ def _train(cfg: TrainConfig, out: Path, state: dict[str, Any] | None, mode: str,
         # Everything is checked: from here on the run folder is written.
         folder.open()
         folder.phase = "while setting up training"
-        metrics = _fit(cfg, data, folder, state, reporter)
+        metrics = _fit(cfg, data, folder, state, reporter, probe)
         folder.commit()
     except BaseException as e:
         err = folder.stopped(e)
@@ -381,16 +399,28 @@ def _restore(net: FFNet, trainer: LocalTrainer, state: dict[str, Any], folder: _
         raise FFEdgeError(f"{path} does not match {CONFIG}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def _fit(cfg: TrainConfig, data: PreparedData, folder: _RunFolder, state: dict[str, Any] | None, reporter: Reporter) -> dict[str, Any]:
-    """Train epoch by epoch (a checkpoint after each), then the head; write weights and metrics."""
+def _fit(
+    cfg: TrainConfig, data: PreparedData, folder: _RunFolder, state: dict[str, Any] | None, reporter: Reporter,
+    probe: Probe | None,
+) -> dict[str, Any]:
+    """Train epoch by epoch (a checkpoint after each), then the head; write weights and metrics.
+
+    With ``qat_epochs`` the net trains in float first and becomes quantization-aware for the last epochs.
+    """
     ds, enc, out = data.dataset, data.encoding, folder.dir
     atomic_write_json(out / CONFIG, run_config_dict(cfg, data))
 
+    float_epochs = cfg.float_epochs()
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg, enc.out_channels, ds.image_shape[1:], ds.num_classes).to(cfg.device)
+    start_epoch = int(state["epoch"]) if state is not None else 0
+    quant_now = cfg.quant and (float_epochs == 0 or start_epoch > float_epochs)
+    net = build_model(cfg, enc.out_channels, ds.image_shape[1:], ds.num_classes, quant=quant_now)
+    net = net.to(cfg.device)
     trainer = LocalTrainer(net, cfg)
     history: list[dict[str, Any]] = []
-    start_epoch, elapsed = 0, 0.0
+    elapsed = 0.0
+    fill = np.array([-m / s for m, s in zip(data.mean, data.std)], np.float32)  # a black pixel, normalized
+    next_probe = probe.every_s if probe else float("inf")
     if state is not None:
         _restore(net, trainer, state, folder)
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
@@ -410,6 +440,10 @@ def _fit(cfg: TrainConfig, data: PreparedData, folder: _RunFolder, state: dict[s
     )
     for epoch in range(start_epoch, cfg.epochs):
         folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
+        if epoch == float_epochs and epoch > 0 and cfg.quant:
+            net = to_quantized(net, cfg)
+            trainer = LocalTrainer(net, cfg)
+            reporter.log(f"epoch {epoch + 1}: quantization-aware training from here on (int{cfg.bits} activations)")
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch])
         perm = rng.permutation(n_train)
@@ -418,7 +452,7 @@ def _fit(cfg: TrainConfig, data: PreparedData, folder: _RunFolder, state: dict[s
             for i in range(steps_per_epoch):
                 trainer.set_lr(cosine_lr(cfg.lr, epoch * steps_per_epoch + i, total_steps))
                 idx = perm[i * bs : (i + 1) * bs]
-                xb, yb = data.x_train[idx], ds.y_train[idx]
+                xb, yb = augment(data.x_train[idx], cfg.shift, cfg.flip, fill, rng), ds.y_train[idx]
                 if cfg.negatives == "hard":
                     neg = hard_negatives(net, enc, xb, yb, pred_layers, cfg.device)
                 else:
@@ -429,6 +463,11 @@ def _fit(cfg: TrainConfig, data: PreparedData, folder: _RunFolder, state: dict[s
                 stats = np.array(trainer.step(x_pos, x_neg))
                 sums += stats
                 advance(1, loss=f"{stats[-1, 0]:.3f}")
+                if probe is not None and elapsed + time.perf_counter() - t0 >= next_probe:
+                    p0 = time.perf_counter()
+                    probe.fn(elapsed + p0 - t0, net, data)
+                    t0 += time.perf_counter() - p0  # the probe's time is not training time
+                    next_probe += probe.every_s
         folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
         means = sums / steps_per_epoch
         g = goodness_matrix(net, enc, data.x_test[sub], cfg.device)

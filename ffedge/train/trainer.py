@@ -29,6 +29,7 @@ NEGATIVE_MODES = ("random", "hard")
 MAX_SEED = 2**63 - 1
 MAX_CHANNELS = 4096  # per layer; far more only exhausts memory while the model is built
 MAX_KERNEL = 31
+MAX_SHIFT = 64  # pixels of random translation; far beyond any useful value
 # Far beyond any useful value; larger ones overflow float32 inside the optimizer or the loss.
 MAX_LR, MAX_ALPHA, MAX_THRESHOLD = 1e3, 1e4, 1e6
 
@@ -59,6 +60,9 @@ class TrainConfig:
     threads: int | None = None
     eval_samples: int = 100
     data_dir: str | None = None
+    qat_epochs: int | None = None
+    shift: int = 0
+    flip: bool = False
 
     def check_types(self, source: str = "") -> None:
         """Every field has its declared type (``config.json`` may have been edited); ``source`` names where from."""
@@ -83,6 +87,9 @@ class TrainConfig:
         check_int(self.batch_size, "--batch-size", 1)
         check_int(self.head_epochs, "--head-epochs", 0)
         check_int(self.eval_samples, "--eval-samples", 0)
+        check_int(self.shift, "--shift", 0, MAX_SHIFT)
+        if self.qat_epochs is not None:
+            check_int(self.qat_epochs, "--qat-epochs", 1 if self.quant else 0, self.epochs)
         check_int(self.seed, "--seed", 0, MAX_SEED)
         check_float(self.lr, "--lr", 0.0, MAX_LR, strict_min=True)
         check_float(self.alpha, "--alpha", 0.0, MAX_ALPHA, strict_min=True)
@@ -98,10 +105,19 @@ class TrainConfig:
                 raise FFEdgeError(f"--predict-layers: layer {i} does not exist (the net has layers 0..{len(specs) - 1})")
         check_device(self.device)
 
-    def quant_config(self) -> QuantConfig:
-        """Weights default to min(bits, 7) bits; see :class:`QuantConfig` for why 7."""
+    def quant_config(self, enabled: bool | None = None) -> QuantConfig:
+        """Weights default to min(bits, 7) bits; see :class:`QuantConfig` for why 7.
+
+        ``enabled=False`` gives the float config of the same net (the float phase before QAT).
+        """
         wb = self.weight_bits if self.weight_bits is not None else min(self.bits, 7)
-        return QuantConfig(self.quant, self.bits, weight_bits=wb)
+        return QuantConfig(self.quant if enabled is None else enabled, self.bits, weight_bits=wb)
+
+    def float_epochs(self) -> int:
+        """Epochs trained in float before quantization-aware training starts (0: QAT from the first step)."""
+        if not self.quant or self.qat_epochs is None:
+            return 0
+        return self.epochs - self.qat_epochs
 
     def prediction_layers(self, n_layers: int) -> list[int]:
         """Layers whose goodness is summed for prediction (default: the last one)."""
@@ -190,9 +206,42 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     return PreparedData(ds, mean, std, enc, normalize(ds.x_train, mean, std), normalize(ds.x_test, mean, std))
 
 
-def build_model(cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], num_classes: int) -> FFNet:
-    """The network described by ``cfg`` (fresh weights)."""
-    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config())
+def build_model(
+    cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], num_classes: int, quant: bool | None = None
+) -> FFNet:
+    """The network described by ``cfg`` (fresh weights); ``quant=False`` builds its float version."""
+    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config(quant))
+
+
+def to_quantized(net: FFNet, cfg: TrainConfig) -> FFNet:
+    """The quantization-aware net of ``cfg`` starting from the float ``net``'s weights and statistics.
+
+    The quantizers' scales are then collected from the first QAT steps, as for a net quantized from the start.
+    """
+    qnet = build_model(cfg, net.layers[0].norm.num_features, net.image_hw, net.head.out_features, quant=True)
+    own = qnet.state_dict()
+    qnet.load_state_dict({k: v for k, v in net.state_dict().items() if k in own}, strict=False)
+    return qnet.to(next(net.parameters()).device)
+
+
+def augment(x: np.ndarray, shift: int, flip: bool, fill: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Translate each image by up to ``shift`` pixels in x and y (uniform; the border filled with
+    ``fill`` per channel, the value of a black pixel) and, with ``flip``, mirror half of them left-right.
+
+    Applied to the image before its label is embedded, so the label pattern never moves.
+    """
+    if flip:
+        mirror = rng.random(x.shape[0]) < 0.5
+        x = x.copy()
+        x[mirror] = x[mirror][..., ::-1]
+    if shift == 0:
+        return x
+    b, c, h, w = x.shape
+    padded = np.empty((b, c, h + 2 * shift, w + 2 * shift), np.float32)
+    padded[...] = np.asarray(fill, np.float32).reshape(1, c, 1, 1)
+    padded[:, :, shift : shift + h, shift : shift + w] = x
+    oy, ox = rng.integers(0, 2 * shift + 1, b), rng.integers(0, 2 * shift + 1, b)
+    return np.stack([padded[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(b)])
 
 
 class Diverged(FFEdgeError):
