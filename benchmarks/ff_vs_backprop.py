@@ -92,6 +92,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     import numpy as np
     import torch
 
+    from ffedge.ff_numpy import wrong_labels
     from ffedge.train.trainer import LocalTrainer, TrainConfig, build_model, goodness_accuracy, goodness_matrix, neutral_features, prepare_data
 
     torch.manual_seed(0)
@@ -118,7 +119,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
                 idx = perm[s : s + batch]
                 xb, yb = x[idx], y[idx]
                 if method.startswith("ff"):
-                    wrong = (yb + rng.integers(1, k, size=len(yb))) % k
+                    wrong = wrong_labels(yb, k, rng)
                     trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(device), torch.from_numpy(enc.encode(xb, wrong)).to(device))
                 else:
                     logits = net.head_logits(torch.from_numpy(enc.neutral(xb)).to(device))

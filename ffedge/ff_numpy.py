@@ -163,6 +163,17 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
+def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+    """``n`` different wrong labels per image, uniform over the other classes: [n, B] (n=1: [B]).
+
+    The negatives of FF training; every trainer (torch and on-device) draws them here.
+    """
+    if n == 1:
+        return (y + rng.integers(1, num_classes, size=len(y))) % num_classes
+    offsets = rng.random((len(y), num_classes - 1)).argsort(1)[:, :n].T + 1
+    return (y[None, :] + offsets) % num_classes
+
+
 class Adam:
     """Adam as ``torch.optim.Adam`` (no weight decay); updates the given arrays in place."""
 

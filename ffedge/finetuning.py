@@ -33,7 +33,7 @@ from ffedge.bundle import Bundle, load_master, load_replay, read_manifest
 from ffedge.bundle_update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
 from ffedge.evaluate import load_for_bundle, peak_rss_mb
-from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step
+from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
 from ffedge.fsutil import fsync_dir
 from ffedge.onnx_patch import patch_initializers
 from ffedge.options import check_float, check_int, check_threads
@@ -377,7 +377,7 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
                     o.lr = cosine_lr(cfg.lr, step, steps)
                 xn = normalize(x_tr[idx], mean, std)
                 y = y_tr[idx]
-                wrong = (y + rng.integers(1, k, size=len(y))) % k
+                wrong = wrong_labels(y, k, rng)
                 losses.append(net.train_batch(b.encoding.encode(xn, y), b.encoding.encode(xn, wrong), opts, b.manifest.objective.options() if b.manifest.objective else {}))
                 step += 1
                 advance(len(idx), loss=f"{np.mean(losses[-1]):.3f}")

@@ -42,7 +42,7 @@ from ffedge.fsutil import (
     signals_held,
 )
 from ffedge.progress import QuietReporter, Reporter
-from ffedge.ff_numpy import cosine_lr
+from ffedge.ff_numpy import cosine_lr, wrong_labels
 from ffedge.train.model import FFNet, layers_to_str, parse_layers
 from ffedge.train.trainer import (
     Diverged,
@@ -374,6 +374,9 @@ def _train(
         data = prepare_data(cfg)
         if len(data.dataset.y_train) < cfg.batch_size:
             raise FFEdgeError(f"{cfg.dataset}: {len(data.dataset.y_train)} training images, fewer than one batch of {cfg.batch_size}")
+        if cfg.wrong_labels >= data.dataset.num_classes:
+            raise FFEdgeError(f"--wrong-labels {cfg.wrong_labels}: {cfg.dataset} has {data.dataset.num_classes} classes, "
+                              f"so at most {data.dataset.num_classes - 1} wrong labels per image")
         # Everything is checked: from here on the run folder is written.
         folder.open()
         folder.phase = "while setting up training"
@@ -413,7 +416,10 @@ def _fit(
     float_epochs = cfg.float_epochs()
     torch.manual_seed(cfg.seed)
     start_epoch = int(state["epoch"]) if state is not None else 0
-    quant_now = cfg.quant and (float_epochs == 0 or start_epoch > float_epochs)
+    if state is not None and isinstance(state.get("quantized"), bool):
+        quant_now = state["quantized"]
+    else:  # a new run, or a checkpoint from before float phases existed (quantized from the start)
+        quant_now = cfg.quant and (float_epochs == 0 or start_epoch > float_epochs)
     net = build_model(cfg, enc.out_channels, ds.image_shape[1:], ds.num_classes, quant=quant_now)
     net = net.to(cfg.device)
     trainer = LocalTrainer(net, cfg)
@@ -440,7 +446,7 @@ def _fit(
     )
     for epoch in range(start_epoch, cfg.epochs):
         folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
-        if epoch == float_epochs and epoch > 0 and cfg.quant:
+        if cfg.quant and not net.quant.enabled and epoch >= float_epochs:
             net = to_quantized(net, cfg)
             trainer = LocalTrainer(net, cfg)
             reporter.log(f"epoch {epoch + 1}: quantization-aware training from here on (int{cfg.bits} activations)")
@@ -456,9 +462,9 @@ def _fit(
                 if cfg.negatives == "hard":
                     neg = hard_negatives(net, enc, xb, yb, pred_layers, cfg.device)
                 else:
-                    neg = (yb + rng.integers(1, ds.num_classes, len(yb))) % ds.num_classes
+                    neg = wrong_labels(yb, ds.num_classes, rng, cfg.wrong_labels).reshape(-1)
                 x_pos = torch.from_numpy(enc.encode(xb, yb)).to(cfg.device)
-                x_neg = torch.from_numpy(enc.encode(xb, neg)).to(cfg.device)
+                x_neg = torch.from_numpy(enc.encode(np.tile(xb, (len(neg) // len(yb), 1, 1, 1)), neg)).to(cfg.device)
                 folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps_per_epoch}"
                 stats = np.array(trainer.step(x_pos, x_neg))
                 sums += stats
@@ -497,6 +503,7 @@ def _fit(
                     "model": net.state_dict(),
                     "optimizers": [opt.state_dict() for opt in trainer.optimizers],
                     "epoch": epoch + 1,
+                    "quantized": net.quant.enabled,
                     "elapsed": elapsed,
                     "history": history,
                 },

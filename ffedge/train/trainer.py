@@ -53,6 +53,7 @@ class TrainConfig:
     threshold: float = 1.0
     local: str = "pair"
     negatives: str = "random"
+    wrong_labels: int = 1
     predict_layers: list[int] | None = None
     head_epochs: int = 40
     seed: int = 0
@@ -88,6 +89,9 @@ class TrainConfig:
         check_int(self.head_epochs, "--head-epochs", 0)
         check_int(self.eval_samples, "--eval-samples", 0)
         check_int(self.shift, "--shift", 0, MAX_SHIFT)
+        check_int(self.wrong_labels, "--wrong-labels", 1)
+        if self.negatives == "hard" and self.wrong_labels != 1:
+            raise FFEdgeError("--negatives hard picks one wrong label per image: use it with --wrong-labels 1")
         if self.qat_epochs is not None:
             check_int(self.qat_epochs, "--qat-epochs", 1 if self.quant else 0, self.epochs)
         check_int(self.seed, "--seed", 0, MAX_SEED)

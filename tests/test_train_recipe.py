@@ -1,0 +1,123 @@
+"""The training recipe's parts: several wrong labels per image, augmentation, float epochs before QAT, the probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("brevitas")
+
+from ffedge.errors import FFEdgeError  # noqa: E402
+from ffedge.ff_numpy import wrong_labels  # noqa: E402
+from ffedge.train import TrainConfig, train_run  # noqa: E402
+from ffedge.train.losses import ff_loss  # noqa: E402
+from ffedge.train.run import CHECKPOINT, Probe, load_run, load_torch, resume_run  # noqa: E402
+from ffedge.train.trainer import augment  # noqa: E402
+
+TINY = "8x5p,16x3"
+
+
+def _cfg(dataset: str, **kw) -> TrainConfig:
+    base = dict(dataset=dataset, layers=TINY, epochs=2, batch_size=50, head_epochs=2, eval_samples=50, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_wrong_labels_are_wrong_and_distinct() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 500)
+    one = wrong_labels(y, 10, rng)
+    assert one.shape == (500,) and not np.any(one == y) and set(np.unique(one)) == set(range(10))
+    many = wrong_labels(y, 10, rng, 4)
+    assert many.shape == (4, 500) and not np.any(many == y[None])
+    assert all(len(set(many[:, i])) == 4 for i in range(500))
+    every = wrong_labels(y, 10, rng, 9)
+    assert all(sorted(set(every[:, i]) | {y[i]}) == list(range(10)) for i in range(500))
+
+
+def test_symba_with_several_wrong_labels_is_cross_entropy_over_hypotheses() -> None:
+    gen = torch.Generator().manual_seed(0)
+    g_pos, g_neg = torch.rand(6, generator=gen), torch.rand(3 * 6, generator=gen)
+    alpha = 4.0
+    logits = alpha * torch.cat([g_pos[None], g_neg.view(3, 6)]).T  # [B, 1 + n], the right label first
+    expected = torch.nn.functional.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
+    assert torch.allclose(ff_loss("symba", g_pos, g_neg, alpha), expected, atol=1e-6)
+    # One wrong label: SymBa's softplus(-alpha (g+ - g-)).
+    one = ff_loss("symba", g_pos, g_neg[:6], alpha)
+    assert torch.allclose(one, torch.nn.functional.softplus(-alpha * (g_pos - g_neg[:6])).mean())
+
+
+def test_augment_translates_within_the_border_and_flips() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 1, 10, 10)).astype(np.float32)
+    fill = np.array([-7.0], np.float32)
+    assert augment(x, 0, False, fill, rng) is x
+    out = augment(x, 2, False, fill, rng)
+    assert out.shape == x.shape
+    for i in range(len(x)):
+        # Every output is the input moved by (dy, dx) in [-2, 2]^2, the uncovered border filled.
+        found = False
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                ref = np.full_like(x[i], -7.0)
+                ys, yd = slice(max(0, -dy), 10 - max(0, dy)), slice(max(0, dy), 10 - max(0, -dy))
+                xs, xd = slice(max(0, -dx), 10 - max(0, dx)), slice(max(0, dx), 10 - max(0, -dx))
+                ref[:, yd, xd] = x[i][:, ys, xs]
+                found = found or np.array_equal(out[i], ref)
+        assert found, f"image {i} is not a translation of its input"
+    flipped = augment(x, 0, True, fill, np.random.default_rng(2))
+    mirrored = [np.array_equal(f, o[..., ::-1]) for f, o in zip(flipped, x)]
+    kept = [np.array_equal(f, o) for f, o in zip(flipped, x)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 10 < sum(mirrored) < 54
+
+
+def test_float_epochs_then_qat_gives_a_quantized_run_and_resumes_across_the_switch(tmp_path: Path, small_npz: str) -> None:
+    m = train_run(_cfg(small_npz, layers="16x5p,64x5p,64x3", batch_size=32, epochs=4, qat_epochs=1, shift=1), tmp_path / "a")
+    cfg, net = load_run(tmp_path / "a")
+    assert cfg["train"]["qat_epochs"] == 1 and net.quant.enabled
+    assert load_torch(tmp_path / "a" / CHECKPOINT)["quantized"] is True
+    # 3 float epochs and 1 QAT epoch on 600 digits: far above chance (10%), as a net quantized from the start.
+    assert m["test_accuracy"] > 0.5 and m["history"][-1]["heldout_accuracy"] >= m["history"][-2]["heldout_accuracy"] - 0.1
+    # Stopped after the float epoch, resumed: the switch to QAT happens in the resumed epoch.
+    train_run(_cfg(small_npz, epochs=1, qat_epochs=None, quant=False), tmp_path / "b")
+    first = load_torch(tmp_path / "b" / CHECKPOINT)
+    assert first["quantized"] is False
+    path = tmp_path / "b" / "config.json"
+    config = json.loads(path.read_text())
+    config["train"].update(quant=True, qat_epochs=1)
+    path.write_text(json.dumps(config))
+    resume_run(tmp_path / "b", epochs=2)
+    _, resumed = load_run(tmp_path / "b")
+    assert resumed.quant.enabled and load_torch(tmp_path / "b" / CHECKPOINT)["quantized"] is True
+
+
+def test_several_wrong_labels_train_and_are_checked(tmp_path: Path, small_npz: str) -> None:
+    m = train_run(_cfg(small_npz, epochs=1, wrong_labels=3, quant=False), tmp_path / "w")
+    assert m["history"][0]["g_neg"] and np.isfinite(m["test_accuracy"])
+    with pytest.raises(FFEdgeError, match="at most 9 wrong labels"):
+        train_run(_cfg(small_npz, wrong_labels=10), tmp_path / "x")
+    with pytest.raises(FFEdgeError, match="--wrong-labels 1"):
+        train_run(_cfg(small_npz, wrong_labels=2, negatives="hard"), tmp_path / "y")
+    with pytest.raises(FFEdgeError, match="--qat-epochs"):
+        train_run(_cfg(small_npz, epochs=2, qat_epochs=3), tmp_path / "z")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_probe_runs_on_training_time_and_is_not_counted(tmp_path: Path, small_npz: str) -> None:
+    import time
+
+    calls: list[float] = []
+
+    def slow_probe(seconds: float, net, data) -> None:  # noqa: ANN001
+        calls.append(seconds)
+        time.sleep(0.5)
+
+    m = train_run(_cfg(small_npz, epochs=1, quant=False), tmp_path / "p", probe=Probe(0.2, slow_probe))
+    assert len(calls) >= 3 and calls == sorted(calls) and calls[-1] <= m["train_seconds"]
+    # Each call slept 0.5 s; had that been training time, successive calls would be >= 0.5 s apart
+    # on the training clock. A step of this tiny net takes milliseconds.
+    assert max(b - a for a, b in zip(calls, calls[1:])) < 0.45
