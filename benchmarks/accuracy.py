@@ -9,7 +9,8 @@ the epochs are far fewer than the anchors used, so the table says how far
 from convergence each figure is.
 
     python benchmarks/accuracy.py --epochs 3 --data-dir ../shared/data
-    python benchmarks/accuracy.py --quick        # 1 epoch on 2,000 training images per dataset (about a minute each)
+    python benchmarks/accuracy.py --quick        # 1 epoch on 2,000 training images per dataset (about a minute each),
+                                                 # written to benchmarks/results/quick/
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (ROOT, SHARED, choices, command, dataset_file, evaluate, export_int8, fresh_log, machine, pct, subset,  # noqa: E402
-                    train, write_results)
+from common import (SHARED, add_out_option, choices, command, dataset_file, evaluate, export_int8, fresh_log, machine, out_stem,  # noqa: E402
+                    pct, subset, train, work_dir, write_results)
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 # Published test accuracies (%) and this project's goals, per dataset.
@@ -66,29 +67,32 @@ def main() -> int:
     p.add_argument("--datasets", default="mnist,fashion_mnist,cifar10", help="comma-separated: mnist, fashion_mnist, cifar10")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per dataset")
     p.add_argument("--data-dir", type=Path, default=SHARED, help="folder with mnist.npz, fashion_mnist.npz, cifar10.npz")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-accuracy", help="where runs and bundles go")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where runs and bundles go (default: runs/bench-accuracy; with --quick: runs/bench-accuracy-quick)")
     p.add_argument("--train-args", default="", help="extra ffedge train options, e.g. '--layers 32x5p,64x3p'")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 2,000 training and 1,000 test images")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy", help="writes OUT.json and OUT.md")
+    add_out_option(p, "accuracy")
     a = p.parse_args()
+    out = out_stem("accuracy", a.out, a.quick)
+    work = work_dir("bench-accuracy", a.work, a.quick)
     names = choices(p, "--datasets", a.datasets, DATASETS)
     paths = {n: dataset_file(n, a.data_dir) for n in names}
     if a.quick:
         a.epochs = 1
-    log = fresh_log(a.out)
+    log = fresh_log(out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
             path = subset(paths[n], Path(tmp) / f"{n}.npz", 2000, 1000) if a.quick else paths[n]
             print(f"{DATASETS[n]}: train {a.epochs} epoch(s), export int8, eval ...", flush=True)
-            rows.append(run_dataset(n, path, a.epochs, a.work, log, a.train_args.split()))
+            rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split()))
             r = rows[-1]
             print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
                   f"train {r['train_seconds']:.0f} s", flush=True)
     info = machine()
     cmd = command("accuracy.py")
     md = markdown(rows, info, cmd)
-    write_results(a.out, {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick}, md)
+    write_results(out, {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick}, md)
     print(md)
     return 0
 

@@ -3,6 +3,17 @@
 Every step runs as its own `ffedge` process, exactly as a user would run it,
 so the figures are the CLI's own (training time from the run's metrics.json,
 accuracy and latency from `ffedge eval --json`).
+
+Where results go (every script, new ones too): `--out OUT` when given; else
+`benchmarks/results/NAME` for a full run and `benchmarks/results/quick/NAME`
+(git-ignored) for `--quick`, so a smoke run never overwrites committed results.
+A script does::
+
+    add_out_option(p, "NAME")                 # --out, default None, with the help text
+    a = p.parse_args()
+    out = out_stem("NAME", a.out, a.quick)    # then OUT.json, OUT.md (write_results), OUT.log (fresh_log)
+
+and, for the runs and bundles it trains, `work_dir("bench-NAME", a.work, a.quick)` (runs/, git-ignored).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,7 +34,30 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"  # committed results of full runs
+QUICK_RESULTS = RESULTS / "quick"  # --quick runs (git-ignored)
 FFEDGE = [sys.executable, "-m", "ffedge.cli"]
+
+
+def add_out_option(p: argparse.ArgumentParser, name: str) -> None:
+    """The --out option every script has (default: see out_stem)."""
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"writes OUT.json and OUT.md (default: benchmarks/results/{name}; with --quick: benchmarks/results/quick/{name})")
+
+
+def out_stem(name: str, out: Path | str | None, quick: bool) -> Path:
+    """Where a run writes OUT.json, OUT.md and OUT.log: --out when given, else results/NAME, or results/quick/NAME for --quick."""
+    if out is not None:
+        return Path(out).absolute()
+    return (QUICK_RESULTS if quick else RESULTS) / name
+
+
+def work_dir(name: str, work: Path | str | None, quick: bool) -> Path:
+    """Where a run's trainings and bundles go: --work when given (made absolute: ffedge runs from ROOT), else runs/NAME,
+    or runs/NAME-quick for --quick (so a smoke run does not replace a long run's models either)."""
+    if work is not None:
+        return Path(work).absolute()
+    return ROOT / "runs" / (f"{name}-quick" if quick else name)
 
 
 def dataset_file(name: str, data_dir: Path) -> Path:
@@ -71,9 +106,9 @@ def train(dataset: str, out: Path, epochs: int, extra: list[str], log: Path) -> 
     return metrics
 
 
-def export_int8(run: Path, out: Path, log: Path) -> dict[str, Any]:
-    """`ffedge export --int8` (with its parity check); returns the bundle manifest's parity block."""
-    ffedge("export", str(run), "--int8", "--out", str(out), "--force", log=log)
+def export_int8(run: Path, out: Path, log: Path, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`ffedge export --int8` (with its parity check; extra: more options, e.g. --master); returns the manifest's parity block."""
+    ffedge("export", str(run), "--int8", "--out", str(out), "--force", *extra, log=log)
     return json.loads((out / "manifest.json").read_text()).get("parity", {})
 
 
@@ -110,7 +145,7 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def write_results(out: Path, result: dict[str, Any], markdown: str) -> None:
+def write_results(out: Path, result: Any, markdown: str) -> None:
     """OUT.json and OUT.md, each written to a temp file and renamed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for path, text in ((out.with_suffix(".json"), json.dumps(result, indent=2) + "\n"), (out.with_suffix(".md"), markdown)):
@@ -138,7 +173,7 @@ def fresh_log(out: Path) -> Path:
 
 def command(script: str) -> str:
     """The command line that produced this run, as the results quote it."""
-    return " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
+    return shlex.join(["python", f"benchmarks/{script}", *sys.argv[1:]])
 
 
 def pct(v: float | None) -> str:

@@ -17,7 +17,7 @@ the graph, counted by storage, via torch.autograd.graph.saved_tensors_hooks): th
 memory itself, without the allocator's caches and the convolutions' scratch buffers.
 
     python benchmarks/ff_vs_backprop.py --epochs 5
-    python benchmarks/ff_vs_backprop.py --quick      # 1 epoch on 1,000 digits
+    python benchmarks/ff_vs_backprop.py --quick      # 1 epoch on 1,000 digits, into benchmarks/results/quick/
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import choices, command, machine, write_results  # noqa: E402
+from common import add_out_option, choices, command, dataset_file, machine, out_stem, write_results  # noqa: E402
 
 
 def _mem(device: str) -> float:
@@ -159,7 +159,10 @@ def run_child(method: str, a: argparse.Namespace) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--dataset", default="mnist-5k", help="any ffedge dataset spec (mnist-5k, npz:PATH, ...)")
+    p.add_argument("--dataset", default="mnist-5k", help="any ffedge dataset spec (mnist-5k, npz:PATH, ...), or mnist, fashion_mnist, "
+                   "cifar10 with --data-dir")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder with NAME.npz for --dataset mnist, fashion_mnist or cifar10 "
+                   "(not needed for the embedded mnist-5k)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch", type=int, default=64, help="positive examples per step (FF adds one negative each)")
     p.add_argument("--layers", default="16x5p,64x5p,128x3,128x3", help="network, as ffedge train --layers (default: ffedge's default)")
@@ -167,7 +170,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=100000, help="training examples used at most")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="1 epoch on 1,000 examples")
-    p.add_argument("--out", default="benchmarks/results/ff_vs_backprop", help="writes OUT.json and OUT.md")
+    add_out_option(p, "ff_vs_backprop")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.quick:
@@ -175,6 +178,9 @@ def main() -> int:
     if a.child:
         print(json.dumps(child(a.child, a.dataset, a.epochs, a.batch, a.limit, a.device, a.layers)))
         return 0
+    out = out_stem("ff_vs_backprop", a.out, a.quick)
+    if a.data_dir is not None and a.dataset.lower().replace("-", "_") in ("mnist", "fashion_mnist", "cifar10"):
+        a.dataset = f"npz:{dataset_file(a.dataset.lower().replace('-', '_'), a.data_dir)}"
     methods = choices(p, "--methods", a.methods, METHODS)
     if "backprop" not in methods:
         p.error("--methods: include backprop (the baseline the ratios divide by)")
@@ -197,7 +203,7 @@ def main() -> int:
               "saved for backward = peak bytes held by autograd graphs.",
               f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}.", f"Command: `{cmd}`"]
     md = "\n".join(lines) + "\n"
-    write_results(Path(a.out), {"rows": rows, "machine": info, "command": cmd, "layers": a.layers}, md)
+    write_results(out, {"rows": rows, "machine": info, "command": cmd, "layers": a.layers, "quick": a.quick}, md)
     print(md)
     return 0
 

@@ -9,8 +9,12 @@ before and after. For comparison a torch backprop fine-tune of the same layers
 (last conv layer + head, cross-entropy through the head, same examples and epochs)
 runs in another fresh process.
 
-    python benchmarks/finetune_shift.py --bundle export/mnist-5k-int8-master --run runs/mnist-5k
-    python benchmarks/finetune_shift.py --quick ...     # smoke test: fewer examples and epochs
+Without --bundle the script first trains that bundle itself (`ffedge train` on
+mnist-5k, 40 epochs, then `ffedge export --int8 --master`, into --work).
+
+    python benchmarks/finetune_shift.py --anchors 0,0.002,0.02
+    python benchmarks/finetune_shift.py --bundle export/mnist-5k-int8-master --run runs/mnist-5k   # a bundle you exported
+    python benchmarks/finetune_shift.py --quick   # smoke test: 1-epoch run on 1,000 digits, 100 examples, 2 epochs; results/quick/
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_out_option, command, export_int8, ffedge, fresh_log, out_stem, subset, train, work_dir, write_results  # noqa: E402
 
 RAMP_MAX = 120
 
@@ -42,9 +50,13 @@ def make_data(path: Path) -> None:
 
 def accuracies(bundle: Path, shifted: Path) -> dict[str, float]:
     from ffedge.datasets import load_dataset
+    from ffedge.errors import FFEdgeError
     from ffedge.runtime import Runtime
 
-    rt = Runtime(str(bundle), threads=2)
+    try:
+        rt = Runtime(str(bundle), threads=2)
+    except FFEdgeError as e:
+        sys.exit(f"error: {e}")
     orig = load_dataset("mnist-5k")
     with np.load(shifted) as z:
         xs, ys = z["x_test"], z["y_test"]
@@ -107,56 +119,102 @@ def torch_child(run: str, data: str, examples: int, epochs: int, lr: float, seed
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default="export/mnist-5k-int8-master", help="int8 bundle exported with --master")
-    p.add_argument("--run", default="runs/mnist-5k", help="its training run (for the torch comparison; skipped if missing)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="an int8 bundle exported with --master to fine-tune (default: train one on mnist-5k and export it into --work)")
+    p.add_argument("--run", type=Path, default=None, help="with --bundle: its training run, for the torch comparison (skipped without it)")
+    p.add_argument("--train-epochs", type=int, default=None,
+                   help="epochs of the run trained without --bundle (default 40, ffedge's; --quick: 1)")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="mnist-5k training images that run uses (default: all 4,000; --quick: 1,000)")
+    p.add_argument("--train-args", default="", help="extra ffedge train options, e.g. '--layers 16x5p,64x3p' or '--device cuda'")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where that run and its bundle go (default: runs/bench-finetune; with --quick: runs/bench-finetune-quick)")
+    p.add_argument("--data-dir", type=Path, default=None, help="not needed: mnist-5k is embedded in ffedge (accepted like the other scripts')")
     p.add_argument("--anchors", default="0.005", help="comma-separated --anchor values to try")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--examples", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
+    p.add_argument("--examples", type=int, default=500, help="shifted training digits fine-tuned on")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--quick", action="store_true", help="100 examples, 2 epochs")
-    p.add_argument("--out", default="benchmarks/results/finetune_shift", help="writes OUT.json and OUT.md")
+    p.add_argument("--quick", action="store_true", help="a 1-epoch run on 1,000 digits; fine-tune on 100 examples, 2 epochs")
+    add_out_option(p, "finetune_shift")
     p.add_argument("--torch-child", nargs=6, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.torch_child:
         run, data, ex, ep, lr, seed = a.torch_child
         torch_child(run, data, int(ex), int(ep), float(lr), int(seed))
         return 0
+    anchors = [_number(p, "--anchors", v) for v in a.anchors.split(",")]
     if a.quick:
         a.examples, a.epochs = 100, 2
+    train_epochs = a.train_epochs if a.train_epochs is not None else 1 if a.quick else 40
+    train_images = a.train_images if a.train_images is not None else 1000 if a.quick else None
+    if a.bundle is not None:
+        bundle, run = a.bundle.absolute(), a.run
+        if not (bundle / "manifest.json").is_file():
+            sys.exit(f"error: --bundle {a.bundle}: no bundle there (no manifest.json); omit --bundle to train and export one")
+        if run is not None and not (run / "weights.pt").is_file():
+            sys.exit(f"error: --run {run}: no trained run there (no weights.pt)")
+    elif a.run is not None:
+        p.error("--run goes with --bundle (without --bundle the script trains its own run)")
+    out = out_stem("finetune_shift", a.out, a.quick)
+    work = work_dir("bench-finetune", a.work, a.quick)
+    log = fresh_log(out)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "shifted.npz"
         make_data(data)
-        rows = [{"name": "bundle before", **accuracies(Path(a.bundle), data)}]
-        for anchor in [float(v) for v in a.anchors.split(",")]:
-            out = Path(tmp) / f"ft-{anchor}"
-            cmd = [sys.executable, "-m", "ffedge.cli", "finetune", a.bundle, "--data", f"npz:{data}", "--out", str(out), "--json",
-                   "--epochs", str(a.epochs), "--max-examples", str(a.examples), "--lr", str(a.lr), "--anchor", str(anchor), "--threads", "2"]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode:
-                print(r.stderr, file=sys.stderr)
-                return 1
-            ft = json.loads(r.stdout)
-            rows.append({"name": f"ffedge finetune, anchor {anchor}", **accuracies(out, data), "seconds": ft["seconds"],
-                         "peak_rss_mb": ft["peak_rss_mb"], "examples": ft["examples"], "command": " ".join(cmd[1:])})
-        if Path(a.run, "weights.pt").exists():
-            r = subprocess.run([sys.executable, __file__, "--torch-child", a.run, str(data), str(a.examples), str(a.epochs), str(a.lr), "0"],
+        if a.bundle is None:
+            dataset = "mnist-5k"
+            if train_images is not None:  # the subset stays next to the run, which export --master (and later exports) read
+                dataset = f"npz:{subset(_mnist_5k_npz(work / 'mnist-5k.npz'), work / f'mnist-5k-{train_images}.npz', train_images, None)}"
+            run, bundle = work / "run", work / "bundle-int8-master"
+            print(f"train mnist-5k{'' if train_images is None else f' ({train_images:,} digits)'}, {train_epochs} epoch(s), "
+                  "export --int8 --master ...", flush=True)
+            train(dataset, run, train_epochs, a.train_args.split(), log)
+            export_int8(run, bundle, log, ("--master",))
+        rows = [{"name": "bundle before", **accuracies(bundle, data)}]
+        for anchor in anchors:
+            ft_out = Path(tmp) / f"ft-{anchor}"
+            args = ["finetune", str(bundle), "--data", f"npz:{data}", "--out", str(ft_out), "--json", "--epochs", str(a.epochs),
+                    "--max-examples", str(a.examples), "--lr", str(a.lr), "--anchor", str(anchor), "--threads", "2"]
+            print(f"ffedge finetune --anchor {anchor} ...", flush=True)
+            ft = json.loads(ffedge(*args, log=log))
+            rows.append({"name": f"ffedge finetune, anchor {anchor}", **accuracies(ft_out, data), "seconds": ft["seconds"],
+                         "peak_rss_mb": ft["peak_rss_mb"], "examples": ft["examples"], "command": "ffedge " + " ".join(args)})
+        if run is not None:
+            print("torch backprop fine-tune ...", flush=True)
+            r = subprocess.run([sys.executable, __file__, "--torch-child", str(run), str(data), str(a.examples), str(a.epochs), str(a.lr), "0"],
                                capture_output=True, text=True)
             if r.returncode:
-                print(r.stderr, file=sys.stderr)
-                return 1
+                sys.exit(f"error: the torch fine-tune failed (exit {r.returncode}):\n{r.stderr.strip()[-2000:]}")
             rows.append({"name": "torch backprop (last layer + head)", **json.loads(r.stdout.strip().splitlines()[-1])})
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     cols = ["shifted_all", "original_all", "shifted_head", "original_head", "seconds", "peak_rss_mb"]
     lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in rows:
         cells = [f"{row[c]:.2%}" if c.startswith(("shifted", "original")) and c in row else (f"{row[c]:.1f}" if c in row else "") for c in cols]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += ["", f"Command: `{command('finetune_shift.py')}`"]
+    md = "\n".join(lines) + "\n"
+    write_results(out, rows, md)
+    print(md)
     return 0
+
+
+def _number(p: argparse.ArgumentParser, option: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        p.error(f"{option}: {text!r} is not a number")
+
+
+def _mnist_5k_npz(path: Path) -> Path:
+    """The embedded mnist-5k (unshifted) as an .npz that subset() can cut."""
+    from ffedge.datasets import load_dataset
+
+    ds = load_dataset("mnist-5k")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x_train=ds.x_train[..., 0], y_train=ds.y_train, x_test=ds.x_test[..., 0], y_test=ds.y_test)
+    return path
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ CNNs, because the convolutions barely see a few label pixels; Fourier
 gratings and morphological labels spread the label over the whole image.
 
     python benchmarks/label_ablation.py --data-dir ../shared/data
-    python benchmarks/label_ablation.py --quick       # 1 epoch on 1,000 training images
+    python benchmarks/label_ablation.py --quick       # 1 epoch on 1,000 training images, into benchmarks/results/quick/
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, SHARED, choices, command, dataset_file, fresh_log, machine, pct, subset, train, write_results  # noqa: E402
+from common import (SHARED, add_out_option, choices, command, dataset_file, fresh_log, machine, out_stem, pct, subset, train,  # noqa: E402
+                    work_dir, write_results)
 
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 ENCODINGS = ("fourier", "morph", "onehot")
@@ -48,29 +49,33 @@ def main() -> int:
     p.add_argument("--train-images", type=int, default=10000, help="class-mixed training subset (same for every encoding)")
     p.add_argument("--test-images", type=int, default=2000, help="held-out test subset")
     p.add_argument("--data-dir", type=Path, default=SHARED, help="folder with mnist.npz and cifar10.npz")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-labels", help="where the runs go")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where the runs go (default: runs/bench-labels; with --quick: runs/bench-labels-quick)")
+    p.add_argument("--train-args", default="", help="extra ffedge train options for every encoding, e.g. '--layers 32x5p,64x3p'")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 1,000 training and 500 test images")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_ablation", help="writes OUT.json and OUT.md")
+    add_out_option(p, "label_ablation")
     a = p.parse_args()
+    out = out_stem("label_ablation", a.out, a.quick)
+    work = work_dir("bench-labels", a.work, a.quick)
     names = choices(p, "--datasets", a.datasets, DATASETS)
     encodings = choices(p, "--encodings", a.encodings, ENCODINGS)
     if a.quick:
         a.epochs, a.train_images, a.test_images = 1, 1000, 500
-    log = fresh_log(a.out)
+    log = fresh_log(out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
             data = subset(dataset_file(n, a.data_dir), Path(tmp) / f"{n}.npz", a.train_images, a.test_images)
             for enc in encodings:
                 print(f"{DATASETS[n]}, {enc} labels: train {a.epochs} epoch(s) ...", flush=True)
-                m = train(f"npz:{data}", a.work / f"{n}-{enc}", a.epochs, ["--labels", enc], log)
+                m = train(f"npz:{data}", work / f"{n}-{enc}", a.epochs, ["--labels", enc, *a.train_args.split()], log)
                 rows.append({"dataset": n, "labels": enc, "epochs": a.epochs, **{k: m[k] for k in (
                     "n_train", "n_test", "test_accuracy", "per_layer_test_accuracy", "head_test_accuracy", "train_seconds")}})
                 print(f"  held-out {pct(m['test_accuracy'])}, head {pct(m['head_test_accuracy'])}", flush=True)
     info = machine()
     cmd = command("label_ablation.py")
     md = markdown(rows, info, cmd)
-    write_results(a.out, {"rows": rows, "machine": info, "command": cmd, "quick": a.quick}, md)
+    write_results(out, {"rows": rows, "machine": info, "command": cmd, "quick": a.quick}, md)
     print(md)
     return 0
 

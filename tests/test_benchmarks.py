@@ -1,8 +1,11 @@
-"""The benchmark scripts: --help for each, a real --quick smoke run, and a clear error for missing data."""
+"""The benchmark scripts: --help for each, a real --quick run of each, where results go, and clear errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +15,10 @@ import pytest
 
 from ffedge.datasets import load_dataset
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
 SCRIPTS = ["accuracy.py", "label_ablation.py", "ff_vs_backprop.py", "finetune_shift.py"]
+TINY = "--layers 8x5p,16x3p --head-epochs 2 --eval-samples 10"  # the smallest network and head: the pipeline, not the accuracy
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -40,7 +45,7 @@ def test_label_ablation_quick_runs_for_real(tmp_path: Path) -> None:
     ds = load_dataset("mnist-5k")  # stands in for mnist.npz: same format, no ../shared needed
     np.savez(tmp_path / "mnist.npz", x_train=ds.x_train[..., 0], y_train=ds.y_train, x_test=ds.x_test[..., 0], y_test=ds.y_test)
     out = tmp_path / "abl"
-    r = _run(str(BENCH / "label_ablation.py"), "--quick", "--datasets", "mnist", "--encodings", "onehot,fourier",
+    r = _run(str(BENCH / "label_ablation.py"), "--quick", "--datasets", "mnist", "--encodings", "onehot,fourier", "--train-args", TINY,
              "--data-dir", str(tmp_path), "--work", str(tmp_path / "runs"), "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
@@ -49,7 +54,7 @@ def test_label_ablation_quick_runs_for_real(tmp_path: Path) -> None:
         assert row["n_train"] + row["n_test"] == 1500 and row["n_test"] == 500
         metrics = json.loads((tmp_path / "runs" / f"mnist-{row['labels']}" / "metrics.json").read_text())
         assert row["test_accuracy"] == metrics["test_accuracy"]
-        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert 0.0 <= row["test_accuracy"] <= 1.0 and len(row["per_layer_test_accuracy"]) == 2  # TINY's two layers
     md = out.with_suffix(".md").read_text()
     assert "| MNIST | onehot | 1 |" in md and "Command: `python benchmarks/label_ablation.py --quick" in md
 
@@ -68,3 +73,77 @@ def test_saved_tensor_meter_counts_what_autograd_holds() -> None:
         y.sum().backward()
     assert meter.peak == 8000 and meter.live == 0
     assert torch.allclose(w.grad, 2 * torch.exp(2 * torch.ones(1000)))
+
+
+def test_out_stem_keeps_quick_runs_out_of_the_committed_results(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    from common import QUICK_RESULTS, RESULTS, ROOT, out_stem, work_dir
+
+    assert RESULTS == BENCH / "results" and QUICK_RESULTS == BENCH / "results" / "quick"
+    assert out_stem("accuracy", None, quick=False) == RESULTS / "accuracy"
+    assert out_stem("accuracy", None, quick=True) == QUICK_RESULTS / "accuracy"
+    assert out_stem("accuracy", tmp_path / "mine", quick=True) == tmp_path / "mine"
+    assert work_dir("bench-x", None, quick=False) == ROOT / "runs" / "bench-x"
+    assert work_dir("bench-x", None, quick=True) == ROOT / "runs" / "bench-x-quick"
+    assert work_dir("bench-x", Path("rel"), quick=True) == Path.cwd() / "rel"
+    assert "/benchmarks/results/quick/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def _digits(folder: Path, n_train: int, n_test: int) -> Path:
+    """A small mnist.npz (the embedded mnist-5k's first digits, same format as the shared file) in folder."""
+    ds = load_dataset("mnist-5k")
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "mnist.npz", x_train=ds.x_train[:n_train, ..., 0], y_train=ds.y_train[:n_train],
+             x_test=ds.x_test[:n_test, ..., 0], y_test=ds.y_test[:n_test])
+    return folder
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and "quick" not in p.relative_to(folder).parts}
+
+
+QUICK_CASES = {  # script -> options for its --quick run (smaller ones it supports)
+    "accuracy.py": ["--datasets", "mnist", "--train-args", TINY],
+    "ff_vs_backprop.py": ["--dataset", "mnist", "--methods", "ff-layer,backprop", "--layers", "8x3p"],
+    "finetune_shift.py": ["--train-images", "300", "--train-args", TINY],
+}
+
+
+@pytest.mark.parametrize("script", QUICK_CASES)
+def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path, script: str) -> None:
+    """--quick with no --out, from a copy of benchmarks/ (scripts and committed results): the defaults land in the
+    copy (results/quick/, runs/), not in this checkout. Data: a 300/200 mnist.npz written here, or the embedded mnist-5k."""
+    pytest.importorskip("brevitas")
+    root = tmp_path / "clone"
+    shutil.copytree(BENCH, root / "benchmarks", ignore=shutil.ignore_patterns("__pycache__", "quick"))
+    committed = _checksums(BENCH / "results")
+    assert _checksums(root / "benchmarks" / "results") == committed and "accuracy.json" in committed
+    data = _digits(tmp_path / "data", 300, 200)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / script), "--quick", "--data-dir", str(data), *QUICK_CASES[script]],
+                       capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _checksums(root / "benchmarks" / "results") == committed
+    name = script.removesuffix(".py")
+    quick = root / "benchmarks" / "results" / "quick"
+    result = json.loads((quick / f"{name}.json").read_text())
+    assert f"Command: `python benchmarks/{script} --quick" in (quick / f"{name}.md").read_text()
+    if script == "accuracy.py":
+        (row,) = result["rows"]
+        assert result["quick"] and row["epochs"] == 1 and (row["n_train"], row["n_test"]) == (300, 200)
+        assert 0.0 <= row["int8_ort"]["all"]["accuracy"] <= 1.0 and row["parity"]
+    elif script == "ff_vs_backprop.py":
+        assert result["quick"] and [row["method"] for row in result["rows"]] == ["ff-layer", "backprop"]
+        assert all(row["examples"] == 300 and row["saved_for_backward_mb"] > 0 for row in result["rows"])
+    else:  # trained and exported its own --master bundle, fine-tuned it, compared with torch
+        assert [row["name"] for row in result] == ["bundle before", "ffedge finetune, anchor 0.005", "torch backprop (last layer + head)"]
+        assert result[1]["examples"] == 100 and (root / "runs" / "bench-finetune-quick" / "bundle-int8-master" / "manifest.json").is_file()
+        assert "ffedge export" in (quick / f"{name}.log").read_text() and "--master" in (quick / f"{name}.log").read_text()
+
+
+def test_finetune_shift_missing_bundle_is_one_clear_line(tmp_path: Path) -> None:
+    r = _run(str(BENCH / "finetune_shift.py"), "--quick", "--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "ft"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "no bundle there" in r.stderr and "omit --bundle" in r.stderr
+    assert not list(tmp_path.iterdir())
