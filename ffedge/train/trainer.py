@@ -64,6 +64,7 @@ class TrainConfig:
     shift: int = 0
     flip: bool = False
     norm: str = "batch"
+    preset: str | None = None  # the ffedge.train.presets entry the values started from (a record; not re-applied)
 
     def check_types(self, source: str = "") -> None:
         """Every field has its declared type (``config.json`` may have been edited); ``source`` names where from."""
