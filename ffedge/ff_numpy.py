@@ -31,9 +31,9 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ffedge.errors import FFEdgeError
+from ffedge.manifest import NORMS
 
 LOSS_NAMES = ("symba", "bce")
-NORMS = ("batch", "rms")  # as ffedge.train.model.NORMS and the manifest's layers[i].norm
 # Upper bound on the im2col buffer of one chunk of the batch (the batch is processed in chunks).
 COLS_CHUNK_BYTES = 4 << 20
 SCALE_MIN = 1e-10  # Brevitas' scaling_min_val for the weight scale

@@ -50,8 +50,8 @@ MAX_FILES = 100_000
 MAX_VERSION = 10**9
 MAX_PATH = 1024
 BITS = (2, 16)
-# The normalization at the start of a layer: BatchNorm (frozen statistics) or per-sample rms; absent = batch
-# (bundles written before the key existed).
+# The normalization at the start of a layer (``layers[i].norm``; the trainer's --norm): BatchNorm (frozen
+# statistics) or per-sample rms; absent = batch (bundles written before the key existed).
 NORMS = ("batch", "rms")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

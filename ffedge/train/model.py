@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ffedge.errors import FFEdgeError
+from ffedge.manifest import NORMS
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,6 @@ class LayerSpec:
 
 
 DEFAULT_LAYERS = "16x5p,64x5p,128x3,128x3"
-NORMS = ("batch", "rms")
 # eps of the rms norm, as loeweX/Forward-Forward; the exporter writes it to master.npz (``layer{i}.rms_eps``).
 RMS_EPS = 1e-8
 
@@ -124,7 +124,6 @@ class FFConvLayer(nn.Module):
     def __init__(self, in_channels: int, spec: LayerSpec, quant: QuantConfig, norm: str = "batch") -> None:
         super().__init__()
         self.spec = spec
-        self.in_channels = in_channels
         self.norm_kind = norm
         self.norm = make_norm(norm, in_channels)
         pad = spec.kernel // 2

@@ -117,10 +117,6 @@ PRESETS: dict[str, Preset] = {
 _FIELDS = {f.name for f in fields(TrainConfig)}
 
 
-def preset_names() -> list[str]:
-    return list(PRESETS)
-
-
 def get_preset(name: str) -> Preset:
     """The preset called ``name``; an unknown name is one error line listing the names."""
     if name not in PRESETS:
