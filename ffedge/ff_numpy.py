@@ -5,7 +5,8 @@ No torch or onnx here. The building blocks mirror the Brevitas training graph
 here and re-quantized with :meth:`QuantFFLayer.quantized` gives the int8 /
 int32 tensors the exporter would have written:
 
-- input:  z = (x - mean) / sqrt(var + eps) (frozen BatchNorm statistics), then
+- input:  z = (x - mean) / sqrt(var + eps) (frozen BatchNorm statistics; layers with
+  ``norm="rms"``: z = x / (sqrt(mean over C, H, W of x^2) + eps) per sample), then
   signed fake-quant ``clip(round(z / s_in), -2^(b-1), 2^(b-1) - 1) * s_in``
   (Brevitas ``Int8ActPerTensorFloat``: ``narrow_range=False``);
 - weights: ``s_w = max|w| / (2^(wb-1) - 1)`` from the current float weights,
@@ -30,6 +31,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ffedge.errors import FFEdgeError
+from ffedge.manifest import NORMS
 
 LOSS_NAMES = ("symba", "bce")
 # Upper bound on the im2col buffer of one chunk of the batch (the batch is processed in chunks).
@@ -213,6 +215,11 @@ def _scalar(v: np.ndarray | float) -> float:
     return float(a[0])
 
 
+def master_keys(norm: str) -> tuple[str, ...]:
+    """The ``master.npz`` arrays of one layer (each prefixed ``layer{i}.``) for its normalization."""
+    return ("weight", "bias", "rms_eps") if norm == "rms" else ("weight", "bias", "bn_mean", "bn_var", "bn_eps")
+
+
 class LayerCache(NamedTuple):
     """What :meth:`QuantFFLayer.grads` needs from a forward pass."""
 
@@ -222,14 +229,18 @@ class LayerCache(NamedTuple):
 
 
 class QuantFFLayer:
-    """One FF conv layer in fake-quant training mode: frozen BN and activation scales, trainable w and b."""
+    """One FF conv layer in fake-quant training mode: frozen normalization and activation scales, trainable w and b.
+
+    ``norm="batch"``: eval-mode BatchNorm with ``bn_mean``, ``bn_var``, ``bn_eps``; ``norm="rms"``: the
+    parameter-free per-sample rms norm, ``bn_mean`` and ``bn_var`` are None and ``bn_eps`` is its eps.
+    """
 
     def __init__(
         self,
         weight: np.ndarray,
         bias: np.ndarray,
-        bn_mean: np.ndarray,
-        bn_var: np.ndarray,
+        bn_mean: np.ndarray | None,
+        bn_var: np.ndarray | None,
         bn_eps: float,
         input_scale: float,
         output_scale: float,
@@ -237,6 +248,7 @@ class QuantFFLayer:
         act_bits: int = 8,
         pool: bool = False,
         dtype: DTypeLike = np.float32,
+        norm: str = "batch",
     ) -> None:
         self.dtype = np.dtype(dtype)
         self.weight = np.array(weight, dtype=self.dtype)
@@ -244,16 +256,22 @@ class QuantFFLayer:
         o, c, k, k2 = self.weight.shape
         if k != k2 or k % 2 == 0 or self.bias.shape != (o,):
             raise FFEdgeError(f"QuantFFLayer: bad weight {list(self.weight.shape)} / bias {list(self.bias.shape)}")
-        if np.shape(bn_mean) != (c,) or np.shape(bn_var) != (c,):
-            raise FFEdgeError(f"QuantFFLayer: BatchNorm statistics must have {c} channels")
+        if norm not in NORMS:
+            raise FFEdgeError(f"QuantFFLayer: unknown norm {norm!r} (this ffedge knows {', '.join(NORMS)})")
+        self.norm = norm
         t = self.dtype.type
-        # Eval-mode BatchNorm as torch: z = x * inv + shift, inv = 1 / sqrt(var + eps).
-        self.bn_mean = np.asarray(bn_mean, dtype=self.dtype)
-        self.bn_var = np.asarray(bn_var, dtype=self.dtype)
-        inv = t(1) / np.sqrt(self.bn_var + t(bn_eps))
         self.bn_eps = float(bn_eps)
-        self._bn_mul = inv.reshape(1, c, 1, 1)
-        self._bn_add = (-self.bn_mean * inv).reshape(1, c, 1, 1)
+        if norm == "rms":
+            self.bn_mean = self.bn_var = None
+        else:
+            if np.shape(bn_mean) != (c,) or np.shape(bn_var) != (c,):
+                raise FFEdgeError(f"QuantFFLayer: BatchNorm statistics must have {c} channels")
+            # Eval-mode BatchNorm as torch: z = x * inv + shift, inv = 1 / sqrt(var + eps).
+            self.bn_mean = np.asarray(bn_mean, dtype=self.dtype)
+            self.bn_var = np.asarray(bn_var, dtype=self.dtype)
+            inv = t(1) / np.sqrt(self.bn_var + t(bn_eps))
+            self._bn_mul = inv.reshape(1, c, 1, 1)
+            self._bn_add = (-self.bn_mean * inv).reshape(1, c, 1, 1)
         self.input_scale, self.output_scale = t(input_scale), t(output_scale)
         self.weight_bits, self.act_bits, self.pool = int(weight_bits), int(act_bits), bool(pool)
         self.in_range = int_range(self.act_bits, signed=True)
@@ -268,12 +286,19 @@ class QuantFFLayer:
         q = layer.get("quant")
         if q is None:
             raise FFEdgeError(f"layer {index} has no quantization facts: fine-tuning needs an int8 bundle")
-        missing = [p + k for k in ("weight", "bias", "bn_mean", "bn_var", "bn_eps") if p + k not in master]
+        norm = layer.get("norm") or "batch"  # absent in bundles made before rms norms existed
+        if norm not in NORMS:
+            raise FFEdgeError(f"layer {index} has norm {norm!r}: this ffedge fine-tunes {', '.join(NORMS)}")
+        missing = [p + k for k in master_keys(norm) if p + k not in master]
         if missing:
             raise FFEdgeError(f"the master weights lack {', '.join(missing)}")
+        if norm == "rms":
+            stats: tuple[Any, Any, float] = (None, None, _scalar(master[p + "rms_eps"]))
+        else:
+            stats = (master[p + "bn_mean"], master[p + "bn_var"], _scalar(master[p + "bn_eps"]))
         return cls(
-            master[p + "weight"], master[p + "bias"], master[p + "bn_mean"], master[p + "bn_var"], _scalar(master[p + "bn_eps"]),
-            q["input_scale"], q["output_scale"], q["weight_bits"], q["act_bits"], bool(layer.get("pool", False)), dtype,
+            master[p + "weight"], master[p + "bias"], *stats,
+            q["input_scale"], q["output_scale"], q["weight_bits"], q["act_bits"], bool(layer.get("pool", False)), dtype, norm=norm,
         )
 
     @property
@@ -289,12 +314,19 @@ class QuantFFLayer:
         """The trainable arrays [weight, bias]; :class:`Adam` updates them in place (do not rebind them)."""
         return [self.weight, self.bias]
 
-    def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """Frozen BatchNorm, then the signed input fake-quant."""
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """The layer's normalization: frozen BatchNorm, or the per-sample rms norm."""
         if x.ndim != 4 or x.shape[1] != self.weight.shape[1]:
             raise FFEdgeError(f"layer input must be [N, {self.weight.shape[1]}, H, W], got {list(x.shape)}")
-        z = x.astype(self.dtype, copy=False) * self._bn_mul + self._bn_add
-        return fake_quant(z, self.input_scale, *self.in_range)
+        x = x.astype(self.dtype, copy=False)
+        if self.norm == "rms":
+            rms = np.sqrt(np.square(x).mean(axis=(1, 2, 3), keepdims=True))
+            return x / (rms + self.dtype.type(self.bn_eps))
+        return x * self._bn_mul + self._bn_add
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """The normalization, then the signed input fake-quant."""
+        return fake_quant(self.normalize(x), self.input_scale, *self.in_range)
 
     def weight_scale(self) -> np.floating:
         return weight_scale(self.weight, self.weight_bits)
@@ -346,11 +378,16 @@ class QuantFFLayer:
     def master_arrays(self, index: int) -> dict[str, np.ndarray]:
         """This layer's ``master.npz`` entries (float32), for writing the fine-tuned master back."""
         p = f"layer{index}."
-        return {
-            p + "weight": self.weight.astype(np.float32), p + "bias": self.bias.astype(np.float32),
-            p + "bn_mean": self.bn_mean.astype(np.float32), p + "bn_var": self.bn_var.astype(np.float32),
-            p + "bn_eps": np.array([self.bn_eps], dtype=np.float32),  # shape [1], as write_master stores it
-        }
+        arrays = {p + "weight": self.weight.astype(np.float32), p + "bias": self.bias.astype(np.float32)}
+        if self.norm == "rms":
+            arrays[p + "rms_eps"] = np.array([self.bn_eps], dtype=np.float32)  # shape [1], as write_master stores it
+        else:
+            assert self.bn_mean is not None and self.bn_var is not None
+            arrays.update({
+                p + "bn_mean": self.bn_mean.astype(np.float32), p + "bn_var": self.bn_var.astype(np.float32),
+                p + "bn_eps": np.array([self.bn_eps], dtype=np.float32),  # shape [1], as write_master stores it
+            })
+        return arrays
 
 
 # ---------------------------------------------------------------------------- FF losses

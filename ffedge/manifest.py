@@ -50,6 +50,9 @@ MAX_FILES = 100_000
 MAX_VERSION = 10**9
 MAX_PATH = 1024
 BITS = (2, 16)
+# The normalization at the start of a layer (``layers[i].norm``; the trainer's --norm): BatchNorm (frozen
+# statistics) or per-sample rms; absent = batch (bundles written before the key existed).
+NORMS = ("batch", "rms")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 T = TypeVar("T")
@@ -91,6 +94,12 @@ def _num(where: str, key: str, v: Any, positive: bool = False, unit: bool = Fals
 def _str(where: str, key: str, v: Any) -> str:
     if not isinstance(v, str):
         raise _fail(where, key, "be a string", v)
+    return v
+
+
+def _choice(where: str, key: str, v: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise _fail(where, key, f"be one of {', '.join(choices)}", v)
     return v
 
 
@@ -235,6 +244,12 @@ class LayerEntry(_Entry):
     pool: bool | None = None
     ort_ops: dict[str, int] | None = None
     quant: Quant | None = None
+    norm: str | None = None
+
+    @property
+    def norm_kind(self) -> str:
+        """``norm``, or ``batch`` when absent (bundles made before the key existed)."""
+        return self.norm if self.norm is not None else "batch"
 
 
 @dataclass
@@ -502,6 +517,7 @@ def _layers(w: str, v: Any, files: Mapping[str, str], inp: InputSpec) -> list[La
             pool=_opt(d, "pool", lambda x: _bool(w, f"{k}.pool", x)),
             ort_ops=_opt(d, "ort_ops", lambda x: _op_counts(w, f"{k}.ort_ops", x)),
             quant=_opt(d, "quant", lambda x: _quant(w, f"{k}.quant", x)),
+            norm=_opt(d, "norm", lambda x: _choice(w, f"{k}.norm", x, NORMS)),
             **_split(d, LayerEntry),
         )
         want_in = (inp.shape[1], inp.shape[2]) if i == 0 else out[-1].out_shape

@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from ffedge.bundle import Bundle, check_files, load_master, load_replay, open_bundle, read_manifest
 from ffedge.errors import FFEdgeError, quoted
+from ffedge.ff_numpy import master_keys
 from ffedge.options import check_int, check_threads
 from ffedge.preprocess import normalize
 
@@ -362,7 +363,7 @@ def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, 
         checked[ref] = "sha256, loaded (no pickles), matches the label encoding"
     if m.master is not None:
         master = load_master(b)
-        need = [f"layer{i}.{k}" for i in range(len(m.layers)) for k in ("weight", "bias", "bn_mean", "bn_var", "bn_eps")]
+        need = [f"layer{i}.{k}" for i, layer in enumerate(m.layers) for k in master_keys(layer.norm_kind)]
         lack = [k for k in need + ["head.weight", "head.bias"] if k not in master]
         if lack:
             raise FFEdgeError(f"{b.path}: the master weights {quoted(m.master.file)} lack {', '.join(lack[:5])}")

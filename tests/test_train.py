@@ -49,11 +49,11 @@ def _reference_grads(net: FFNet, cfg: TrainConfig, x_pos, x_neg, pair: bool) -> 
     return grads
 
 
-@pytest.mark.parametrize("local", ["pair", "layer"])
-def test_no_gradient_crosses_the_local_block(local: str) -> None:
+@pytest.mark.parametrize("local, norm", [("pair", "batch"), ("layer", "batch"), ("pair", "rms")])
+def test_no_gradient_crosses_the_local_block(local: str, norm: str) -> None:
     torch.manual_seed(0)
-    cfg = TrainConfig(local=local, layers="4x3,4x3p,4x3,4x3")
-    net = FFNet(2, (8, 8), 10, parse_layers(cfg.layers), QuantConfig(enabled=False)).double()
+    cfg = TrainConfig(local=local, layers="4x3,4x3p,4x3,4x3", norm=norm)
+    net = FFNet(2, (8, 8), 10, parse_layers(cfg.layers), QuantConfig(enabled=False), norm=norm).double()
     for m in net.modules():  # BN in eval mode: identical forward values in both computations
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()

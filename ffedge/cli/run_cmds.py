@@ -166,12 +166,12 @@ def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, 
     say(f"classes ({len(m.classes)}): {', '.join(map(shown, m.classes))}")
     say(f"input: {c}x{h}x{w} pixels, mean {m.input.mean}, std {m.input.std}")
     say(f"labels: {shown(enc.get('name'))} " + ", ".join(f"{k}={shown(v)}" for k, v in enc.items() if k in ("mode", "amplitude", "frequency")))
-    t = Table("layer", "file", "in", "out", "conv", "bits w/a", "bytes", "integer kernels")
+    t = Table("layer", "file", "in", "out", "norm", "conv", "bits w/a", "bytes", "integer kernels")
     for i, layer in enumerate(m.layers):
         q = layer.quant
         fused = sum(v for k_, v in (layer.ort_ops or {}).items() if k_.startswith(("QLinear", "ConvInteger")))
         conv = f"{layer.channels or '?'} {layer.kernel or '?'}x{layer.kernel or '?'}" + (" +pool" if layer.pool else "")
-        t.add_row(str(i), Text(shown(layer.file)), "x".join(map(str, layer.in_shape)), "x".join(map(str, layer.out_shape)), conv,
+        t.add_row(str(i), Text(shown(layer.file)), "x".join(map(str, layer.in_shape)), "x".join(map(str, layer.out_shape)), layer.norm_kind, conv,
                   f"{q.weight_bits}/{q.act_bits}" if q else "32/32", str(sizes.get(layer.file, "missing")), str(fused))
     console.print(t)
     head = f"{shown(m.head.file)} on layers {m.head.layers}" if m.head else "none"

@@ -1,15 +1,22 @@
-"""`ffedge train`: Forward-Forward training, quantization-aware, of a CNN."""
+"""`ffedge train`: Forward-Forward training, quantization-aware, of a CNN.
+
+Every training option defaults to None here, meaning "not given": only the
+options the user typed go to :func:`ffedge.train.presets.resolve`, which lays
+them over the preset (if any) over the TrainConfig defaults. The help texts
+state TrainConfig's defaults (a test holds them equal).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from ffedge.cli.app import app, err_console
-from ffedge.errors import FFEdgeError, one_line, quoted
+from ffedge.errors import FFEdgeError, MissingExtraError, one_line, quoted
 
 
 def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -22,63 +29,86 @@ def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
         raise FFEdgeError(f"{option} takes comma-separated integers, e.g. 2,3 (got {quoted(text)})") from None
 
 
-@app.command("train")
+def presets_epilog() -> str:
+    """The presets' names and descriptions, from the table in :mod:`ffedge.train.presets`."""
+    try:
+        from ffedge.train.presets import PRESETS
+    except MissingExtraError as e:
+        return f"Presets (--preset NAME): listing them {escape(str(e))}"
+    lines = [f"[bold]{escape(name)}[/]: {escape(p.description)}" for name, p in PRESETS.items()]
+    return "Presets (--preset NAME; options you give override the preset's values):\n\n" + "\n\n".join(lines)
+
+
+class TrainCommand(TyperCommand):
+    """``ffedge train``: the help ends with the presets, read from their table when the help is shown
+    (the training side is imported only then: other commands and the device install never pay for it)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.epilog = presets_epilog()
+        super().format_help(ctx, formatter)
+
+
+@app.command("train", cls=TrainCommand)
 def train(
-    dataset: str = typer.Option("mnist-5k", help="mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH."),
-    labels: str = typer.Option("fourier", help="Label encoding: fourier, morph or onehot."),
+    preset: Optional[str] = typer.Option(None, help="Start from a named recipe (listed below); the options you give override its values."),
+    dataset: Optional[str] = typer.Option(None, help="mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH (default: mnist-5k)."),
+    labels: Optional[str] = typer.Option(None, help="Label encoding: fourier, morph or onehot (default: fourier)."),
     label_mode: Optional[str] = typer.Option(None, help="fourier only: 'channel' (extra input channel, default) or 'add' (superimposed, as in the paper)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 40; with --resume: the run's own)."),
-    batch_size: int = typer.Option(64, help="Positive examples per batch (each with one negative)."),
-    lr: float = typer.Option(2e-3, help="Adam learning rate, decayed by a cosine over the run."),
+    qat_epochs: Optional[int] = typer.Option(None, help="Train in float first, quantization-aware for the last N epochs (default: none, i.e. QAT from the first step)."),
+    batch_size: Optional[int] = typer.Option(None, help="Positive examples per batch, each with one negative (default: 64)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate, decayed by a cosine over the run (default: 0.002)."),
     layers: Optional[str] = typer.Option(None, help="FF conv layers: CHANNELSxKERNEL, 'p' = 2x2 max-pool after it (default: 16x5p,64x5p,128x3,128x3)."),
-    bits: int = typer.Option(8, help="Bit width of activations (2..8)."),
+    norm: Optional[str] = typer.Option(None, help="Normalization before each conv: 'batch' (BatchNorm, frozen statistics at inference) or 'rms' (per sample, as Hinton's FF) (default: batch)."),
+    shift: Optional[int] = typer.Option(None, help="Augmentation: translate each image by up to N pixels, before its label is embedded (default: 0)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Augmentation: mirror half of the images left-right (default: --no-flip)."),
+    bits: Optional[int] = typer.Option(None, help="Bit width of activations, 2..8 (default: 8)."),
     weight_bits: Optional[int] = typer.Option(None, help="Bit width of weights (default: min(bits, 7); 8 saturates onnxruntime's integer convs on x86 without VNNI)."),
-    no_quant: bool = typer.Option(False, "--no-quant", help="Train a float model (baseline) instead of quantization-aware."),
-    loss: str = typer.Option("symba", help="Layer loss: symba (softplus(-alpha*(g+ - g-))) or bce (threshold, as in the paper)."),
-    alpha: float = typer.Option(4.0, help="Sharpness of the loss."),
-    threshold: float = typer.Option(1.0, help="Goodness threshold of the bce loss."),
-    local: str = typer.Option("pair", help="'pair': a layer's loss also updates the layer before it; 'layer': pure FF, detached inputs."),
-    negatives: str = typer.Option("random", help="'random' wrong labels or 'hard' (the wrong label the net likes most)."),
+    quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="Quantization-aware training, or a float model (baseline) (default: --quant)."),
+    loss: Optional[str] = typer.Option(None, help="Layer loss: symba (softplus(-alpha*(g+ - g-))) or bce (threshold, as in the paper) (default: symba)."),
+    alpha: Optional[float] = typer.Option(None, help="Sharpness of the loss (default: 4.0)."),
+    threshold: Optional[float] = typer.Option(None, help="Goodness threshold of the bce loss (default: 1.0)."),
+    local: Optional[str] = typer.Option(None, help="'pair': a layer's loss also updates the layer before it; 'layer': pure FF, detached inputs (default: pair)."),
+    negatives: Optional[str] = typer.Option(None, help="'random' wrong labels or 'hard' (the wrong label the net likes most) (default: random)."),
     predict_layers: Optional[str] = typer.Option(None, help="Layers (0-based, comma-separated) whose goodness is summed to predict (default: the last)."),
-    head_epochs: int = typer.Option(40, help="Epochs of the softmax head on frozen neutral-label activities."),
-    seed: int = typer.Option(0, help="Random seed (same seed, same machine: same result)."),
-    device: str = typer.Option("cpu", help="torch device: cpu or cuda."),
+    head_epochs: Optional[int] = typer.Option(None, help="Epochs of the softmax head on frozen neutral-label activities (default: 40)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed; same seed, same machine: same result (default: 0)."),
+    device: Optional[str] = typer.Option(None, help="torch device: cpu or cuda (default: cpu)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
-    eval_samples: int = typer.Option(100, help="Held-out images scored after each epoch (0 = all; the final score always uses all)."),
+    eval_samples: Optional[int] = typer.Option(None, help="Held-out images scored after each epoch; 0 = all; the final score always uses all (default: 100)."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset directory (default: $FFEDGE_DATA or the user cache)."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/DATASET-LABELS)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/DATASET-LABELS; with --preset: runs/PRESET)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch (with its own config.json; only --epochs applies)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it is a run folder ffedge wrote (only once the new run is complete)."),
 ) -> None:
     """Train a quantization-aware Forward-Forward CNN with spatially-extended labels."""
     from ffedge.fsutil import sigterm_as_interrupt
     from ffedge.progress import RichReporter
-    from ffedge.train import TrainConfig, resume_run, train_run
+    from ffedge.train import resume_run, train_run
+    from ffedge.train.presets import resolve
     from ffedge.train.run import TrainingInterrupted
 
-    out_dir = out or Path("runs") / f"{dataset.split(':')[0]}-{labels}"
     if resume and force:
         raise FFEdgeError("--resume and --force exclude each other")
-    if label_mode and labels != "fourier":
+    if resume and preset is not None:
+        raise FFEdgeError("--preset does not apply to --resume: a resumed run continues with its own config.json")
+    given: dict[str, Any] = dict(
+        dataset=dataset, labels=labels, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr, layers=layers,
+        norm=norm, shift=shift, flip=flip, bits=bits, weight_bits=weight_bits, quant=quant, loss=loss, alpha=alpha,
+        threshold=threshold, local=local, negatives=negatives, predict_layers=parse_int_list(predict_layers, "--predict-layers"),
+        head_epochs=head_epochs, seed=seed, device=device, threads=threads, eval_samples=eval_samples,
+        data_dir=str(data_dir) if data_dir else None, label_params={"mode": label_mode} if label_mode else None,
+    )
+    cfg = resolve(preset, {k: v for k, v in given.items() if v is not None})
+    if label_mode and cfg.labels != "fourier":
         raise FFEdgeError("--label-mode applies to --labels fourier only")
+    out_dir = out or Path("runs") / (preset if preset is not None else f"{cfg.dataset.split(':')[0]}-{cfg.labels}")
     reporter = RichReporter()
     try:
         with sigterm_as_interrupt():
             if resume:
                 resume_run(out_dir, epochs=epochs, reporter=reporter)
                 return
-            cfg = TrainConfig(
-                dataset=dataset, labels=labels, label_params={"mode": label_mode} if label_mode else {},
-                batch_size=batch_size, lr=lr, quant=not no_quant, bits=bits, weight_bits=weight_bits, loss=loss,
-                alpha=alpha, threshold=threshold, local=local, negatives=negatives,
-                predict_layers=parse_int_list(predict_layers, "--predict-layers"), head_epochs=head_epochs,
-                seed=seed, device=device, threads=threads, eval_samples=eval_samples,
-                data_dir=str(data_dir) if data_dir else None,
-            )
-            if epochs is not None:
-                cfg.epochs = epochs
-            if layers is not None:
-                cfg.layers = layers
             train_run(cfg, out_dir, force=force, reporter=reporter)
     except TrainingInterrupted as e:
         err_console.print(escape(one_line(str(e))), highlight=False, soft_wrap=True)

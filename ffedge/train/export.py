@@ -332,14 +332,18 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 
 
 def write_master(net: FFNet, path: Path) -> None:
-    """Float master weights (conv weight/bias, BatchNorm statistics per layer; head), as a plain npz."""
+    """Float master weights (conv weight/bias per layer, with its BatchNorm statistics or its rms norm's
+    eps; head), as a plain npz."""
     arrays: dict[str, np.ndarray] = {}
     for i, layer in enumerate(net.layers):
         arrays[f"layer{i}.weight"] = layer.conv.weight.detach().numpy()
         arrays[f"layer{i}.bias"] = layer.conv.bias.detach().numpy()
-        arrays[f"layer{i}.bn_mean"] = layer.norm.running_mean.numpy()
-        arrays[f"layer{i}.bn_var"] = layer.norm.running_var.numpy()
-        arrays[f"layer{i}.bn_eps"] = np.array(layer.norm.eps, dtype=np.float32)
+        if layer.norm_kind == "rms":
+            arrays[f"layer{i}.rms_eps"] = np.array(layer.norm.eps, dtype=np.float32)
+        else:
+            arrays[f"layer{i}.bn_mean"] = layer.norm.running_mean.numpy()
+            arrays[f"layer{i}.bn_var"] = layer.norm.running_var.numpy()
+            arrays[f"layer{i}.bn_eps"] = np.array(layer.norm.eps, dtype=np.float32)
     arrays["head.weight"] = net.head.weight.detach().numpy()
     arrays["head.bias"] = net.head.bias.detach().numpy()
     with open(path, "wb") as f:
@@ -451,7 +455,7 @@ def export_bundle(
                 spec = model.layer_specs[i]
                 entry: dict[str, Any] = {
                     "file": name, "in_shape": list(in_shape), "out_shape": list(model.out_shapes[i]),
-                    "channels": spec.channels, "kernel": spec.kernel, "pool": spec.pool,
+                    "channels": spec.channels, "kernel": spec.kernel, "pool": spec.pool, "norm": layer.norm_kind,
                     "ort_ops": fused_ops(tmp / name),
                 }
                 if int8:

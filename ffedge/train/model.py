@@ -2,9 +2,12 @@
 
 Each :class:`FFConvLayer` is one FF unit with its own objective:
 
-    BatchNorm2d(affine=False) -> QuantIdentity (int) -> QuantConv2d (int weights)
+    norm -> QuantIdentity (int) -> QuantConv2d (int weights)
     -> QuantReLU (unsigned int) -> [MaxPool2d]
 
+with ``norm`` one of :data:`NORMS`: ``batch`` (BatchNorm2d(affine=False), the
+default) or ``rms`` (:class:`RMSNorm`, parameter-free per-sample length
+normalization as in Hinton's FF and loeweX/Forward-Forward).
 Its *goodness* is the mean of squared activations after the ReLU and before
 pooling. The normalization at the start of the next layer removes the
 magnitude information, so a layer cannot just hand its goodness on.
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from ffedge.errors import FFEdgeError
+from ffedge.manifest import NORMS
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class LayerSpec:
 
 
 DEFAULT_LAYERS = "16x5p,64x5p,128x3,128x3"
+# eps of the rms norm, as loeweX/Forward-Forward; the exporter writes it to master.npz (``layer{i}.rms_eps``).
+RMS_EPS = 1e-8
 
 
 def parse_layers(text: str) -> list[LayerSpec]:
@@ -84,13 +90,42 @@ class QuantConfig:
             raise FFEdgeError(f"--weight-bits must be between 2 and 8 (got {self.weight_bits})")
 
 
+class RMSNorm(nn.Module):
+    """``x / (sqrt(mean over C, H, W of x^2) + eps)``, per sample; no parameters, no running statistics.
+
+    Unlike BatchNorm in training mode it never mixes the statistics of the samples
+    of a batch (positive and negative data stay apart); train and eval compute the same.
+    The ONNX export is ``Mul -> ReduceMean -> Sqrt -> Add -> Div`` (opset 13).
+    """
+
+    def __init__(self, eps: float = RMS_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / ((x * x).mean(dim=(1, 2, 3), keepdim=True).sqrt() + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+def make_norm(norm: str, in_channels: int) -> nn.Module:
+    """The normalization at the start of a layer: ``batch`` or ``rms`` (see :data:`NORMS`)."""
+    if norm == "batch":
+        return nn.BatchNorm2d(in_channels, affine=False)
+    if norm == "rms":
+        return RMSNorm()
+    raise FFEdgeError(f"unknown --norm {norm!r}: choose one of {', '.join(NORMS)}")
+
+
 class FFConvLayer(nn.Module):
     """One Forward-Forward layer; ``forward`` returns (activity before pooling, output for the next layer)."""
 
-    def __init__(self, in_channels: int, spec: LayerSpec, quant: QuantConfig) -> None:
+    def __init__(self, in_channels: int, spec: LayerSpec, quant: QuantConfig, norm: str = "batch") -> None:
         super().__init__()
         self.spec = spec
-        self.norm = nn.BatchNorm2d(in_channels, affine=False)
+        self.norm_kind = norm
+        self.norm = make_norm(norm, in_channels)
         pad = spec.kernel // 2
         if quant.enabled:
             from brevitas.nn import QuantConv2d, QuantIdentity, QuantReLU
@@ -141,17 +176,20 @@ class FFNet(nn.Module):
         layers: list[LayerSpec],
         quant: QuantConfig,
         head_layers: list[int] | None = None,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.layer_specs = list(layers)
         self.quant = quant
+        self.in_channels = in_channels
+        self.norm = norm
         self.image_hw = tuple(image_hw)
         self.layers = nn.ModuleList()
         ch = in_channels
         h, w = image_hw
         self.out_shapes: list[tuple[int, int, int]] = []
         for spec in layers:
-            self.layers.append(FFConvLayer(ch, spec, quant))
+            self.layers.append(FFConvLayer(ch, spec, quant, norm))
             ch = spec.channels
             if spec.pool:
                 h, w = h // 2, w // 2
@@ -199,9 +237,8 @@ def float_copy(net: FFNet) -> FFNet:
     and accuracy drops; 84% vs 96% on the default mnist-5k run). This is the fp32
     model the exporter's ``--fp32`` writes and the torch baseline of benchmarks.
     """
-    first = net.layers[0]
-    c_in = first.norm.num_features
-    ff = FFNet(c_in, net.image_hw, net.head.out_features, net.layer_specs, QuantConfig(enabled=False), net.head_layers)
+    ff = FFNet(net.in_channels, net.image_hw, net.head.out_features, net.layer_specs, QuantConfig(enabled=False), net.head_layers,
+               norm=net.norm)
     own = ff.state_dict()
     src = net.state_dict()
     missing = [k for k in own if k not in src]

@@ -22,7 +22,7 @@ from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.preprocess import compute_normalization, normalize
 from ffedge.train.losses import LOSS_NAMES, ff_loss
-from ffedge.train.model import DEFAULT_LAYERS, FFNet, QuantConfig, goodness, parse_layers
+from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
 
 LOCAL_MODES = ("pair", "layer")
 NEGATIVE_MODES = ("random", "hard")
@@ -64,6 +64,8 @@ class TrainConfig:
     qat_epochs: int | None = None
     shift: int = 0
     flip: bool = False
+    norm: str = "batch"
+    preset: str | None = None  # the ffedge.train.presets entry the values started from (a record; not re-applied)
 
     def check_types(self, source: str = "") -> None:
         """Every field has its declared type (``config.json`` may have been edited); ``source`` names where from."""
@@ -82,6 +84,8 @@ class TrainConfig:
             raise FFEdgeError(f"unknown loss {quoted(self.loss)}: choose one of {', '.join(LOSS_NAMES)}")
         if self.local not in LOCAL_MODES:
             raise FFEdgeError(f"unknown --local {quoted(self.local)}: choose one of {', '.join(LOCAL_MODES)}")
+        if self.norm not in NORMS:
+            raise FFEdgeError(f"unknown --norm {quoted(self.norm)}: choose one of {', '.join(NORMS)}")
         if self.negatives not in NEGATIVE_MODES:
             raise FFEdgeError(f"unknown --negatives {quoted(self.negatives)}: choose one of {', '.join(NEGATIVE_MODES)}")
         check_int(self.epochs, "--epochs", 1)
@@ -214,7 +218,7 @@ def build_model(
     cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], num_classes: int, quant: bool | None = None
 ) -> FFNet:
     """The network described by ``cfg`` (fresh weights); ``quant=False`` builds its float version."""
-    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config(quant))
+    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config(quant), norm=cfg.norm)
 
 
 def to_quantized(net: FFNet, cfg: TrainConfig) -> FFNet:
@@ -222,7 +226,7 @@ def to_quantized(net: FFNet, cfg: TrainConfig) -> FFNet:
 
     The quantizers' scales are then collected from the first QAT steps, as for a net quantized from the start.
     """
-    qnet = build_model(cfg, net.layers[0].norm.num_features, net.image_hw, net.head.out_features, quant=True)
+    qnet = build_model(cfg, net.in_channels, net.image_hw, net.head.out_features, quant=True)
     own = qnet.state_dict()
     qnet.load_state_dict({k: v for k, v in net.state_dict().items() if k in own}, strict=False)
     return qnet.to(next(net.parameters()).device)
