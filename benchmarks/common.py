@@ -139,10 +139,23 @@ def machine() -> dict[str, Any]:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                info["cpu_flags"] = [f for f in ISA_FLAGS if f in have]
                 break
     except OSError:
         pass
     return info
+
+
+# The instruction sets that change the speed (or, without VNNI, the int8 saturation) of these figures.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One Markdown line naming the machine of a result (CPU, cores, ISA flags, versions)."""
+    return (f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, flags {' '.join(info.get('cpu_flags', [])) or '?'}; "
+            f"Python {info['python']}, torch {info.get('torch', '-')}, onnxruntime {info['onnxruntime']}.")
 
 
 def write_results(out: Path, result: Any, markdown: str) -> None:

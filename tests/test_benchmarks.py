@@ -17,7 +17,7 @@ from ffedge.datasets import load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
-SCRIPTS = ["accuracy.py", "label_ablation.py", "ff_vs_backprop.py", "finetune_shift.py"]
+SCRIPTS = ["accuracy.py", "label_ablation.py", "ff_vs_backprop.py", "finetune_shift.py", "default_recipe.py"]
 TINY = "--layers 8x5p,16x3p --head-epochs 2 --eval-samples 10"  # the smallest network and head: the pipeline, not the accuracy
 
 
@@ -107,6 +107,7 @@ QUICK_CASES = {  # script -> options for its --quick run (smaller ones it suppor
     "accuracy.py": ["--datasets", "mnist", "--train-args", TINY],
     "ff_vs_backprop.py": ["--dataset", "mnist", "--methods", "ff-layer,backprop", "--layers", "8x3p"],
     "finetune_shift.py": ["--train-images", "300", "--train-args", TINY],
+    "default_recipe.py": ["--train-args", TINY],
 }
 
 
@@ -136,6 +137,10 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
     elif script == "ff_vs_backprop.py":
         assert result["quick"] and [row["method"] for row in result["rows"]] == ["ff-layer", "backprop"]
         assert all(row["examples"] == 300 and row["saved_for_backward_mb"] > 0 for row in result["rows"])
+    elif script == "default_recipe.py":
+        (row,) = result["rows"]
+        assert result["quick"] and row["seed"] == 0 and row["epochs"] == 1 and row["n_test"] == 1000
+        assert row["int8_ort_accuracy"] == row["parity"]["bundle_accuracy"] and not row["meets_bar"]
     else:  # trained and exported its own --master bundle, fine-tuned it, compared with torch
         assert [row["name"] for row in result] == ["bundle before", "ffedge finetune, anchor 0.005", "torch backprop (last layer + head)"]
         assert result[1]["examples"] == 100 and (root / "runs" / "bench-finetune-quick" / "bundle-int8-master" / "manifest.json").is_file()

@@ -121,3 +121,14 @@ def test_probe_runs_on_training_time_and_is_not_counted(tmp_path: Path, small_np
     # Each call slept 0.5 s; had that been training time, successive calls would be >= 0.5 s apart
     # on the training clock. A step of this tiny net takes milliseconds.
     assert max(b - a for a, b in zip(calls, calls[1:])) < 0.45
+
+
+def test_augment_rotates_and_scales_around_the_centre_and_fills_the_border() -> None:
+    rng = np.random.default_rng(3)
+    fill = np.array([-0.5], np.float32)
+    x = np.full((32, 1, 12, 12), -0.5, np.float32)
+    x[:, :, 4:8, 4:8] = 2.0  # a bright square in the middle
+    out = augment(x, 1, False, fill, rng, rotate=15.0, scale=0.1)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert np.allclose(out[:, :, 0, :], -0.5) and np.allclose(out[:, :, :, 0], -0.5)  # the border stays black
+    assert not np.array_equal(out, x) and np.all(out[:, :, 5:7, 5:7] > 0.5)  # the square moved, by little

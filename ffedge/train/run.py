@@ -458,7 +458,7 @@ def _fit(
             for i in range(steps_per_epoch):
                 trainer.set_lr(cosine_lr(cfg.lr, epoch * steps_per_epoch + i, total_steps))
                 idx = perm[i * bs : (i + 1) * bs]
-                xb, yb = augment(data.x_train[idx], cfg.shift, cfg.flip, fill, rng), ds.y_train[idx]
+                xb, yb = augment(data.x_train[idx], cfg.shift, cfg.flip, fill, rng, cfg.rotate, cfg.scale), ds.y_train[idx]
                 if cfg.negatives == "hard":
                     neg = hard_negatives(net, enc, xb, yb, pred_layers, cfg.device)
                 else:

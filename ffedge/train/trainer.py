@@ -41,7 +41,7 @@ class TrainConfig:
     dataset: str = "mnist-5k"
     labels: str = "fourier"
     label_params: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 40
+    epochs: int = 31
     batch_size: int = 64
     lr: float = 2e-3
     layers: str = DEFAULT_LAYERS
@@ -61,8 +61,10 @@ class TrainConfig:
     threads: int | None = None
     eval_samples: int = 100
     data_dir: str | None = None
-    qat_epochs: int | None = None
-    shift: int = 0
+    qat_epochs: int | None = 1
+    shift: int = 2
+    rotate: float = 12.0
+    scale: float = 0.1
     flip: bool = False
     norm: str = "batch"
     preset: str | None = None  # the ffedge.train.presets entry the values started from (a record; not re-applied)
@@ -93,6 +95,8 @@ class TrainConfig:
         check_int(self.head_epochs, "--head-epochs", 0)
         check_int(self.eval_samples, "--eval-samples", 0)
         check_int(self.shift, "--shift", 0, MAX_SHIFT)
+        check_float(self.rotate, "--rotate", 0.0, 180.0)
+        check_float(self.scale, "--scale", 0.0, 0.9)
         check_int(self.wrong_labels, "--wrong-labels", 1)
         if self.negatives == "hard" and self.wrong_labels != 1:
             raise FFEdgeError("--negatives hard picks one wrong label per image: use it with --wrong-labels 1")
@@ -142,6 +146,8 @@ class TrainConfig:
             raise FFEdgeError(f"{where}unknown training option {quoted(unknown[0])} (written by another ffedge version?)")
         if "weight_bits" not in d:  # runs made before weight_bits existed used one width for all
             d = {**d, "weight_bits": d.get("bits", 8)}
+        # Runs made before the float phase and augmentation existed: QAT from the first step, no augmentation.
+        d = {"qat_epochs": None, "shift": 0, "rotate": 0.0, "scale": 0.0, **d}
         cfg = cls(**d)
         cfg.check_types(source)
         return cfg
@@ -232,21 +238,42 @@ def to_quantized(net: FFNet, cfg: TrainConfig) -> FFNet:
     return qnet.to(next(net.parameters()).device)
 
 
-def augment(x: np.ndarray, shift: int, flip: bool, fill: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Translate each image by up to ``shift`` pixels in x and y (uniform; the border filled with
-    ``fill`` per channel, the value of a black pixel) and, with ``flip``, mirror half of them left-right.
+def augment(
+    x: np.ndarray, shift: int, flip: bool, fill: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, scale: float = 0.0
+) -> np.ndarray:
+    """Random label-preserving distortions of a batch of normalized images, before the label is embedded
+    (so the label pattern never moves).
 
-    Applied to the image before its label is embedded, so the label pattern never moves.
+    - ``shift``: translate each image by up to ``shift`` pixels in x and y (uniform);
+    - ``rotate`` (degrees), ``scale`` (fraction): a random rotation in [-rotate, rotate] and zoom in
+      [1 - scale, 1 + scale]; with either set, the translation is continuous and the image is resampled
+      bilinearly, else it moves by whole pixels (exact);
+    - ``flip``: mirror half of the images left-right.
+
+    The uncovered border is filled with ``fill`` per channel (the value of a black pixel).
     """
     if flip:
         mirror = rng.random(x.shape[0]) < 0.5
         x = x.copy()
         x[mirror] = x[mirror][..., ::-1]
+    b, c, h, w = x.shape
+    fill_b = np.asarray(fill, np.float32).reshape(1, c, 1, 1)
+    if rotate or scale:
+        import torch.nn.functional as F
+
+        theta = np.deg2rad(rng.uniform(-rotate, rotate, b))
+        inv = 1.0 / (1.0 + rng.uniform(-scale, scale, b))
+        m = np.zeros((b, 2, 3), np.float32)
+        m[:, 0, 0], m[:, 0, 1] = np.cos(theta) * inv, -np.sin(theta) * inv
+        m[:, 1, 0], m[:, 1, 1] = np.sin(theta) * inv, np.cos(theta) * inv
+        m[:, 0, 2], m[:, 1, 2] = rng.uniform(-shift, shift, b) * 2 / w, rng.uniform(-shift, shift, b) * 2 / h
+        xt = torch.from_numpy(np.ascontiguousarray(x - fill_b))
+        grid = F.affine_grid(torch.from_numpy(m), [b, c, h, w], align_corners=False)
+        return (F.grid_sample(xt, grid, align_corners=False, padding_mode="zeros").numpy() + fill_b).astype(np.float32)
     if shift == 0:
         return x
-    b, c, h, w = x.shape
     padded = np.empty((b, c, h + 2 * shift, w + 2 * shift), np.float32)
-    padded[...] = np.asarray(fill, np.float32).reshape(1, c, 1, 1)
+    padded[...] = fill_b
     padded[:, :, shift : shift + h, shift : shift + w] = x
     oy, ox = rng.integers(0, 2 * shift + 1, b), rng.integers(0, 2 * shift + 1, b)
     return np.stack([padded[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(b)])
