@@ -80,6 +80,7 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=None, help="runs and bundles (default: runs/bench-default; --quick: runs/bench-default-quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: one seed, 1 epoch on 1,000 digits (never the bar)")
     p.add_argument("--force", action="store_true", help="retrain seeds already in OUT.json")
+    p.add_argument("--data-dir", type=Path, default=None, help="accepted for a uniform command line; unused (mnist-5k is embedded)")
     p.add_argument("--train-args", default="", help="extra ffedge train options (then it is not the default recipe: for smoke tests)")
     add_out_option(p, "default_recipe")
     a = p.parse_args()

@@ -55,7 +55,8 @@ def test_explicit_options_override_the_preset_which_overrides_the_defaults() -> 
     cfg = resolve("paper", {"lr": 1e-3, "epochs": 2, "quant": False})
     assert (cfg.lr, cfg.epochs, cfg.quant) == (1e-3, 2, False)  # explicit
     assert (cfg.layers, cfg.batch_size, cfg.norm) == ("128x7,128x7,128x7", 50, "rms")  # the preset's
-    assert (cfg.head_epochs, cfg.seed, cfg.shift) == (TrainConfig.head_epochs, TrainConfig.seed, TrainConfig.shift)  # defaults
+    assert (cfg.head_epochs, cfg.seed, cfg.wrong_labels) == (TrainConfig.head_epochs, TrainConfig.seed, TrainConfig.wrong_labels)  # defaults
+    assert cfg.shift == 0 != TrainConfig.shift  # the paper augments nothing
     assert resolve(None, {"lr": 1e-3}) == TrainConfig(lr=1e-3)
     # label_params merge key by key; another encoding than the preset's drops the preset's label_params.
     assert resolve("paper", {"label_params": {"mode": "channel"}}).label_params == {"mode": "channel", "amplitude": PAPER_AMPLITUDE}

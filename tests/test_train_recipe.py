@@ -116,7 +116,7 @@ def test_probe_runs_on_training_time_and_is_not_counted(tmp_path: Path, small_np
         calls.append(seconds)
         time.sleep(0.5)
 
-    m = train_run(_cfg(small_npz, epochs=1, quant=False), tmp_path / "p", probe=Probe(0.2, slow_probe))
+    m = train_run(_cfg(small_npz, epochs=2, quant=False), tmp_path / "p", probe=Probe(0.05, slow_probe))
     assert len(calls) >= 3 and calls == sorted(calls) and calls[-1] <= m["train_seconds"]
     # Each call slept 0.5 s; had that been training time, successive calls would be >= 0.5 s apart
     # on the training clock. A step of this tiny net takes milliseconds.
