@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from ffedge.datasets import load_dataset
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-SCRIPTS = ["accuracy.py", "label_ablation.py", "ff_vs_backprop.py", "finetune_shift.py", "time_to_accuracy.py"]
+SCRIPTS = ["accuracy.py", "label_ablation.py", "ff_vs_backprop.py", "finetune_shift.py"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -55,22 +54,6 @@ def test_label_ablation_quick_runs_for_real(tmp_path: Path) -> None:
     assert "| MNIST | onehot | 1 |" in md and "Command: `python benchmarks/label_ablation.py --quick" in md
 
 
-def test_saved_tensor_meter_counts_what_autograd_holds() -> None:
-    torch = pytest.importorskip("torch")
-    sys.path.insert(0, str(BENCH))
-    from ff_vs_backprop import SavedTensorMeter
-
-    meter = SavedTensorMeter()
-    w = torch.ones(1000, requires_grad=True)  # 4,000 bytes
-    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
-        x = torch.full((1000,), 2.0)
-        y = (w * x).exp()  # mul saves x (for w's gradient), exp saves its output: 2 storages of 4,000 bytes
-        assert meter.live == 8000
-        y.sum().backward()
-    assert meter.peak == 8000 and meter.live == 0
-    assert torch.allclose(w.grad, 2 * torch.exp(2 * torch.ones(1000)))
-
-
 def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path, small_npz: str) -> None:
     pytest.importorskip("brevitas")
     out = tmp_path / "tta"
@@ -102,11 +85,31 @@ def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path, small_npz: str) ->
     assert other.returncode != 0 and "other settings (budget_s)" in other.stderr and "Traceback" not in other.stderr
 
 
-def test_time_to_accuracy_usage_errors(tmp_path: Path) -> None:
+def test_time_to_accuracy_help_and_usage_errors(tmp_path: Path) -> None:
+    import importlib.util
+
     script = str(BENCH / "time_to_accuracy.py")
+    r = _run(script, "--help")
+    assert r.returncode == 0 and "--quick" in r.stdout and "--out" in r.stdout and "nohup" in r.stdout
     r = _run(script, "--eval-images", "500", "--out", str(tmp_path / "t"))
     assert r.returncode == 2 and "at least 1000" in r.stderr
     if importlib.util.find_spec("ffedge.train.presets") is None:
         r = _run(script, "--quick", "--methods", "paper,backprop", "--out", str(tmp_path / "t"), "--work", str(tmp_path / "w"))
         assert r.returncode == 1 and "preset 'paper' not available in this ffedge" in r.stderr and "--methods ff,backprop" in r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
+
+
+def test_saved_tensor_meter_counts_what_autograd_holds() -> None:
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(BENCH))
+    from ff_vs_backprop import SavedTensorMeter
+
+    meter = SavedTensorMeter()
+    w = torch.ones(1000, requires_grad=True)  # 4,000 bytes
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        x = torch.full((1000,), 2.0)
+        y = (w * x).exp()  # mul saves x (for w's gradient), exp saves its output: 2 storages of 4,000 bytes
+        assert meter.live == 8000
+        y.sum().backward()
+    assert meter.peak == 8000 and meter.live == 0
+    assert torch.allclose(w.grad, 2 * torch.exp(2 * torch.ones(1000)))
