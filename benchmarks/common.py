@@ -112,10 +112,11 @@ def export_int8(run: Path, out: Path, log: Path, extra: tuple[str, ...] = ()) ->
     return json.loads((out / "manifest.json").read_text()).get("parity", {})
 
 
-def evaluate(bundle: Path, dataset: str, mode: str, k: int, log: Path, latency_images: int = 100) -> dict[str, Any]:
-    """`ffedge eval --json` of a bundle on the dataset's held-out split."""
+def evaluate(bundle: Path, dataset: str, mode: str, k: int, log: Path, latency_images: int = 100,
+             extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`ffedge eval --json` of a bundle on the dataset's held-out split (extra: more options, e.g. --limit N)."""
     args = ["eval", str(bundle), "--dataset", dataset, "--mode", mode, "--threads", "2", "--json",
-            "--latency-images", str(latency_images)]
+            "--latency-images", str(latency_images), *extra]
     if mode == "topk":
         args += ["--k", str(k)]
     result = json.loads(ffedge(*args, log=log))
@@ -195,3 +196,30 @@ def pct(v: float | None) -> str:
 
 def clean(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the backprop baseline (torch, imported when called)
+
+
+def backprop_step(net: Any, opt: Any, enc: Any, xb: np.ndarray, yb: np.ndarray, device: str) -> float:
+    """One end-to-end backprop step on an FFNet: cross-entropy of its softmax head on neutral-label inputs,
+    gradients through every layer. Returns the loss (a float: on a GPU this waits for the step, so a clock
+    read after it times the step)."""
+    import torch
+
+    logits = net.head_logits(torch.from_numpy(enc.neutral(xb)).to(device))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(yb).to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def head_accuracy_neutral(net: Any, enc: Any, x: np.ndarray, y: np.ndarray, device: str) -> float:
+    """Held-out accuracy of a backprop-trained FFNet: one neutral-label pass through its softmax head (eval mode)."""
+    import torch
+
+    from ffedge.train.trainer import neutral_features
+
+    with torch.no_grad():
+        return float((net.head(neutral_features(net, enc, x, device)).argmax(1).cpu().numpy() == y).mean())

@@ -93,7 +93,9 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     import torch
 
     from ffedge.ff_numpy import wrong_labels
-    from ffedge.train.trainer import LocalTrainer, TrainConfig, build_model, goodness_accuracy, goodness_matrix, neutral_features, prepare_data
+    from ffedge.train.trainer import LocalTrainer, TrainConfig, build_model, goodness_accuracy, goodness_matrix, prepare_data
+
+    from common import backprop_step, head_accuracy_neutral
 
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -122,11 +124,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
                     wrong = wrong_labels(yb, k, rng)
                     trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(device), torch.from_numpy(enc.encode(xb, wrong)).to(device))
                 else:
-                    logits = net.head_logits(torch.from_numpy(enc.neutral(xb)).to(device))
-                    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(yb).to(device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    backprop_step(net, opt, enc, xb, yb, device)
     seconds = time.perf_counter() - t0
     peak = _mem(device)
     net.eval()
@@ -134,8 +132,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     if method.startswith("ff"):
         acc = goodness_accuracy(goodness_matrix(net, enc, xt, device), yt, [len(net.layers) - 1])
     else:
-        with torch.no_grad():
-            acc = float((net.head(neutral_features(net, enc, xt, device)).argmax(1).cpu().numpy() == yt).mean())
+        acc = head_accuracy_neutral(net, enc, xt, yt, device)
     return {"method": method, "accuracy": acc, "peak_mb": peak, "base_mb": base, "working_set_mb": peak - base,
             "saved_for_backward_mb": meter.peak / 2**20, "train_seconds": seconds, "epochs": epochs, "batch": batch, "examples": int(len(y)), "device": device}
 

@@ -59,6 +59,51 @@ def test_label_ablation_quick_runs_for_real(tmp_path: Path) -> None:
     assert "| MNIST | onehot | 1 |" in md and "Command: `python benchmarks/label_ablation.py --quick" in md
 
 
+def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path, small_npz: str) -> None:
+    pytest.importorskip("brevitas")
+    out = tmp_path / "tta"
+    # The smallest honest run: two scoring points per method on 100 held-out digits, 600 training digits.
+    args = [str(BENCH / "time_to_accuracy.py"), "--quick", "--methods", "ff,backprop", "--dataset", small_npz, "--budget-s", "4",
+            "--every-s", "2", "--eval-images", "100", "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work")]
+    r = _run(*args)
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["method"]: row for row in result["rows"]}
+    assert list(rows) == ["ff", "backprop"] and result["settings"]["eval_images"] == 100
+    for row in rows.values():
+        ts = [pt["train_seconds"] for pt in row["points"]]
+        assert len(ts) >= 2 and ts == sorted(ts) and len(set(ts)) == len(ts), ts
+        assert row["stopped_by"] == "budget" and ts[0] >= 2 and ts[-1] >= 4 and row["train_seconds"] == ts[-1]
+        assert all(pt["probe_seconds"] > 0 and 0.0 <= pt["accuracy"] <= 1.0 for pt in row["points"])
+    assert all(pt["fake_quant"] for pt in rows["ff"]["points"]) and not any(pt["fake_quant"] for pt in rows["backprop"]["points"])
+    int8 = rows["ff"]["int8"]
+    assert int8["images"] == 100 and 0.0 <= int8["accuracy"] <= 1.0 and int8["parity"]
+    md = out.with_suffix(".md").read_text()
+    assert "| method | trained | final accuracy, torch | int8 ORT | 90% | 95% | 97% | 98% | 99% |" in md
+    assert "| FF, ffedge default (int8 QAT) |" in md and "\n| backprop |" in md and "scoring time" in md
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Run again: both results are kept (nothing trains); with other settings a kept result is refused.
+    again = _run(*args)
+    assert again.returncode == 0 and "ff: kept from" in again.stdout and "backprop: kept from" in again.stdout
+    assert json.loads(out.with_suffix(".json").read_text())["rows"] == result["rows"]
+    other = _run(*[("5" if a == "4" else a) for a in args])
+    assert other.returncode != 0 and "other settings (budget_s)" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_time_to_accuracy_help_and_usage_errors(tmp_path: Path) -> None:
+    import importlib.util
+
+    script = str(BENCH / "time_to_accuracy.py")
+    r = _run(script, "--help")
+    assert r.returncode == 0 and "--quick" in r.stdout and "--out" in r.stdout and "nohup" in r.stdout
+    r = _run(script, "--eval-images", "500", "--out", str(tmp_path / "t"))
+    assert r.returncode == 2 and "at least 1000" in r.stderr
+    if importlib.util.find_spec("ffedge.train.presets") is None:
+        r = _run(script, "--quick", "--methods", "paper,backprop", "--out", str(tmp_path / "t"), "--work", str(tmp_path / "w"))
+        assert r.returncode == 1 and "preset 'paper' not available in this ffedge" in r.stderr and "--methods ff,backprop" in r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
+
+
 def test_saved_tensor_meter_counts_what_autograd_holds() -> None:
     torch = pytest.importorskip("torch")
     sys.path.insert(0, str(BENCH))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ pytest.importorskip("brevitas")
 from ffedge.datasets import load_dataset  # noqa: E402
 from ffedge.train.losses import ff_loss  # noqa: E402
 from ffedge.train.model import FFNet, QuantConfig, goodness, parse_layers  # noqa: E402
-from ffedge.train.run import CHECKPOINT, CONFIG, METRICS, WEIGHTS, load_run, resume_run, train_run  # noqa: E402
+from ffedge.train.run import CHECKPOINT, CONFIG, METRICS, WEIGHTS, Probe, load_run, resume_run, train_run  # noqa: E402
 from ffedge.train.trainer import LocalTrainer, TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +110,29 @@ def test_same_seed_same_accuracy_and_resume_matches(tmp_path: Path, small_npz: s
     assert [h["epoch"] for h in c["history"]] == [1, 2]
     # The cosine schedule differs (1 vs 2 epochs planned at epoch 1), so only the bookkeeping is equal.
     assert c["epochs"] == 2
+
+
+def test_probe_is_off_the_clock_and_can_stop_training(tmp_path: Path, small_npz: str) -> None:
+    calls: list[float] = []
+
+    def fn(t: float, net: FFNet, data) -> bool:  # noqa: ANN001
+        assert net.training
+        calls.append(t)
+        time.sleep(1.5)  # not training time
+        return len(calls) == 3
+
+    m = train_run(_cfg(small_npz, epochs=100), tmp_path / "p", probe=Probe(0.2, fn))
+    assert len(calls) == 3 and calls == sorted(calls) and calls[0] >= 0.2
+    # 0.2 s of training between calls; had the 1.5 s sleeps been counted, each gap would exceed 1.5 s.
+    assert all(b - a < 1.5 for a, b in zip(calls, calls[1:]))
+    stop = m["stopped_by_probe"]
+    assert stop["epoch"] == len(m["history"]) < 100 and 1 <= stop["step"] <= stop["steps_per_epoch"] == 12
+    # A stopped run is a finished run: head fitted, weights and metrics written, loadable and exportable.
+    assert json.loads((tmp_path / "p" / METRICS).read_text()) == m and 0.0 <= m["head_test_accuracy"] <= 1.0
+    load_run(tmp_path / "p")
+    # A probe returning None never stops training.
+    n = train_run(_cfg(small_npz, epochs=1), tmp_path / "q", probe=Probe(0.05, lambda t, net, data: None))
+    assert "stopped_by_probe" not in n and len(n["history"]) == 1
 
 
 def test_float_baseline_and_options(tmp_path: Path, small_npz: str) -> None:

@@ -325,10 +325,14 @@ class Probe:
     The time the call takes is not counted as training time: benchmarks use it to score
     the net at fixed intervals of training wall time (``benchmarks/time_to_accuracy.py``).
     The net is in training mode; the call must not change its weights.
+
+    A call that returns True stops training after the current step: the run then ends as
+    if its epochs were done (this epoch's record and checkpoint, the head, the weights and
+    ``metrics.json``), and ``metrics["stopped_by_probe"]`` says at which epoch and step.
     """
 
     every_s: float
-    fn: Callable[[float, FFNet, PreparedData], None]
+    fn: Callable[[float, FFNet, PreparedData], bool | None]
 
 
 def train_run(
@@ -427,6 +431,7 @@ def _fit(
     elapsed = 0.0
     fill = np.array([-m / s for m, s in zip(data.mean, data.std)], np.float32)  # a black pixel, normalized
     next_probe = probe.every_s if probe else float("inf")
+    stopped: dict[str, int] | None = None  # where a probe stopped training
     if state is not None:
         _restore(net, trainer, state, folder)
         start_epoch, elapsed = int(state["epoch"]), float(state["elapsed"])
@@ -471,11 +476,14 @@ def _fit(
                 advance(1, loss=f"{stats[-1, 0]:.3f}")
                 if probe is not None and elapsed + time.perf_counter() - t0 >= next_probe:
                     p0 = time.perf_counter()
-                    probe.fn(elapsed + p0 - t0, net, data)
+                    stop = probe.fn(elapsed + p0 - t0, net, data)
                     t0 += time.perf_counter() - p0  # the probe's time is not training time
                     next_probe += probe.every_s
+                    if stop:
+                        stopped = {"epoch": epoch + 1, "step": i + 1, "steps_per_epoch": steps_per_epoch}
+                        break
         folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
-        means = sums / steps_per_epoch
+        means = sums / (i + 1)
         g = goodness_matrix(net, enc, data.x_test[sub], cfg.device)
         per_layer = [goodness_accuracy(g, ds.y_test[sub], [l]) for l in range(n_layers)]
         acc = goodness_accuracy(g, ds.y_test[sub], pred_layers)
@@ -510,6 +518,9 @@ def _fit(
             )
             folder.saved_epoch = epoch + 1
             folder.phase = f"after epoch {epoch + 1}/{cfg.epochs}"
+        if stopped is not None:
+            reporter.log(f"stopped by the probe at step {stopped['step']}/{steps_per_epoch} of epoch {epoch + 1}")
+            break
     train_seconds = elapsed
 
     # The softmax head learns on frozen neutral-label activities.
@@ -538,6 +549,8 @@ def _fit(
         "threads": torch.get_num_threads(),
         "history": history,
     }
+    if stopped is not None:
+        metrics["stopped_by_probe"] = stopped
     folder.phase = "while writing the weights"
     _save_torch(out / WEIGHTS, net.state_dict())
     atomic_write_json(out / METRICS, metrics)
