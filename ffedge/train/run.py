@@ -521,6 +521,22 @@ def _fit(
         if stopped is not None:
             reporter.log(f"stopped by the probe at step {stopped['step']}/{steps_per_epoch} of epoch {epoch + 1}")
             break
+    if cfg.quant and not net.quant.enabled:
+        # Stopped by a probe in the float phase: the run still ends int8, as config.json says. The quantizers
+        # collect their scales over a few QAT steps (counted as training time); the weights barely move.
+        folder.phase = "while quantizing the net stopped in its float phase"
+        t0 = time.perf_counter()
+        net = to_quantized(net, cfg)
+        trainer = LocalTrainer(net, cfg)
+        rng = np.random.default_rng([cfg.seed, cfg.epochs])
+        for _ in range(cfg.quant_config().stats_steps):
+            idx = rng.choice(n_train, bs, replace=False)
+            xb, yb = data.x_train[idx], ds.y_train[idx]
+            neg = wrong_labels(yb, ds.num_classes, rng)
+            trainer.set_lr(0.0)
+            trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(cfg.device), torch.from_numpy(enc.encode(xb, neg)).to(cfg.device))
+        elapsed += time.perf_counter() - t0
+        reporter.log(f"quantized after the float phase ({cfg.quant_config().stats_steps} calibration steps)")
     train_seconds = elapsed
 
     # The softmax head learns on frozen neutral-label activities.
