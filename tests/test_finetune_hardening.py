@@ -259,7 +259,7 @@ def test_sigint_and_sigterm_say_what_is_kept_and_leave_no_temporaries(master_bun
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}
-    p = _start(b, small_npz, "--epochs", "500", env=env)  # Ctrl-C while training
+    p = _start(b, small_npz, "--epochs", "100000", env=env)  # Ctrl-C while training (far more epochs than can finish first)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and err.strip() == "interrupted: the bundle is unchanged (still version 1)", (p.returncode, err)
