@@ -132,3 +132,42 @@ def test_augment_rotates_and_scales_around_the_centre_and_fills_the_border() -> 
     assert out.shape == x.shape and out.dtype == np.float32
     assert np.allclose(out[:, :, 0, :], -0.5) and np.allclose(out[:, :, :, 0], -0.5)  # the border stays black
     assert not np.array_equal(out, x) and np.all(out[:, :, 5:7, 5:7] > 0.5)  # the square moved, by little
+
+
+def test_precision_auto_is_bf16_only_on_cpus_with_amx_and_old_runs_stay_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ffedge.train import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
+    assert TrainConfig().float_precision() == "bf16"
+    assert TrainConfig(device="cuda").float_precision() == "fp32"
+    assert TrainConfig(precision="fp32").float_precision() == "fp32"
+    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: False)
+    assert TrainConfig().float_precision() == "fp32" and TrainConfig(precision="bf16").float_precision() == "bf16"
+    assert TrainConfig.from_dict({"dataset": "mnist-5k"}).precision == "fp32"  # a config.json from before the option
+    with pytest.raises(FFEdgeError, match="unknown --precision 'fp16'"):
+        TrainConfig(precision="fp16").validate()
+
+
+def test_bf16_float_phase_trains_in_bf16_and_the_qat_phase_in_fp32(tmp_path: Path, small_npz: str) -> None:
+    from ffedge.train.trainer import LocalTrainer, build_model
+
+    steps = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        net = build_model(TrainConfig(layers=TINY, quant=False), 2, (28, 28), 10, quant=False)
+        t = LocalTrainer(net, _cfg(small_npz, precision=precision, quant=False))
+        assert t.bf16 == (precision == "bf16")
+        x = torch.randn(16, 2, 28, 28, generator=torch.Generator().manual_seed(1))
+        steps[precision] = np.array(t.step(x, x.flip(0)))
+    # Same weights, same data: the losses agree to bf16's precision but not exactly (bf16 was used).
+    assert np.allclose(steps["fp32"], steps["bf16"], rtol=5e-2, atol=1e-2) and not np.array_equal(steps["fp32"], steps["bf16"])
+    qnet = build_model(TrainConfig(layers=TINY), 2, (28, 28), 10, quant=True)
+    assert LocalTrainer(qnet, _cfg(small_npz, precision="bf16")).bf16 is False
+    # A whole run each way: bf16 learns as fp32 does (4 epochs on 600 digits, both far above chance).
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = train_run(_cfg(small_npz, layers="16x5p,64x5p,64x3", batch_size=32, epochs=4, quant=False, shift=1,
+                                         rotate=0.0, scale=0.0, precision=precision), tmp_path / precision)
+        assert runs[precision]["float_precision"] == precision
+        assert json.loads((tmp_path / precision / "config.json").read_text())["train"]["precision"] == precision
+    assert runs["bf16"]["test_accuracy"] > 0.5 and abs(runs["bf16"]["test_accuracy"] - runs["fp32"]["test_accuracy"]) < 0.1

