@@ -201,14 +201,16 @@ def clean(path: Path) -> None:
 # ---------------------------------------------------------------- the backprop baseline (torch, imported when called)
 
 
-def backprop_step(net: Any, opt: Any, enc: Any, xb: np.ndarray, yb: np.ndarray, device: str) -> float:
+def backprop_step(net: Any, opt: Any, enc: Any, xb: np.ndarray, yb: np.ndarray, device: str, bf16: bool = False) -> float:
     """One end-to-end backprop step on an FFNet: cross-entropy of its softmax head on neutral-label inputs,
     gradients through every layer. Returns the loss (a float: on a GPU this waits for the step, so a clock
-    read after it times the step)."""
+    read after it times the step). ``bf16``: the forward pass under bf16 autocast, as FF's float phase
+    (``TrainConfig.float_precision``), so that both methods get the same arithmetic."""
     import torch
 
-    logits = net.head_logits(torch.from_numpy(enc.neutral(xb)).to(device))
-    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(yb).to(device))
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        logits = net.head_logits(torch.from_numpy(enc.neutral(xb)).to(device))
+    loss = torch.nn.functional.cross_entropy(logits.float(), torch.from_numpy(yb).to(device))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

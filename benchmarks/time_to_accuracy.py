@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     export_int8,
     head_accuracy_neutral,
     machine,
+    machine_line,
     pct,
     write_results,
 )
@@ -161,7 +162,7 @@ def _ff_child(s: dict[str, Any]) -> dict[str, Any]:
             "predict_layers": pred_layers, "batch_size": cfg.batch_size, "lr": cfg.lr, "layers": cfg.layers,
             "config": asdict(cfg), "head_seconds": metrics["head_seconds"], "wall_seconds": time.perf_counter() - t_wall,
             "int8": {"accuracy": ev["accuracy"], "images": ev["images"], "parity": parity, "bundle": str(bundle)},
-            "n_train": metrics["n_train"]}
+            "n_train": metrics["n_train"], "float_precision": metrics.get("float_precision", "fp32")}
 
 
 def _steps_per_epoch(metrics: dict[str, Any], batch: int) -> int:
@@ -190,6 +191,8 @@ def _backprop_child(s: dict[str, Any]) -> dict[str, Any]:
     xt, yt = data.x_test[:n], ds.y_test[:n]
     net = build_model(cfg, enc.out_channels, ds.image_shape[1:], ds.num_classes, quant=s["backprop_quant"]).to(dev)
     net.train()
+    # The same arithmetic as the FF run's float phase (bf16 autocast where TrainConfig's precision picks it).
+    bf16 = cfg.float_precision() == "bf16" and not s["backprop_quant"]
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     n_train, bs = len(ds.y_train), cfg.batch_size
@@ -204,7 +207,7 @@ def _backprop_child(s: dict[str, Any]) -> dict[str, Any]:
         perm = rng.permutation(n_train)
         for i in range(steps_per_epoch):
             idx = perm[i * bs : (i + 1) * bs]
-            backprop_step(net, opt, enc, data.x_train[idx], ds.y_train[idx], dev)
+            backprop_step(net, opt, enc, data.x_train[idx], ds.y_train[idx], dev, bf16=bf16)
             steps += 1
             t = time.perf_counter() - start - paused
             if t >= next_probe:
@@ -228,7 +231,7 @@ def _backprop_child(s: dict[str, Any]) -> dict[str, Any]:
                        "end_of_training": True})
     return {"method": "backprop", "points": points, "train_seconds": train_seconds, "stopped_by": stopped_by,
             "steps": steps, "epochs_done": steps / steps_per_epoch, "epochs_planned": s["epochs"], "batch_size": bs, "lr": cfg.lr,
-            "layers": cfg.layers, "float": not s["backprop_quant"], "wall_seconds": time.perf_counter() - t_wall, "int8": None,
+            "layers": cfg.layers, "float": not s["backprop_quant"], "float_precision": "bf16" if bf16 else "fp32", "wall_seconds": time.perf_counter() - t_wall, "int8": None,
             "n_train": int(n_train)}
 
 
@@ -304,8 +307,9 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, info: dict[str, 
     if bp is not None:
         lines.append("- Backprop trains the " + ("int8 QAT network (`--backprop-quant`)." if not bp["float"] else
                      "float network (no fake quantization; `--backprop-quant` for QAT): the faster, stronger baseline."))
-    lines += ["", f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}, onnxruntime {info['onnxruntime']}.",
-              f"Command: `{cmd}`"]
+    lines.append("- Float arithmetic (`--precision auto`: bf16 autocast on CPUs with AMX, else fp32; QAT is fp32): "
+                 + ", ".join(f"{LABELS[r['method']]} {r.get('float_precision', 'fp32')}" for r in rows) + ".")
+    lines += ["", machine_line(info), f"Command: `{cmd}`"]
     return "\n".join(lines) + "\n"
 
 

@@ -54,7 +54,7 @@ def train(
     dataset: Optional[str] = typer.Option(None, help="mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH (default: mnist-5k)."),
     labels: Optional[str] = typer.Option(None, help="Label encoding: fourier, morph or onehot (default: fourier)."),
     label_mode: Optional[str] = typer.Option(None, help="fourier only: 'channel' (extra input channel, default) or 'add' (superimposed, as in the paper)."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 31; with --resume: the run's own)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 50; with --resume: the run's own)."),
     qat_epochs: Optional[int] = typer.Option(None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."),
     batch_size: Optional[int] = typer.Option(None, help="Positive examples per batch, each with one negative (default: 64)."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate, decayed by a cosine over the run (default: 0.002)."),

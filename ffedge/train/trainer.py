@@ -42,7 +42,7 @@ class TrainConfig:
     dataset: str = "mnist-5k"
     labels: str = "fourier"
     label_params: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 31
+    epochs: int = 50
     batch_size: int = 64
     lr: float = 2e-3
     layers: str = DEFAULT_LAYERS
