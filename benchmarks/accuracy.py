@@ -9,6 +9,14 @@ the epochs are far fewer than the anchors used, so the table says how far
 from convergence each figure is.
 
     python benchmarks/accuracy.py --epochs 3 --data-dir ../shared/data
+    python benchmarks/accuracy.py --presets --datasets mnist --data-dir ../shared/data   # the `mnist` preset's recipe
+    nohup python benchmarks/accuracy.py --presets --data-dir ../shared/data > accuracy.nohup.log 2>&1 &   # in the background
+
+With --presets each dataset trains with its preset (`ffedge train --preset mnist|fashion|cifar10`, its
+own epochs unless --epochs) and the results go to benchmarks/results/accuracy-presets.*. Long runs
+survive: a dataset whose row is kept in OUT-DATASET.json (same settings) is not trained again unless
+--force, and a run cut short (a checkpoint without metrics.json) continues with `ffedge train --resume`,
+so rerunning the same command finishes an interrupted benchmark.
     python benchmarks/accuracy.py --quick        # 1 epoch on 2,000 training images per dataset (about a minute each),
                                                  # written to benchmarks/results/quick/
 """
@@ -16,14 +24,17 @@ from convergence each figure is.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (SHARED, add_out_option, choices, command, dataset_file, evaluate, export_int8, fresh_log, machine, out_stem,  # noqa: E402
-                    pct, subset, train, work_dir, write_results)
+from common import (SHARED, add_out_option, choices, command, dataset_file, evaluate, export_int8, ffedge, machine,  # noqa: E402
+                                    machine_line, out_stem, pct, subset, train, work_dir, write_results, clean)
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 # Published test accuracies (%) and this project's goals, per dataset.
@@ -36,12 +47,34 @@ ANCHORS = {
 MODES = (("all", 0), ("topk", 3), ("head", 0))
 
 
-def run_dataset(name: str, path: Path, epochs: int, work: Path, log: Path, train_args: list[str]) -> dict:
+PRESET_OF = {"mnist": "mnist", "fashion_mnist": "fashion", "cifar10": "cifar10"}
+
+
+def train_preset(name: str, spec: str, run: Path, epochs: int | None, train_args: list[str], log: Path) -> dict:
+    """`ffedge train --preset` for the dataset, or `--resume` of a run of it that was cut short; returns its metrics."""
+    t0 = time.perf_counter()
+    if (run / "checkpoint.pt").is_file() and not (run / "metrics.json").is_file():
+        print(f"  resuming {run}", flush=True)
+        ffedge("train", "--resume", "--out", str(run), log=log)
+    else:
+        ffedge("train", "--preset", PRESET_OF[name], "--dataset", spec, *(["--epochs", str(epochs)] if epochs else []),
+               "--out", str(run), "--force", "--threads", "2", *train_args, log=log)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["wall_seconds"] = time.perf_counter() - t0  # of this call: a resumed run's earlier part is not in it
+    return metrics
+
+
+def run_dataset(name: str, path: Path, epochs: int | None, work: Path, log: Path, train_args: list[str], presets: bool = False) -> dict:
     spec = f"npz:{path}"
-    metrics = train(spec, work / "runs" / name, epochs, train_args, log)
+    if presets:
+        metrics = train_preset(name, spec, work / "runs" / name, epochs, train_args, log)
+        epochs = metrics["epochs"]
+    else:
+        metrics = train(spec, work / "runs" / name, epochs, train_args, log)
     parity = export_int8(work / "runs" / name, work / "export" / name, log)
     evals = {f"{m}{k or ''}": evaluate(work / "export" / name, spec, m, k, log) for m, k in MODES}
-    return {"dataset": name, "epochs": epochs, "n_train": metrics["n_train"], "n_test": metrics["n_test"],
+    return {"dataset": name, "epochs": epochs, "preset": PRESET_OF[name] if presets else None,
+            "float_precision": metrics.get("float_precision", "fp32"), "n_train": metrics["n_train"], "n_test": metrics["n_test"],
             "train_seconds": metrics["train_seconds"], "train_wall_seconds": metrics["wall_seconds"],
             "qat_test_accuracy": metrics["test_accuracy"], "per_layer_test_accuracy": metrics["per_layer_test_accuracy"],
             "parity": parity, "int8_ort": evals}
@@ -54,18 +87,22 @@ def markdown(rows: list[dict], info: dict, cmd: str) -> str:
         e = r["int8_ort"]
         lat = " / ".join(f"{e[m]['latency_batch1']['p50_ms']:.2f}" for m in ("all", "topk3", "head")) + " ms"
         anchors = " | ".join(f"{a[r['dataset']]:.2f}%" if r["dataset"] in a else "–" for a in ANCHORS.values())
-        lines.append(f"| {DATASETS[r['dataset']]} ({r['n_train']:,} train / {r['n_test']:,} test) | {r['epochs']} | "
+        recipe = f"`--preset {r['preset']}`, " if r.get("preset") else ""
+        lines.append(f"| {DATASETS[r['dataset']]} ({r['n_train']:,} train / {r['n_test']:,} test) | {recipe}{r['epochs']} "
+                     f"({r.get('float_precision', 'fp32')} float) | "
                      f"{r['train_seconds'] / 60:.1f} min | **{pct(e['all']['accuracy'])}** | {pct(e['topk3']['accuracy'])} | "
                      f"{pct(e['head']['accuracy'])} | {lat} | {anchors} |")
-    lines += ["", f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, Python {info['python']}, torch {info.get('torch', '-')}, "
-              f"onnxruntime {info['onnxruntime']}.", f"Command: `{cmd}`"]
+    lines += ["", machine_line(info), f"Command: `{cmd}`"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Writes OUT.json and OUT.md; logs every ffedge command to OUT.log.")
     p.add_argument("--datasets", default="mnist,fashion_mnist,cifar10", help="comma-separated: mnist, fashion_mnist, cifar10")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs per dataset")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per dataset (default 3; with --presets: the preset's)")
+    p.add_argument("--presets", action="store_true", help="train each dataset with its preset (mnist, fashion, cifar10): the recipes "
+                   "behind the issue-11 bars; results go to benchmarks/results/accuracy-presets.*")
+    p.add_argument("--force", action="store_true", help="train every dataset again, even one whose row is kept in OUT-DATASET.json")
     p.add_argument("--data-dir", type=Path, default=SHARED, help="folder with mnist.npz, fashion_mnist.npz, cifar10.npz")
     p.add_argument("--work", type=Path, default=None,
                    help="where runs and bundles go (default: runs/bench-accuracy; with --quick: runs/bench-accuracy-quick)")
@@ -73,19 +110,36 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 2,000 training and 1,000 test images")
     add_out_option(p, "accuracy")
     a = p.parse_args()
-    out = out_stem("accuracy", a.out, a.quick)
-    work = work_dir("bench-accuracy", a.work, a.quick)
+    name = "accuracy-presets" if a.presets else "accuracy"
+    out = out_stem(name, a.out, a.quick)
+    work = work_dir(f"bench-{name}", a.work, a.quick)
     names = choices(p, "--datasets", a.datasets, DATASETS)
     paths = {n: dataset_file(n, a.data_dir) for n in names}
     if a.quick:
         a.epochs = 1
-    log = fresh_log(out)
+    elif a.epochs is None and not a.presets:
+        a.epochs = 3
+    log = out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
+            kept_path = out.with_name(f"{out.name}-{n}.json")
+            settings = {"epochs": a.epochs, "presets": a.presets, "train_args": a.train_args, "quick": a.quick, "data": str(paths[n])}
+            kept = json.loads(kept_path.read_text()) if kept_path.is_file() else None
+            if kept and kept.get("settings") == settings and not a.force:
+                print(f"{DATASETS[n]}: kept from {kept_path} (--force trains it again)", flush=True)
+                rows.append(kept["row"])
+                continue
+            if a.force or (kept and kept.get("settings") != settings):
+                clean(work / "runs" / n)  # a run of other settings is not resumed
             path = subset(paths[n], Path(tmp) / f"{n}.npz", 2000, 1000) if a.quick else paths[n]
-            print(f"{DATASETS[n]}: train {a.epochs} epoch(s), export int8, eval ...", flush=True)
-            rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split()))
+            recipe = f"preset {PRESET_OF[n]}" if a.presets else "default recipe"
+            print(f"{DATASETS[n]}: train ({recipe}, {a.epochs or 'its'} epochs), export int8, eval ...", flush=True)
+            rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets))
+            tmp_kept = kept_path.with_name(kept_path.name + ".tmp")
+            tmp_kept.write_text(json.dumps({"settings": settings, "row": rows[-1]}, indent=2) + "\n")
+            os.replace(tmp_kept, kept_path)
             r = rows[-1]
             print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
                   f"train {r['train_seconds']:.0f} s", flush=True)

@@ -100,6 +100,8 @@ def test_time_to_accuracy_help_and_usage_errors(tmp_path: Path) -> None:
     assert r.returncode == 0 and "--quick" in r.stdout and "--out" in r.stdout and "nohup" in r.stdout
     r = _run(script, "--eval-images", "500", "--out", str(tmp_path / "t"))
     assert r.returncode == 2 and "at least 1000" in r.stderr
+    r = _run(script, "--quick", "--paper-every-s", "0", "--out", str(tmp_path / "t"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "t.json").exists()
     if importlib.util.find_spec("ffedge.train.presets") is None:
         r = _run(script, "--quick", "--methods", "paper,backprop", "--out", str(tmp_path / "t"), "--work", str(tmp_path / "w"))
         assert r.returncode == 1 and "preset 'paper' not available in this ffedge" in r.stderr and "--methods ff,backprop" in r.stderr
@@ -199,3 +201,27 @@ def test_finetune_shift_missing_bundle_is_one_clear_line(tmp_path: Path) -> None
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "no bundle there" in r.stderr and "omit --bundle" in r.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_accuracy_presets_keep_finished_datasets_and_resume_a_cut_run(tmp_path: Path) -> None:
+    """--presets trains with the dataset's preset; a rerun keeps the finished row, and a run cut short resumes."""
+    pytest.importorskip("brevitas")
+    data = _digits(tmp_path / "data", 300, 200)
+    out, work = tmp_path / "acc", tmp_path / "work"
+    args = [str(BENCH / "accuracy.py"), "--quick", "--presets", "--datasets", "mnist", "--train-args", TINY,
+            "--data-dir", str(data), "--work", str(work), "--out", str(out)]
+    r = _run(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    config = json.loads((work / "runs" / "mnist" / "config.json").read_text())["train"]
+    assert row["preset"] == "mnist" and config["preset"] == "mnist" and config["rotate"] == 12.0 and row["epochs"] == 1
+    assert "`--preset mnist`, 1" in out.with_suffix(".md").read_text()
+    again = _run(*args)
+    assert again.returncode == 0 and "kept from" in again.stdout
+    assert json.loads(out.with_suffix(".json").read_text())["rows"] == [row]
+    # Cut short after its checkpoint: no metrics.json, no kept row. The rerun continues that run.
+    (work / "runs" / "mnist" / "metrics.json").unlink()
+    (tmp_path / "acc-mnist.json").unlink()
+    resumed = _run(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "--resume" in out.with_suffix(".log").read_text()

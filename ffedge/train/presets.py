@@ -33,22 +33,24 @@ class Preset(NamedTuple):
 PAPER_AMPLITUDE = 0.57
 
 PRESETS: dict[str, Preset] = {
-    # The default recipe (TrainConfig: float epochs, one QAT epoch at the end, augmentation before the label is
-    # embedded) with epochs sized to the issue-11 budgets on a 2-core x86 (a float epoch of 60k digits is about
-    # 2 min there, the QAT epoch about 5.5 min): MNIST and Fashion-MNIST 45 min, CIFAR-10 90 min.
-    # Not yet measured at these budgets (see benchmarks/README.md).
+    # The default recipe (TrainConfig: float epochs in bf16 where the CPU has AMX, one QAT epoch at the end,
+    # augmentation before the label is embedded) with epochs sized to the issue-11 budgets on a 2-core x86 with
+    # AMX: a bf16 float epoch of 60k digits is about 47 s there, the QAT epoch about 3.3 min (15x the mnist-5k
+    # epochs of benchmarks/results/default_recipe.md). MNIST and Fashion-MNIST 45 min, CIFAR-10 90 min; in fp32
+    # (CPUs without AMX) each takes about 2.5x as long. See benchmarks/results/accuracy.md for what was measured.
     "mnist": Preset(
-        "MNIST (60k): the default recipe, 19 epochs (18 float + 1 int8 QAT), about 45 min on 2 cores; not yet measured",
-        {"dataset": "mnist", "epochs": 19, "qat_epochs": 1, "shift": 2, "rotate": 12.0, "scale": 0.1},
+        "MNIST (60k): the default recipe, 40 epochs (39 float + 1 int8 QAT), about 35 min on 2 cores with AMX (bf16)",
+        {"dataset": "mnist", "epochs": 40, "qat_epochs": 1, "shift": 2, "rotate": 12.0, "scale": 0.1},
     ),
     "fashion": Preset(
-        "Fashion-MNIST (60k): the default recipe with shift + mirror (no rotation), 19 epochs, about 45 min; not yet measured",
-        {"dataset": "fashion-mnist", "epochs": 19, "qat_epochs": 1, "shift": 2, "rotate": 0.0, "scale": 0.0, "flip": True},
+        "Fashion-MNIST (60k): the default recipe with shift + mirror (no rotation), 40 epochs, about 35 min with AMX; "
+        "not yet measured",
+        {"dataset": "fashion-mnist", "epochs": 40, "qat_epochs": 1, "shift": 2, "rotate": 0.0, "scale": 0.0, "flip": True},
     ),
     "cifar10": Preset(
-        "CIFAR-10 (50k): the default net with random crop (shift 4) + mirror, 37 epochs (36 float + 1 QAT), about 90 min; "
-        "not yet measured",
-        {"dataset": "cifar10", "epochs": 37, "qat_epochs": 1, "shift": 4, "rotate": 0.0, "scale": 0.0, "flip": True},
+        "CIFAR-10 (50k): the default net with random crop (shift 4) + mirror, 80 epochs (79 float + 1 QAT), about 80 min "
+        "with AMX; not yet measured",
+        {"dataset": "cifar10", "epochs": 80, "qat_epochs": 1, "shift": 4, "rotate": 0.0, "scale": 0.0, "flip": True},
     ),
     # Scodellaro et al. 2025 (Sci. Rep. 15:38461), MNIST, as far as it is published: three conv layers of 128 7x7
     # filters, each with layer normalization and ReLU (here: the rms norm of Hinton's FF / loeweX before each
