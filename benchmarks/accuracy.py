@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -122,27 +121,27 @@ def main() -> int:
     log = out.with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in names:
-            kept_path = out.with_name(f"{out.name}-{n}.json")
-            settings = {"epochs": a.epochs, "presets": a.presets, "train_args": a.train_args, "quick": a.quick, "data": str(paths[n])}
-            kept = json.loads(kept_path.read_text()) if kept_path.is_file() else None
-            if kept and kept.get("settings") == settings and not a.force:
-                print(f"{DATASETS[n]}: kept from {kept_path} (--force trains it again)", flush=True)
-                rows.append(kept["row"])
-                continue
-            if a.force or (kept and kept.get("settings") != settings):
-                clean(work / "runs" / n)  # a run of other settings is not resumed
-            path = subset(paths[n], Path(tmp) / f"{n}.npz", 2000, 1000) if a.quick else paths[n]
-            recipe = f"preset {PRESET_OF[n]}" if a.presets else "default recipe"
-            print(f"{DATASETS[n]}: train ({recipe}, {a.epochs or 'its'} epochs), export int8, eval ...", flush=True)
-            rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets))
-            tmp_kept = kept_path.with_name(kept_path.name + ".tmp")
-            tmp_kept.write_text(json.dumps({"settings": settings, "row": rows[-1]}, indent=2) + "\n")
-            os.replace(tmp_kept, kept_path)
-            r = rows[-1]
-            print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
-                  f"train {r['train_seconds']:.0f} s", flush=True)
+    for n in names:
+        kept_path = out.with_name(f"{out.name}-{n}.json")
+        settings = {"epochs": a.epochs, "presets": a.presets, "train_args": a.train_args, "quick": a.quick, "data": str(paths[n])}
+        kept = json.loads(kept_path.read_text()) if kept_path.is_file() else None
+        if kept and kept.get("settings") == settings and not a.force:
+            print(f"{DATASETS[n]}: kept from {kept_path} (--force trains it again)", flush=True)
+            rows.append(kept["row"])
+            continue
+        if a.force or (kept and kept.get("settings") != settings):
+            clean(work / "runs" / n)  # a run of other settings is not resumed
+        # In the work folder, not a temp dir: a quick run cut short resumes from the same file.
+        path = subset(paths[n], work / "data" / f"{n}.npz", 2000, 1000) if a.quick else paths[n]
+        recipe = f"preset {PRESET_OF[n]}" if a.presets else "default recipe"
+        print(f"{DATASETS[n]}: train ({recipe}, {a.epochs or 'its'} epochs), export int8, eval ...", flush=True)
+        rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets))
+        tmp_kept = kept_path.with_name(kept_path.name + ".tmp")
+        tmp_kept.write_text(json.dumps({"settings": settings, "row": rows[-1]}, indent=2) + "\n")
+        os.replace(tmp_kept, kept_path)
+        r = rows[-1]
+        print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
+              f"train {r['train_seconds']:.0f} s", flush=True)
     info = machine()
     cmd = command("accuracy.py")
     md = markdown(rows, info, cmd)
