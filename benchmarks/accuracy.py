@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (SHARED, add_out_option, choices, command, dataset_file, evaluate, export_int8, ffedge, machine,  # noqa: E402
-                                    machine_line, out_stem, pct, subset, train, work_dir, write_results, clean)
+from ffedge.fsutil import atomic_write_json  # noqa: E402
+
+from common import (SHARED, add_out_option, choices, clean, command, dataset_file, evaluate, export_int8, machine,  # noqa: E402
+                    machine_line, out_stem, pct, subset, train, work_dir, write_results)
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 # Published test accuracies (%) and this project's goals, per dataset.
@@ -51,16 +51,10 @@ PRESET_OF = {"mnist": "mnist", "fashion_mnist": "fashion", "cifar10": "cifar10"}
 
 def train_preset(name: str, spec: str, run: Path, epochs: int | None, train_args: list[str], log: Path) -> dict:
     """`ffedge train --preset` for the dataset, or `--resume` of a run of it that was cut short; returns its metrics."""
-    t0 = time.perf_counter()
-    if (run / "checkpoint.pt").is_file() and not (run / "metrics.json").is_file():
+    resume = (run / "checkpoint.pt").is_file() and not (run / "metrics.json").is_file()
+    if resume:
         print(f"  resuming {run}", flush=True)
-        ffedge("train", "--resume", "--out", str(run), log=log)
-    else:
-        ffedge("train", "--preset", PRESET_OF[name], "--dataset", spec, *(["--epochs", str(epochs)] if epochs else []),
-               "--out", str(run), "--force", "--threads", "2", *train_args, log=log)
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["wall_seconds"] = time.perf_counter() - t0  # of this call: a resumed run's earlier part is not in it
-    return metrics
+    return train(spec, run, epochs, ["--preset", PRESET_OF[name], *train_args], log, resume=resume)
 
 
 def run_dataset(name: str, path: Path, epochs: int | None, work: Path, log: Path, train_args: list[str], presets: bool = False) -> dict:
@@ -136,9 +130,7 @@ def main() -> int:
         recipe = f"preset {PRESET_OF[n]}" if a.presets else "default recipe"
         print(f"{DATASETS[n]}: train ({recipe}, {a.epochs or 'its'} epochs), export int8, eval ...", flush=True)
         rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets))
-        tmp_kept = kept_path.with_name(kept_path.name + ".tmp")
-        tmp_kept.write_text(json.dumps({"settings": settings, "row": rows[-1]}, indent=2) + "\n")
-        os.replace(tmp_kept, kept_path)
+        atomic_write_json(kept_path, {"settings": settings, "row": rows[-1]})
         r = rows[-1]
         print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
               f"train {r['train_seconds']:.0f} s", flush=True)

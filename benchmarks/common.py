@@ -97,10 +97,15 @@ def ffedge(*args: str, log: Path | None = None) -> str:
     return r.stdout
 
 
-def train(dataset: str, out: Path, epochs: int, extra: list[str], log: Path) -> dict[str, Any]:
-    """`ffedge train` into out; returns the run's metrics.json plus the wall seconds of the whole command."""
+def train(dataset: str, out: Path, epochs: int | None, extra: list[str], log: Path, resume: bool = False) -> dict[str, Any]:
+    """`ffedge train` into out (epochs None: the recipe's own; resume: `--resume` the run cut short in out, with its
+    own config); returns the run's metrics.json plus the wall seconds of this command (a resumed run's earlier part is not in it)."""
     t0 = time.perf_counter()
-    ffedge("train", "--dataset", dataset, "--epochs", str(epochs), "--out", str(out), "--force", "--threads", "2", *extra, log=log)
+    if resume:
+        ffedge("train", "--resume", "--out", str(out), log=log)
+    else:
+        ffedge("train", "--dataset", dataset, *(["--epochs", str(epochs)] if epochs is not None else []), "--out", str(out), "--force",
+               "--threads", "2", *extra, log=log)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["wall_seconds"] = time.perf_counter() - t0
     return metrics
@@ -161,11 +166,11 @@ def machine_line(info: dict[str, Any]) -> str:
 
 def write_results(out: Path, result: Any, markdown: str) -> None:
     """OUT.json and OUT.md, each written to a temp file and renamed."""
+    from ffedge.fsutil import atomic_write_json, atomic_write_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out.with_suffix(".json"), json.dumps(result, indent=2) + "\n"), (out.with_suffix(".md"), markdown)):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    atomic_write_json(out.with_suffix(".json"), result)
+    atomic_write_text(out.with_suffix(".md"), markdown)
 
 
 def choices(p: argparse.ArgumentParser, option: str, text: str, allowed: tuple[str, ...] | dict) -> list[str]:

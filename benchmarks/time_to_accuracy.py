@@ -197,7 +197,7 @@ def _backprop_child(s: dict[str, Any]) -> dict[str, Any]:
     net = build_model(cfg, enc.out_channels, ds.image_shape[1:], ds.num_classes, quant=s["backprop_quant"]).to(dev)
     net.train()
     # The same arithmetic as the FF run's float phase (bf16 autocast where TrainConfig's precision picks it).
-    bf16 = cfg.float_precision() == "bf16" and not s["backprop_quant"]
+    bf16 = cfg.autocast_bf16(s["backprop_quant"])
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(cfg.seed)
     n_train, bs = len(ds.y_train), cfg.batch_size
@@ -245,11 +245,10 @@ def child(s: dict[str, Any]) -> int:
         result = _backprop_child(s) if s["method"] == "backprop" else _ff_child(s)
     except NoPreset as e:
         sys.exit(f"error: {e}")
+    from ffedge.fsutil import atomic_write_json
+
     result["settings"] = {k: s[k] for k in SETTINGS}
-    path = Path(s["result"])
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(s["result"], result)
     return 0
 
 

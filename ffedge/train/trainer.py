@@ -140,6 +140,10 @@ class TrainConfig:
             return self.precision
         return "bf16" if torch.device(self.device).type == "cpu" and cpu_has_amx() else "fp32"
 
+    def autocast_bf16(self, quantized: bool) -> bool:
+        """Whether a net of this config trains under bf16 autocast: only a float one (``quantized`` false) in bf16."""
+        return not quantized and self.float_precision() == "bf16"
+
     def float_epochs(self) -> int:
         """Epochs trained in float before quantization-aware training starts (0: QAT from the first step)."""
         if not self.quant or self.qat_epochs is None:
@@ -314,7 +318,7 @@ class LocalTrainer:
         self.net, self.cfg = net, cfg
         self.optimizers = [torch.optim.Adam(layer.parameters(), lr=cfg.lr) for layer in net.layers]
         # bf16 autocast for the float phase only: Brevitas' fake quantization stays in fp32.
-        self.bf16 = cfg.float_precision() == "bf16" and not net.quant.enabled
+        self.bf16 = cfg.autocast_bf16(net.quant.enabled)
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers:
