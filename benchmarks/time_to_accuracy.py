@@ -15,7 +15,7 @@ done its epochs). The methods:
   head (Adam at the recipe's lr and batch, constant lr), scored by its head. It
   trains the float network unless --backprop-quant: float backprop is the faster,
   stronger baseline. It runs in the arithmetic of FF's float phase (bf16 autocast
-  where `--precision auto` picks it, i.e. on CPUs with AMX), so neither method
+  where `--precision auto` picks it, i.e. on CPUs with AMX or AVX512-BF16), so neither method
   gets faster arithmetic than the other.
 At the end each FF run is exported (`ffedge export --int8`) and the int8 bundle
 scored under onnxruntime (`ffedge eval`) on the same held-out images.
@@ -313,7 +313,7 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, info: dict[str, 
     if bp is not None:
         lines.append("- Backprop trains the " + ("int8 QAT network (`--backprop-quant`)." if not bp["float"] else
                      "float network (no fake quantization; `--backprop-quant` for QAT): the faster, stronger baseline."))
-    lines.append("- Float arithmetic (`--precision auto`: bf16 autocast on CPUs with AMX, else fp32; QAT is fp32): "
+    lines.append("- Float arithmetic (`--precision auto`: bf16 autocast on CPUs with AMX or AVX512-BF16, else fp32; QAT is fp32): "
                  + ", ".join(f"{LABELS[r['method']]} {r.get('float_precision', 'fp32')}" for r in rows) + ".")
     lines += ["", machine_line(info), f"Command: `{cmd}`"]
     return "\n".join(lines) + "\n"

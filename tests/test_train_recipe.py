@@ -134,14 +134,14 @@ def test_augment_rotates_and_scales_around_the_centre_and_fills_the_border() -> 
     assert not np.array_equal(out, x) and np.all(out[:, :, 5:7, 5:7] > 0.5)  # the square moved, by little
 
 
-def test_precision_auto_is_bf16_only_on_cpus_with_amx_and_old_runs_stay_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16_and_old_runs_stay_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     from ffedge.train import trainer
 
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
     assert TrainConfig().float_precision() == "bf16"
     assert TrainConfig(device="cuda").float_precision() == "fp32"
     assert TrainConfig(precision="fp32").float_precision() == "fp32"
-    monkeypatch.setattr(trainer, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
     assert TrainConfig().float_precision() == "fp32" and TrainConfig(precision="bf16").float_precision() == "bf16"
     assert TrainConfig.from_dict({"dataset": "mnist-5k"}).precision == "fp32"  # a config.json from before the option
     with pytest.raises(FFEdgeError, match="unknown --precision 'fp16'"):
@@ -171,3 +171,15 @@ def test_bf16_float_phase_trains_in_bf16_and_the_qat_phase_in_fp32(tmp_path: Pat
         assert runs[precision]["float_precision"] == precision
         assert json.loads((tmp_path / precision / "config.json").read_text())["train"]["precision"] == precision
     assert runs["bf16"]["test_accuracy"] > 0.5 and abs(runs["bf16"]["test_accuracy"] - runs["fp32"]["test_accuracy"]) < 0.1
+
+
+def test_native_bf16_probe_asks_torch_for_amx_then_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ffedge.train import trainer
+
+    for amx, avx, want in ((True, False, True), (False, True, True), (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v)
+        assert trainer.cpu_has_native_bf16() is want
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert trainer.cpu_has_native_bf16() is False  # a torch without the probes keeps fp32

@@ -78,7 +78,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed; same seed, same machine: same result (default: 0)."),
     device: Optional[str] = typer.Option(None, help="torch device: cpu or cuda (default: cpu)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
-    precision: Optional[str] = typer.Option(None, help="Arithmetic of the float epochs: fp32, bf16 (autocast) or auto (bf16 on CPUs with AMX, else fp32); QAT is always fp32 (default: auto)."),
+    precision: Optional[str] = typer.Option(None, help="Arithmetic of the float epochs: fp32, bf16 (autocast) or auto (bf16 on CPUs with native bf16: AMX or AVX512-BF16, else fp32); QAT is always fp32 (default: auto)."),
     eval_samples: Optional[int] = typer.Option(None, help="Held-out images scored after each epoch; 0 = all; the final score always uses all (default: 100)."),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset directory (default: $FFEDGE_DATA or the user cache)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/DATASET-LABELS; with --preset: runs/PRESET)."),

@@ -130,15 +130,17 @@ class TrainConfig:
         return QuantConfig(self.quant if enabled is None else enabled, self.bits, weight_bits=wb)
 
     def float_precision(self) -> str:
-        """The arithmetic of the float phase: ``fp32``, or ``bf16`` autocast (``auto``: bf16 where the CPU has AMX).
+        """The arithmetic of the float phase: ``fp32``, or ``bf16`` autocast (``auto``: bf16 where the CPU
+        computes bf16 natively, see :func:`cpu_has_native_bf16`).
 
-        bf16 halves the convolutions' cost on CPUs with AMX tiles (2.5x per training step measured on a
-        2-core Xeon) and costs no accuracy here; elsewhere bf16 is emulated or slower, so ``auto`` keeps fp32.
+        bf16 cuts the convolutions' cost on such CPUs (per training step of the default net, 2 threads:
+        2.5x with AMX tiles on a Xeon, 1.6x with AVX512-BF16 on an AMD EPYC) and costs no accuracy here;
+        elsewhere oneDNN emulates bf16, which is slower, so ``auto`` keeps fp32.
         QAT (Brevitas fake quantization) always runs in fp32.
         """
         if self.precision != "auto":
             return self.precision
-        return "bf16" if torch.device(self.device).type == "cpu" and cpu_has_amx() else "fp32"
+        return "bf16" if torch.device(self.device).type == "cpu" and cpu_has_native_bf16() else "fp32"
 
     def autocast_bf16(self, quantized: bool) -> bool:
         """Whether a net of this config trains under bf16 autocast: only a float one (``quantized`` false) in bf16."""
@@ -200,12 +202,17 @@ _TYPE_WORDS = {
 }
 
 
-def cpu_has_amx() -> bool:
-    """The CPU has AMX tiles (native bf16 matrix multiplies, which oneDNN uses for bf16 convolutions)."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # a torch without the probe
-        return False
+def cpu_has_native_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AMX tiles or AVX512-BF16 dot products), which oneDNN uses for bf16
+    convolutions; without either it emulates bf16 at more cost than fp32."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    for name in probes:
+        try:
+            if getattr(torch.cpu, name)():
+                return True
+        except (AttributeError, RuntimeError):  # a torch without the probe
+            continue
+    return False
 
 
 def check_device(device: str) -> None:
