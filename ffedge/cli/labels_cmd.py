@@ -32,7 +32,7 @@ def labels(
 ) -> None:
     """Draw the label patterns of an encoding and one test image encoded with every label, as a PNG."""
     from ffedge.fsutil import check_out_folder
-    from ffedge.labels_draw import write_dataset_label_sheet
+    from ffedge.labels.draw import write_dataset_label_sheet
 
     if out.is_dir():
         raise FFEdgeError(f"--out {out} is a folder: name the .png file to write")
