@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ffedge.errors import FFEdgeError
-from ffedge.manifest import NORMS
+from ffedge.bundle.manifest import NORMS
 
 LOSS_NAMES = ("symba", "bce")
 # Upper bound on the im2col buffer of one chunk of the batch (the batch is processed in chunks).

@@ -5,9 +5,9 @@ layers (default: the last FF layer) learn with the FF objective of training
 (``manifest["objective"]``), layer-local, from the float master weights in
 ``master.npz``, in fake-quant mode (:mod:`ffedge.ff_numpy`); then the softmax head
 is refit on the new features. The results are re-quantized exactly as the
-exporter does, patched into copies of the ONNX files (:mod:`ffedge.onnx_patch`),
+exporter does, patched into copies of the ONNX files (:mod:`ffedge.bundle.onnx_patch`),
 scored on the held-out part of the data, and committed as a new bundle version
-(:mod:`ffedge.bundle_update`): the bundle is never half-updated and ``ffedge
+(:mod:`ffedge.bundle.update`): the bundle is never half-updated and ``ffedge
 rollback`` returns to the previous version.
 
 Memory: the data are the few hundred examples asked for; batches are encoded
@@ -30,12 +30,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from ffedge.bundle import Bundle, load_master, load_replay, read_manifest
-from ffedge.bundle_update import bundle_version, check_no_links, commit_update, os_reason, update_lock
+from ffedge.bundle.update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
 from ffedge.evaluate import load_for_bundle, peak_rss_mb
 from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
 from ffedge.fsutil import fsync_dir
-from ffedge.onnx_patch import patch_initializers
+from ffedge.bundle.onnx_patch import patch_initializers
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter

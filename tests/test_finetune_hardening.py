@@ -16,7 +16,7 @@ import pytest
 
 from conftest import assert_one_line_error, cli
 from ffedge.bundle import MANIFEST, open_bundle
-from ffedge.bundle_update import bundle_version, commit_update
+from ffedge.bundle.update import bundle_version, commit_update
 from ffedge.errors import FFEdgeError
 from ffedge.finetuning import FinetuneConfig, finetune
 from ffedge.progress import QuietReporter

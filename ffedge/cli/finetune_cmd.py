@@ -20,7 +20,7 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 def _version(bundle: Path) -> int | None:
     """The bundle's current version, read without following a link (None when it cannot be told)."""
     from ffedge.bundle import MANIFEST, read_manifest
-    from ffedge.bundle_update import bundle_version
+    from ffedge.bundle.update import bundle_version
 
     if os.path.islink(bundle / MANIFEST):
         return None

@@ -15,7 +15,7 @@ from ffedge.cli.app import app, console
 from ffedge.options import check_int, check_threads
 
 if TYPE_CHECKING:
-    from ffedge.manifest import Manifest
+    from ffedge.bundle.manifest import Manifest
 
 MODE_HELP = "all: goodness over every label; head: softmax head, one pass; topk: head proposes --k labels, goodness decides."
 
@@ -132,7 +132,7 @@ def info(
     or does not fit the manifest is a one-line error (exit 2).
     """
     from ffedge.bundle import MANIFEST, check_files, check_paths, read_manifest
-    from ffedge.bundle_update import versions
+    from ffedge.bundle.update import versions
     from ffedge.errors import FFEdgeError
     from ffedge.runtime import load_and_check
 

@@ -31,12 +31,12 @@ from torch import nn
 
 import ffedge
 from ffedge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, PRECISIONS
-from ffedge.bundle_update import VERSIONS
+from ffedge.bundle.update import VERSIONS
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import check_out_folder, is_temp_of, ownership_problem, replace_folder, sha256_file
 from ffedge.options import check_float, check_int
 from ffedge.labels import encoding_from_config
-from ffedge.manifest import write_manifest
+from ffedge.bundle.manifest import write_manifest
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import make_session
 from ffedge.train.model import FFConvLayer, FFNet, float_copy

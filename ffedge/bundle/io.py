@@ -1,7 +1,7 @@
 """The bundle: a folder of ONNX files, label arrays and ``manifest.json`` (device side).
 
 This module is the contract between the exporter and the runtime: it reads the
-manifest (typed and checked by :mod:`ffedge.manifest`), keeps every file it
+manifest (typed and checked by :mod:`ffedge.bundle.manifest`), keeps every file it
 names inside the bundle folder (no links, no absolute or ``..`` paths),
 verifies every listed file by sha256, rejects missing and unexpected files,
 and rebuilds the label encoding exactly as training used it. The format is
@@ -19,22 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ffedge.bundle.manifest import MANIFEST, RESERVED, VERSIONS, HeadEntry, LayerEntry, Manifest, read_manifest_file
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.fsutil import sha256_file
 from ffedge.labels import LabelEncoding, encoding_from_config
-from ffedge.manifest import (  # noqa: F401  (re-exported: the bundle format's names live here too)
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    MANIFEST,
-    PRECISIONS,
-    REQUIRED_KEYS,
-    RESERVED,
-    VERSIONS,
-    HeadEntry,
-    LayerEntry,
-    Manifest,
-    read_manifest_file,
-)
 
 # What numpy raises on a damaged .npy/.npz (a zip member with bad deflate data raises zlib.error).
 _NPY_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError)
@@ -129,7 +117,7 @@ def check_paths(bundle_dir: str | Path, manifest: Manifest) -> None:
 def check_files(bundle_dir: str | Path, manifest: Manifest) -> None:
     """Every listed file is a regular file inside the bundle with its sha256; no unexpected file sits beside them.
 
-    After in-place updates (``ffedge.bundle_update``) the current files may lie
+    After in-place updates (``ffedge.bundle.update``) the current files may lie
     under ``versions/``, and the root keeps files of earlier versions: a root
     file a saved manifest (``versions/manifest.v*.json``) lists is expected too.
     Anything else under ``versions/`` (leftovers of an interrupted update) is ignored.

@@ -38,7 +38,7 @@ became current meanwhile. Nothing is written, deleted or read through a
 symbolic link inside a bundle (:func:`check_no_links`): a link there is refused.
 
 Leftovers of an interrupted update (files under ``versions/`` no manifest
-lists, hidden temp files) are ignored by :func:`ffedge.bundle.check_files` and
+lists, hidden temp files) are ignored by :func:`ffedge.bundle.io.check_files` and
 cleared by the next update. Old versions' files are kept (that is what makes
 rollback possible): each update costs the size of the files it replaces.
 """
@@ -59,10 +59,10 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
 
-from ffedge.bundle import MANIFEST, RESERVED, check_files, check_paths, open_bundle, read_manifest
+from ffedge.bundle.io import check_files, check_paths, open_bundle, read_manifest
+from ffedge.bundle.manifest import MANIFEST, RESERVED, Manifest, parse_manifest, read_manifest_file, write_manifest
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.fsutil import atomic_path, find_link, fsync_dir
-from ffedge.manifest import Manifest, parse_manifest, read_manifest_file, write_manifest
 
 VERSIONS = "versions"
 LOCK = ".lock"
