@@ -40,7 +40,7 @@ def _mem(device: str) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    from ffedge.evaluate import peak_rss_mb
+    from ffedge.runtime.memory import peak_rss_mb
 
     return float(peak_rss_mb() or 0.0)
 

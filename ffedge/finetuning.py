@@ -32,12 +32,13 @@ import numpy as np
 from ffedge.bundle import Bundle, load_master, load_replay, read_manifest
 from ffedge.bundle.update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
-from ffedge.evaluate import load_for_bundle, peak_rss_mb
+from ffedge.runtime.evaluate import load_for_bundle
+from ffedge.runtime.memory import peak_rss_mb
 from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
 from ffedge.fsutil import fsync_dir
 from ffedge.bundle.onnx_patch import patch_initializers
 from ffedge.options import check_float, check_int, check_threads
-from ffedge.preprocess import normalize
+from ffedge.runtime.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import MODES, Runtime
 

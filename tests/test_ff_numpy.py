@@ -35,7 +35,7 @@ def real(bundle: Path) -> dict[str, Any]:
     """Encoded positive and negative digits ([pos; neg]) and every layer's onnxruntime input and outputs."""
     from ffedge.bundle import open_bundle
     from ffedge.datasets import load_dataset
-    from ffedge.preprocess import normalize
+    from ffedge.runtime.preprocess import normalize
     from ffedge.runtime import make_session
 
     b = open_bundle(bundle)

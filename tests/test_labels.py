@@ -29,7 +29,7 @@ def digit() -> np.ndarray | None:
     """One real, normalized mnist-5k test digit [1, 1, 28, 28], or None if the loaders are missing."""
     try:
         from ffedge.datasets import load_dataset
-        from ffedge.preprocess import compute_normalization, normalize
+        from ffedge.runtime.preprocess import compute_normalization, normalize
     except ImportError:
         return None
     ds = load_dataset("mnist-5k")

@@ -104,7 +104,7 @@ def test_numpy_layers_match_onnxruntime_on_rms_layers(rms_bundle: Path) -> None:
     """The fine-tuning core computes the rms norm as the exported graph does (within one output step)."""
     from ffedge.bundle import load_master, open_bundle
     from ffedge.datasets import load_dataset
-    from ffedge.preprocess import normalize
+    from ffedge.runtime.preprocess import normalize
     from ffedge.runtime import make_session
 
     b = open_bundle(rms_bundle)

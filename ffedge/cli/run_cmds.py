@@ -48,7 +48,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
-    from ffedge.evaluate import evaluate, held_out_split
+    from ffedge.runtime.evaluate import evaluate, held_out_split
     from ffedge.progress import RichReporter
     from ffedge.runtime import Runtime, check_mode
 
@@ -93,7 +93,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
 ) -> None:
     """Classify image files: the top labels with their goodness (or head probability)."""
-    from ffedge.image_input import read_inputs
+    from ffedge.runtime.inputs import read_inputs
     from ffedge.runtime import Runtime, check_mode
 
     check_threads(threads)

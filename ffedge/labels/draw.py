@@ -168,7 +168,7 @@ def write_dataset_label_sheet(
 ) -> Path:
     """Load ``dataset``, build ``encoding`` for it and draw test image ``index`` with every label to ``out``."""
     from ffedge.datasets import load_dataset  # lazy: only this command needs the loaders
-    from ffedge.preprocess import compute_normalization, normalize
+    from ffedge.runtime.preprocess import compute_normalization, normalize
 
     params = {}
     if label_mode is not None:

@@ -16,7 +16,7 @@ import torch
 
 from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
-from ffedge.preprocess import normalize
+from ffedge.runtime.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import Runtime
 from ffedge.train.model import FFNet, float_copy

@@ -25,7 +25,7 @@ from ffedge.bundle import Bundle, check_files, load_master, load_replay, open_bu
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.ff_numpy import master_keys
 from ffedge.options import check_int, check_threads
-from ffedge.preprocess import normalize
+from ffedge.runtime.preprocess import normalize
 
 MODES = ("all", "head", "topk")
 # What onnxruntime raises (its own exception types, none a subclass of a builtin one but Exception).
