@@ -313,7 +313,7 @@ class _Stop(Exception):
 
 
 def _finetune_opening(bundle: Path) -> None:
-    from ffedge import finetuning
+    from ffedge.finetuning import loop as finetuning
 
     def data(b: Any, cfg: Any) -> tuple[np.ndarray, ...]:
         c, h, w = b.input_shape

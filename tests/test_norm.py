@@ -16,7 +16,7 @@ from conftest import TINY_EXPORT_LAYERS, cli
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
-from ffedge import ff_numpy as ffn  # noqa: E402
+from ffedge.finetuning import numerics as ffn  # noqa: E402
 from ffedge.errors import FFEdgeError  # noqa: E402
 from ffedge.bundle.manifest import parse_manifest  # noqa: E402
 from ffedge.train.model import RMS_EPS, FFNet, QuantConfig, RMSNorm, float_copy, parse_layers  # noqa: E402

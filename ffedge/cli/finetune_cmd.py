@@ -88,7 +88,7 @@ def finetune_cmd(
     try:
         with sigterm_as_interrupt():
             with signals_held():
-                from ffedge.finetuning import FinetuneConfig, finetune
+                from ffedge.finetuning.loop import FinetuneConfig, finetune
                 from ffedge.progress import QuietReporter, RichReporter
 
             limit_malloc_arenas()

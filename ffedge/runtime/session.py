@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from ffedge.bundle import Bundle, check_files, load_master, load_replay, open_bundle, read_manifest
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.ff_numpy import master_keys
+from ffedge.finetuning.numerics import master_keys
 from ffedge.options import check_int, check_threads
 from ffedge.runtime.preprocess import normalize
 

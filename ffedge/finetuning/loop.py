@@ -3,7 +3,7 @@
 The frozen layers run as the bundle's own int8 onnxruntime sessions; the chosen
 layers (default: the last FF layer) learn with the FF objective of training
 (``manifest["objective"]``), layer-local, from the float master weights in
-``master.npz``, in fake-quant mode (:mod:`ffedge.ff_numpy`); then the softmax head
+``master.npz``, in fake-quant mode (:mod:`ffedge.finetuning.numerics`); then the softmax head
 is refit on the new features. The results are re-quantized exactly as the
 exporter does, patched into copies of the ONNX files (:mod:`ffedge.bundle.onnx_patch`),
 scored on the held-out part of the data, and committed as a new bundle version
@@ -30,17 +30,17 @@ from typing import Any, Iterator
 import numpy as np
 
 from ffedge.bundle import Bundle, load_master, load_replay, read_manifest
+from ffedge.bundle.onnx_patch import patch_initializers
 from ffedge.bundle.update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
+from ffedge.finetuning.numerics import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
+from ffedge.fsutil import fsync_dir
+from ffedge.options import check_float, check_int, check_threads
+from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.evaluate import load_for_bundle
 from ffedge.runtime.memory import peak_rss_mb
-from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
-from ffedge.fsutil import fsync_dir
-from ffedge.bundle.onnx_patch import patch_initializers
-from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import normalize
-from ffedge.progress import QuietReporter, Reporter
-from ffedge.runtime import MODES, Runtime
+from ffedge.runtime.session import MODES, Runtime
 
 EVAL_BATCH = 2  # images per onnxruntime call when scoring (10 labels -> 20 hypotheses): bounds peak memory
 
