@@ -27,16 +27,15 @@ from ffedge.bundle.io import (
 from ffedge.bundle.manifest import (
     BUNDLE_FORMAT,
     BUNDLE_VERSION,
-    MANIFEST,
     PRECISIONS,
     REQUIRED_KEYS,
     RESERVED,
-    VERSIONS,
     HeadEntry,
     LayerEntry,
     Manifest,
     read_manifest_file,
 )
+from ffedge.bundle.names import MANIFEST, VERSIONS
 
 __all__ = [
     "BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST", "PRECISIONS", "REQUIRED_KEYS", "RESERVED", "VERSIONS",

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ffedge.bundle.manifest import MANIFEST, RESERVED, VERSIONS, HeadEntry, LayerEntry, Manifest, read_manifest_file
+from ffedge.bundle.manifest import RESERVED, HeadEntry, LayerEntry, Manifest, read_manifest_file
+from ffedge.bundle.names import MANIFEST, REPLAY_IMAGES, REPLAY_LABELS, SAVED_MANIFEST_GLOB, VERSIONS
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.fsutil import sha256_file
 from ffedge.labels import LabelEncoding, encoding_from_config
@@ -140,7 +141,7 @@ def check_files(bundle_dir: str | Path, manifest: Manifest) -> None:
     extra = sorted(p.name for p in path.iterdir() if p.name not in listed and p.name not in RESERVED and not p.name.startswith("."))
     if extra and (path / VERSIONS).is_dir():
         earlier: set[str] = set()
-        for saved in (path / VERSIONS).glob("manifest.v*.json"):
+        for saved in (path / VERSIONS).glob(SAVED_MANIFEST_GLOB):
             try:
                 earlier.update(Path(n).parts[0] for n in json.loads(saved.read_text())["files"] if isinstance(n, str) and n)
             except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):
@@ -203,7 +204,7 @@ def load_replay(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
     ref = b.manifest.replay.file
     z = load_npz(b.path, ref, "the replay examples")
     c, h, w = b.input_shape
-    x, y = z.get("x"), z.get("y")
+    x, y = z.get(REPLAY_IMAGES), z.get(REPLAY_LABELS)
     ok = (
         x is not None and y is not None and x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (h, w, c)
         and y.ndim == 1 and len(x) == len(y) and np.issubdtype(y.dtype, np.integer)
