@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import app, console, one_of
 from ffedge.errors import FFEdgeError
+from ffedge.labels import ENCODING_NAMES
 
 
 @app.command("labels")
@@ -18,7 +19,7 @@ def labels(
         "--dataset",
         help="Dataset whose classes and image shape to use: mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH.",
     ),
-    encoding: str = typer.Option("fourier", "--labels", help="Label encoding to draw: fourier, morph or onehot."),
+    encoding: str = typer.Option("fourier", "--labels", help=f"Label encoding to draw: {one_of(ENCODING_NAMES)}."),
     label_mode: Optional[str] = typer.Option(
         None, "--label-mode", help="fourier only: 'channel' (grating as an extra input channel, default) or 'add' (grating added to the image)."
     ),

@@ -1,4 +1,4 @@
-"""`ffedge eval`, `ffedge predict`, `ffedge info`: use a bundle on the device (no torch)."""
+"""`ffedge eval`, `ffedge predict`, `ffedge info`: run a bundle on the device and report what it holds (no torch)."""
 
 from __future__ import annotations
 
