@@ -40,7 +40,7 @@ def _mem(device: str) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    from ffedge.evaluate import peak_rss_mb
+    from ffedge.runtime.memory import peak_rss_mb
 
     return float(peak_rss_mb() or 0.0)
 
@@ -92,7 +92,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     import numpy as np
     import torch
 
-    from ffedge.ff_numpy import wrong_labels
+    from ffedge.finetuning.numerics import wrong_labels
     from ffedge.train.trainer import LocalTrainer, TrainConfig, build_model, goodness_accuracy, goodness_matrix, prepare_data
 
     from common import backprop_step, head_accuracy_neutral

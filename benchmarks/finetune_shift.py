@@ -73,9 +73,9 @@ def torch_child(run: str, data: str, examples: int, epochs: int, lr: float, seed
 
     import torch
 
-    from ffedge.evaluate import peak_rss_mb
+    from ffedge.runtime.memory import peak_rss_mb
     from ffedge.labels import encoding_from_config
-    from ffedge.preprocess import normalize
+    from ffedge.runtime.preprocess import normalize
     from ffedge.train.run import load_run
 
     t0 = time.perf_counter()

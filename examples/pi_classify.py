@@ -15,7 +15,7 @@ import numpy as np
 
 from ffedge.datasets.base import resize_images
 from ffedge.errors import FFEdgeError
-from ffedge.image_input import read_inputs
+from ffedge.runtime.inputs import read_inputs
 from ffedge.runtime import Runtime
 
 

@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 def finetune(bundle, data, out=None, **options):  # type: ignore[no-untyped-def]
     """Fine-tune a bundle on labelled data, as ``ffedge finetune`` (see :class:`ffedge.finetuning.FinetuneConfig`)."""
-    from ffedge.finetuning import FinetuneConfig, finetune as _finetune
+    from ffedge.finetuning.loop import FinetuneConfig, finetune as _finetune
 
     return _finetune(bundle, FinetuneConfig(data=data, **options), out=out)

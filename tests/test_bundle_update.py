@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from ffedge.bundle import MANIFEST, open_bundle
-from ffedge.bundle_update import bundle_version, commit_update, logical_name, repoint, rollback, versions
+from ffedge.bundle.update import bundle_version, commit_update, logical_name, repoint, rollback, versions
 from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
 from ffedge.runtime import Runtime
@@ -296,7 +296,7 @@ for m in {train_only!r}:
     sys.modules[m] = None  # device side: the update code must not need them
 from pathlib import Path
 from ffedge.bundle import read_manifest
-from ffedge.bundle_update import commit_update, rollback
+from ffedge.bundle.update import commit_update, rollback
 bundle, alt = Path(sys.argv[1]), Path(sys.argv[2])
 files = {{p.name: p.read_bytes() for p in sorted(alt.iterdir())}}
 print("ready", flush=True)

@@ -135,7 +135,7 @@ def test_env_data_dir_is_used(mnist_dir, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, ffedge.datasets, ffedge.preprocess; assert 'torch' not in sys.modules"
+    code = "import sys, ffedge.datasets, ffedge.runtime.preprocess; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ffedge import ff_numpy as ffn
+from ffedge.finetuning import numerics as ffn
 from ffedge.errors import FFEdgeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def real(bundle: Path) -> dict[str, Any]:
     """Encoded positive and negative digits ([pos; neg]) and every layer's onnxruntime input and outputs."""
     from ffedge.bundle import open_bundle
     from ffedge.datasets import load_dataset
-    from ffedge.preprocess import normalize
+    from ffedge.runtime.preprocess import normalize
     from ffedge.runtime import make_session
 
     b = open_bundle(bundle)
@@ -370,7 +370,7 @@ def test_imports_and_runs_without_torch_or_onnx() -> None:
         "import sys\n"
         "for m in ('torch', 'onnx', 'onnxruntime', 'brevitas'): sys.modules[m] = None\n"
         "import numpy as np\n"
-        "import ffedge.ff_numpy as f\n"
+        "import ffedge.finetuning.numerics as f\n"
         "layer = f.QuantFFLayer(np.ones((2, 1, 3, 3)) * 0.1, np.zeros(2), np.zeros(1), np.ones(1), 1e-5, 0.05, 0.01, pool=True)\n"
         "h, y, g, c = layer.forward(np.ones((2, 1, 4, 4), np.float32))\n"
         "dw, db = layer.grads(c, np.ones(2))\n"

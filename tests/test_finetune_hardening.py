@@ -16,7 +16,7 @@ import pytest
 
 from conftest import assert_one_line_error, cli
 from ffedge.bundle import MANIFEST, open_bundle
-from ffedge.bundle_update import bundle_version, commit_update
+from ffedge.bundle.update import bundle_version, commit_update
 from ffedge.errors import FFEdgeError
 from ffedge.finetuning import FinetuneConfig, finetune
 from ffedge.progress import QuietReporter
@@ -240,7 +240,7 @@ def test_full_temporary_disk_is_one_line_and_leaves_nothing(master_bundle: Path,
 
 SIGTERM_AT_COMMIT = """\
 import os, signal, sys
-import ffedge.finetuning as ft
+import ffedge.finetuning.loop as ft
 real, seen = ft.commit_update, sys.argv[1]
 def commit(*a, **k):  # SIGTERM after scoring, while the temporary folder holds the candidate files
     with open(seen, "w") as f:

@@ -5,7 +5,7 @@ digits; .npy arrays; .npz datasets; gzipped IDX files; a CIFAR binary tarball) a
 mutated (bit flips, byte and integer overwrites, truncation, insertion, deletion;
 inside a container when there is one: an npz member, the IDX or tar stream under
 the gzip, PNG chunks with their CRCs fixed) and fed to ``predict``'s reader
-(``ffedge.image_input.read_inputs``) and the dataset loaders (``folder:``,
+(``ffedge.runtime.inputs.read_inputs``) and the dataset loaders (``folder:``,
 ``npz:``, IDX, CIFAR). Property: the result is a valid array/dataset or an
 ``FFEdgeError``; never another exception, never a warning (a stray line on
 stderr), never a hang (each case runs under a SIGALRM limit, with a faulthandler
@@ -53,7 +53,7 @@ from ffedge.datasets import Dataset, load_dataset
 from ffedge.datasets.cifar import LAYOUTS, read_cifar_tarball
 from ffedge.datasets.idx import read_idx_gz
 from ffedge.errors import FFEdgeError
-from ffedge.image_input import read_inputs
+from ffedge.runtime.inputs import read_inputs
 
 CASE_LIMIT_S = 10.0  # one case; the slowest legitimate one takes milliseconds
 SHORT_EXAMPLES = 40  # per target in the short profile

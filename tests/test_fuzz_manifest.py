@@ -9,7 +9,7 @@ sha256 updated, ...) and runs, in-process, under a per-case time limit:
 
 - ``Runtime`` and ``predict`` in the modes all, head and topk (library);
 - ``ffedge predict``, ``ffedge info``, ``ffedge info --json``, ``ffedge rollback`` (CLI, via ``run_app``);
-- ``ffedge.bundle_update.commit_update`` with a trivial update (the head file, unchanged);
+- ``ffedge.bundle.update.commit_update`` with a trivial update (the head file, unchanged);
 - ``ffedge.finetuning.finetune`` up to its first scoring: opening the bundle, master weights, replay
   examples, trainable layers, per-layer sessions (its data loading is stubbed, no training runs).
 
@@ -81,7 +81,7 @@ def _sha(path: Path) -> str:
 def make_fuzz_bundles(int8_bundle: Path, root: Path) -> dict[str, Path]:
     """Version 1 (a copy of ``int8_bundle`` with synthetic master weights and replay examples) and version 2
     (the same after one in-place update of the head)."""
-    from ffedge.bundle_update import commit_update
+    from ffedge.bundle.update import commit_update
 
     v1 = root / "v1"
     shutil.copytree(int8_bundle, v1)
@@ -313,7 +313,7 @@ class _Stop(Exception):
 
 
 def _finetune_opening(bundle: Path) -> None:
-    from ffedge import finetuning
+    from ffedge.finetuning import loop as finetuning
 
     def data(b: Any, cfg: Any) -> tuple[np.ndarray, ...]:
         c, h, w = b.input_shape
@@ -333,7 +333,7 @@ def _finetune_opening(bundle: Path) -> None:
 
 
 def run_case(case: Case, images: np.ndarray, head_bytes: bytes, stats: Stats) -> None:
-    from ffedge.bundle_update import commit_update
+    from ffedge.bundle.update import commit_update
     from ffedge.runtime import Runtime
 
     b = str(case.bundle)

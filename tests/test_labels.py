@@ -14,7 +14,7 @@ from PIL import Image
 
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES, encoding_from_config, make_encoding
-from ffedge.labels_draw import label_sheet, save_label_sheet
+from ffedge.labels.draw import label_sheet, save_label_sheet
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 VARIANTS = [("fourier", {}), ("fourier", {"mode": "add"}), ("morph", {}), ("onehot", {})]
@@ -29,7 +29,7 @@ def digit() -> np.ndarray | None:
     """One real, normalized mnist-5k test digit [1, 1, 28, 28], or None if the loaders are missing."""
     try:
         from ffedge.datasets import load_dataset
-        from ffedge.preprocess import compute_normalization, normalize
+        from ffedge.runtime.preprocess import compute_normalization, normalize
     except ImportError:
         return None
     ds = load_dataset("mnist-5k")
@@ -307,6 +307,6 @@ def test_labels_command_writes_png_and_rejects_bad_options(tmp_path: Path) -> No
 
 
 def test_device_side_modules_do_not_import_torch() -> None:
-    code = "import sys, ffedge.labels, ffedge.labels_draw, ffedge.cli.labels_cmd; assert 'torch' not in sys.modules"
+    code = "import sys, ffedge.labels, ffedge.labels.draw, ffedge.cli.labels_cmd; assert 'torch' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

@@ -20,7 +20,7 @@ import pytest
 from conftest import assert_one_line_error, cli, cli_inprocess
 from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.errors import FFEdgeError
-from ffedge.manifest import Manifest, manifest_json, parse_manifest
+from ffedge.bundle.manifest import Manifest, manifest_json, parse_manifest
 
 
 def _sha(path: Path) -> str:
@@ -186,7 +186,7 @@ def test_links_and_paths_out_of_the_bundle_are_refused(int8_bundle: Path, tmp_pa
     for args in (("info", str(linked)), ("predict", str(linked), str(x_npy)), ("rollback", str(linked))):
         assert_one_line_error(cli_inprocess(*args), "versions' is a symbolic link")
     with pytest.raises(FFEdgeError, match="symbolic link"):
-        from ffedge.bundle_update import commit_update
+        from ffedge.bundle.update import commit_update
 
         commit_update(linked, {"head.onnx": (int8_bundle / "head.onnx").read_bytes()}, {}, {})
     assert _checksums(outside) == before

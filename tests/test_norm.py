@@ -16,9 +16,9 @@ from conftest import TINY_EXPORT_LAYERS, cli
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
-from ffedge import ff_numpy as ffn  # noqa: E402
+from ffedge.finetuning import numerics as ffn  # noqa: E402
 from ffedge.errors import FFEdgeError  # noqa: E402
-from ffedge.manifest import parse_manifest  # noqa: E402
+from ffedge.bundle.manifest import parse_manifest  # noqa: E402
 from ffedge.train.model import RMS_EPS, FFNet, QuantConfig, RMSNorm, float_copy, parse_layers  # noqa: E402
 from ffedge.train.trainer import TrainConfig  # noqa: E402
 
@@ -104,7 +104,7 @@ def test_numpy_layers_match_onnxruntime_on_rms_layers(rms_bundle: Path) -> None:
     """The fine-tuning core computes the rms norm as the exported graph does (within one output step)."""
     from ffedge.bundle import load_master, open_bundle
     from ffedge.datasets import load_dataset
-    from ffedge.preprocess import normalize
+    from ffedge.runtime.preprocess import normalize
     from ffedge.runtime import make_session
 
     b = open_bundle(rms_bundle)

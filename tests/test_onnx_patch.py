@@ -1,4 +1,4 @@
-"""ffedge.onnx_patch: reading and replacing initializers without the onnx package, checked against onnx itself."""
+"""ffedge.bundle.onnx_patch: reading and replacing initializers without the onnx package, checked against onnx itself."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from ffedge.errors import FFEdgeError  # noqa: E402
-from ffedge.onnx_patch import patch_initializers, read_initializers  # noqa: E402
+from ffedge.bundle.onnx_patch import patch_initializers, read_initializers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(0)
@@ -337,6 +337,6 @@ def test_external_data_is_refused(tmp_path: Path) -> None:
 def test_imports_without_onnx_torch_or_protobuf() -> None:
     code = (
         "import sys; [sys.modules.__setitem__(m, None) for m in ('onnx', 'torch', 'google.protobuf')]; "
-        "import ffedge.onnx_patch; assert not {'onnx', 'torch', 'google'} & {m.split('.')[0] for m in sys.modules if sys.modules[m]}"
+        "import ffedge.bundle.onnx_patch; assert not {'onnx', 'torch', 'google'} & {m.split('.')[0] for m in sys.modules if sys.modules[m]}"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

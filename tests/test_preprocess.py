@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ffedge.datasets import load_dataset
-from ffedge.preprocess import MIN_STD, compute_normalization, normalize
+from ffedge.runtime.preprocess import MIN_STD, compute_normalization, normalize
 
 
 def test_mnist_5k_statistics_match_mnist() -> None:

@@ -44,7 +44,7 @@ def test_the_paper_preset_is_the_published_configuration() -> None:
     assert cfg.label_params == {"mode": "add", "amplitude": PAPER_AMPLITUDE}
     # About 35% intensity: the grating's peak-to-peak (2A) against the range of the standardized MNIST image (1/std).
     from ffedge.datasets import load_dataset
-    from ffedge.preprocess import compute_normalization
+    from ffedge.runtime.preprocess import compute_normalization
 
     _, std = compute_normalization(load_dataset("mnist-5k").x_train)
     assert 2 * PAPER_AMPLITUDE * std[0] == pytest.approx(0.35, abs=0.005)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
 from ffedge.errors import FFEdgeError  # noqa: E402
-from ffedge.ff_numpy import wrong_labels  # noqa: E402
+from ffedge.finetuning.numerics import wrong_labels  # noqa: E402
 from ffedge.train import TrainConfig, train_run  # noqa: E402
 from ffedge.train.losses import ff_loss  # noqa: E402
 from ffedge.train.run import CHECKPOINT, Probe, load_run, load_torch, resume_run  # noqa: E402

@@ -27,6 +27,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def one_of(names: Sequence[str]) -> str:
+    """Choices as help texts list them: ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one error line and return an Exit to raise."""
     err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)

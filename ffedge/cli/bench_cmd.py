@@ -32,8 +32,8 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Accuracy, size and batch-1 latency (goodness over all labels) of int8 vs fp32 vs torch eager, with ratios."""
-    from ffedge.bench import bench_runtime, ratios
-    from ffedge.evaluate import held_out_split
+    from ffedge.runtime.bench import bench_runtime, ratios
+    from ffedge.runtime.evaluate import held_out_split
     from ffedge.progress import RichReporter
     from ffedge.runtime import Runtime
 

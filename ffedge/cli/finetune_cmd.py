@@ -20,7 +20,7 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 def _version(bundle: Path) -> int | None:
     """The bundle's current version, read without following a link (None when it cannot be told)."""
     from ffedge.bundle import MANIFEST, read_manifest
-    from ffedge.bundle_update import bundle_version
+    from ffedge.bundle.update import bundle_version
 
     if os.path.islink(bundle / MANIFEST):
         return None
@@ -88,7 +88,7 @@ def finetune_cmd(
     try:
         with sigterm_as_interrupt():
             with signals_held():
-                from ffedge.finetuning import FinetuneConfig, finetune
+                from ffedge.finetuning.loop import FinetuneConfig, finetune
                 from ffedge.progress import QuietReporter, RichReporter
 
             limit_malloc_arenas()

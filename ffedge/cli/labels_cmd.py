@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import app, console, one_of
 from ffedge.errors import FFEdgeError
+from ffedge.labels import ENCODING_NAMES
 
 
 @app.command("labels")
@@ -18,7 +19,7 @@ def labels(
         "--dataset",
         help="Dataset whose classes and image shape to use: mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH.",
     ),
-    encoding: str = typer.Option("fourier", "--labels", help="Label encoding to draw: fourier, morph or onehot."),
+    encoding: str = typer.Option("fourier", "--labels", help=f"Label encoding to draw: {one_of(ENCODING_NAMES)}."),
     label_mode: Optional[str] = typer.Option(
         None, "--label-mode", help="fourier only: 'channel' (grating as an extra input channel, default) or 'add' (grating added to the image)."
     ),
@@ -32,7 +33,7 @@ def labels(
 ) -> None:
     """Draw the label patterns of an encoding and one test image encoded with every label, as a PNG."""
     from ffedge.fsutil import check_out_folder
-    from ffedge.labels_draw import write_dataset_label_sheet
+    from ffedge.labels.draw import write_dataset_label_sheet
 
     if out.is_dir():
         raise FFEdgeError(f"--out {out} is a folder: name the .png file to write")

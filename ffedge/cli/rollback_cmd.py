@@ -13,7 +13,7 @@ from ffedge.cli.app import app, console
 def rollback(bundle: Path = typer.Argument(..., help="Bundle folder updated in place (e.g. by ffedge finetune).")) -> None:
     """Undo the last in-place update of a bundle: its previous version becomes current (the undone one is kept in versions/)."""
     from ffedge.bundle import read_manifest
-    from ffedge.bundle_update import bundle_version, check_no_links, rollback as do_rollback
+    from ffedge.bundle.update import bundle_version, check_no_links, rollback as do_rollback
 
     check_no_links(bundle)  # before the manifest is read
     before = bundle_version(read_manifest(bundle))

@@ -31,21 +31,58 @@ from torch import nn
 
 import ffedge
 from ffedge.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST, PRECISIONS
-from ffedge.bundle_update import VERSIONS
+from ffedge.bundle.names import (
+    CONV_FLOAT,
+    CONV_Q,
+    CONV_SCALE,
+    FEATURE,
+    FUSED_FILE,
+    GOODNESS,
+    HEAD,
+    HEAD_FILE,
+    IN_SCALE,
+    INITIALIZERS,
+    INPUT,
+    LAYER_OUTPUTS,
+    LOCK,
+    MASTER_BIAS,
+    MASTER_BN_EPS,
+    MASTER_BN_MEAN,
+    MASTER_BN_VAR,
+    MASTER_FILE,
+    MASTER_HEAD_BIAS,
+    MASTER_HEAD_WEIGHT,
+    MASTER_RMS_EPS,
+    MASTER_WEIGHT,
+    NEXT,
+    OUT_SCALE,
+    PROBS,
+    REPLAY_FILE,
+    REPLAY_IMAGES,
+    REPLAY_LABELS,
+    SAVED_MANIFEST_GLOB,
+    SAVED_MANIFEST_PATTERN,
+    VERSION_DIR_PATTERN,
+    VERSIONS,
+    fused_feature,
+    fused_name,
+    fused_prefix,
+    head_input,
+    label_array_file,
+    layer_file,
+    master_key,
+)
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import check_out_folder, is_temp_of, ownership_problem, replace_folder, sha256_file
 from ffedge.options import check_float, check_int
 from ffedge.labels import encoding_from_config
-from ffedge.manifest import write_manifest
+from ffedge.bundle.manifest import write_manifest
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import make_session
 from ffedge.train.model import FFConvLayer, FFNet, float_copy
 from ffedge.train.run import load_run
 
 OPSET = 13
-FUSED_FILE = "net.onnx"
-MASTER_FILE = "master.npz"
-REPLAY_FILE = "replay.npz"
 DEFAULT_REPLAY = 500
 # Export fails below this top-1 agreement between the torch model and the bundle
 # (see export/README.md: one-step rounding differences flip well under 0.5% of
@@ -89,7 +126,7 @@ def _strip_initializer_inputs(model: onnx.ModelProto) -> None:
 
 # Initializers with stable names, so on-device fine-tuning can find and replace them
 # (in a fused graph they carry an ``l{i}_`` prefix).
-TENSOR_NAMES = ("conv_w_q", "conv_w_scale", "conv_b_q", "conv_b_scale", "conv_w", "conv_b", "in_scale", "out_scale", "head_w", "head_b")
+TENSOR_NAMES = INITIALIZERS
 
 
 def _semantic_names(model: onnx.ModelProto) -> dict[str, str]:
@@ -117,14 +154,14 @@ def _semantic_names(model: onnx.ModelProto) -> dict[str, str]:
             for role, t in (("w", node.input[1]), ("b", node.input[2] if len(node.input) > 2 else "")):
                 q, scale = source(t)
                 if q is not None:
-                    names[q] = f"conv_{role}_q" if scale else f"conv_{role}"
+                    names[q] = CONV_Q[role] if scale else CONV_FLOAT[role]
                 if scale in inits:
-                    names[scale] = f"conv_{role}_scale"
+                    names[scale] = CONV_SCALE[role]
         if node.op_type == "Gemm":
-            names.update({t: f"head_{r}" for r, t in zip("wb", node.input[1:]) if t in inits})
+            names.update({t: HEAD[r] for r, t in zip("wb", node.input[1:]) if t in inits})
         if node.op_type == "QuantizeLinear" and node.input[1] in inits:
             src = producer.get(node.input[0])
-            role = "out_scale" if src is not None and src.op_type == "Relu" else "in_scale"
+            role = OUT_SCALE if src is not None and src.op_type == "Relu" else IN_SCALE
             names.setdefault(node.input[1], role)
     return names
 
@@ -178,8 +215,8 @@ def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path,
     """Write one FF layer as ONNX with a dynamic batch axis."""
     graph = LayerGraph(layer).eval()
     x = torch.zeros(2, *in_shape)
-    names = {"input_names": ["x"], "output_names": ["y", "goodness", "feature"]}
-    dyn = {n: {0: "n"} for n in ("x", "y", "goodness", "feature")}
+    names = {"input_names": [INPUT], "output_names": list(LAYER_OUTPUTS)}
+    dyn = {n: {0: "n"} for n in (INPUT, *LAYER_OUTPUTS)}
     if int8:
         from brevitas.export import export_onnx_qcdq
 
@@ -193,11 +230,11 @@ def export_head(net: FFNet, path: Path) -> None:
     """Write the float softmax head; inputs ``f{i}`` for each head layer i."""
     graph = HeadGraph(net.head, len(net.head_layers)).eval()
     feats = tuple(torch.zeros(2, net.out_shapes[i][0]) for i in net.head_layers)
-    names = [f"f{i}" for i in net.head_layers]
-    dyn = {n: {0: "n"} for n in names + ["probs"]}
+    names = [head_input(i) for i in net.head_layers]
+    dyn = {n: {0: "n"} for n in names + [PROBS]}
     _quiet_export(
         torch.onnx.export, graph, feats, str(path), dynamo=False, opset_version=OPSET,
-        input_names=names, output_names=["probs"], dynamic_axes=dyn,
+        input_names=names, output_names=[PROBS], dynamic_axes=dyn,
     )
     _finish_onnx(path)
 
@@ -222,16 +259,16 @@ def fuse_layers(paths: list[Path], predict_layers: list[int], head_layers: list[
     """
     from onnx import compose, helper
 
-    models = [compose.add_prefix(onnx.load(str(p)), f"l{i}_") for i, p in enumerate(paths)]
+    models = [compose.add_prefix(onnx.load(str(p)), fused_prefix(i)) for i, p in enumerate(paths)]
     fused = models[0]
     for i in range(1, len(models)):
-        fused = compose.merge_models(fused, models[i], io_map=[(f"l{i - 1}_y", f"l{i}_x")])
+        fused = compose.merge_models(fused, models[i], io_map=[(fused_name(i - 1, NEXT), fused_name(i, INPUT))])
     n = len(paths)
-    _rename(fused, {"l0_x": "x", **{f"l{i}_feature": f"feature{i}" for i in range(n)}})
-    votes = [f"l{i}_goodness" for i in predict_layers]
-    fused.graph.node.append(helper.make_node("Sum" if len(votes) > 1 else "Identity", votes, ["goodness"], name="vote"))
-    fused.graph.output.append(helper.make_tensor_value_info("goodness", onnx.TensorProto.FLOAT, ["n"]))
-    fused = onnx.utils.Extractor(fused).extract_model(["x"], ["goodness"] + [f"feature{i}" for i in head_layers])
+    _rename(fused, {fused_name(0, INPUT): INPUT, **{fused_name(i, FEATURE): fused_feature(i) for i in range(n)}})
+    votes = [fused_name(i, GOODNESS) for i in predict_layers]
+    fused.graph.node.append(helper.make_node("Sum" if len(votes) > 1 else "Identity", votes, [GOODNESS], name="vote"))
+    fused.graph.output.append(helper.make_tensor_value_info(GOODNESS, onnx.TensorProto.FLOAT, ["n"]))
+    fused = onnx.utils.Extractor(fused).extract_model([INPUT], [GOODNESS] + [fused_feature(i) for i in head_layers])
     _short_names(fused)
     fused.producer_name = "ffedge"
     fused.producer_version = ffedge.__version__
@@ -275,9 +312,9 @@ def _known_bundle_entry(listed: set[str]) -> Any:
             return False
         if len(parts) == 2:
             if is_dir:
-                return re.fullmatch(r"v\d+", parts[1]) is not None
-            return parts[1] == ".lock" or re.fullmatch(r"\.?manifest\.v\d+\.json(\..*\.tmp)?", parts[1]) is not None
-        return len(parts) == 3 and not is_dir and re.fullmatch(r"v\d+", parts[1]) is not None
+                return re.fullmatch(VERSION_DIR_PATTERN, parts[1]) is not None
+            return parts[1] == LOCK or re.fullmatch(rf"\.?{SAVED_MANIFEST_PATTERN}(\..*\.tmp)?", parts[1]) is not None
+        return len(parts) == 3 and not is_dir and re.fullmatch(VERSION_DIR_PATTERN, parts[1]) is not None
 
     return known
 
@@ -306,7 +343,7 @@ def bundle_problem(folder: Path) -> str | None:
         return f"its {MANIFEST} is not an ffedge bundle's"
     listed = _listed_names(m)
     if (folder / VERSIONS).is_dir() and not (folder / VERSIONS).is_symlink():
-        for saved in sorted((folder / VERSIONS).glob("manifest.v*.json")):
+        for saved in sorted((folder / VERSIONS).glob(SAVED_MANIFEST_GLOB)):
             old = read(saved)
             listed |= _listed_names(old) if isinstance(old, dict) else set()
     return ownership_problem(folder, _known_bundle_entry(listed - {VERSIONS}))
@@ -336,16 +373,16 @@ def write_master(net: FFNet, path: Path) -> None:
     eps; head), as a plain npz."""
     arrays: dict[str, np.ndarray] = {}
     for i, layer in enumerate(net.layers):
-        arrays[f"layer{i}.weight"] = layer.conv.weight.detach().numpy()
-        arrays[f"layer{i}.bias"] = layer.conv.bias.detach().numpy()
+        arrays[master_key(i, MASTER_WEIGHT)] = layer.conv.weight.detach().numpy()
+        arrays[master_key(i, MASTER_BIAS)] = layer.conv.bias.detach().numpy()
         if layer.norm_kind == "rms":
-            arrays[f"layer{i}.rms_eps"] = np.array(layer.norm.eps, dtype=np.float32)
+            arrays[master_key(i, MASTER_RMS_EPS)] = np.array(layer.norm.eps, dtype=np.float32)
         else:
-            arrays[f"layer{i}.bn_mean"] = layer.norm.running_mean.numpy()
-            arrays[f"layer{i}.bn_var"] = layer.norm.running_var.numpy()
-            arrays[f"layer{i}.bn_eps"] = np.array(layer.norm.eps, dtype=np.float32)
-    arrays["head.weight"] = net.head.weight.detach().numpy()
-    arrays["head.bias"] = net.head.bias.detach().numpy()
+            arrays[master_key(i, MASTER_BN_MEAN)] = layer.norm.running_mean.numpy()
+            arrays[master_key(i, MASTER_BN_VAR)] = layer.norm.running_var.numpy()
+            arrays[master_key(i, MASTER_BN_EPS)] = np.array(layer.norm.eps, dtype=np.float32)
+    arrays[MASTER_HEAD_WEIGHT] = net.head.weight.detach().numpy()
+    arrays[MASTER_HEAD_BIAS] = net.head.bias.detach().numpy()
     with open(path, "wb") as f:
         np.savez(f, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()})
 
@@ -361,7 +398,7 @@ def write_replay(cfg: dict[str, Any], n: int, path: Path) -> int:
     per = [rng.permutation(np.flatnonzero(ds.y_train == c)) for c in range(k)]
     pick = np.sort(np.concatenate([p[: max(1, n // k)] for p in per]))[:n]
     with open(path, "wb") as f:
-        np.savez(f, x=ds.x_train[pick], y=ds.y_train[pick].astype(np.int64))
+        np.savez(f, **{REPLAY_IMAGES: ds.x_train[pick], REPLAY_LABELS: ds.y_train[pick].astype(np.int64)})
     return int(len(pick))
 
 
@@ -399,7 +436,7 @@ def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Pat
         "layers": layers,
         "predict_layers": list(cfg["model"]["predict_layers"]),
         "objective": {k: cfg["train"].get(k) for k in ("loss", "alpha", "threshold", "negatives")},
-        "head": {"file": "head.onnx", "layers": list(net.head_layers)},
+        "head": {"file": HEAD_FILE, "layers": list(net.head_layers)},
         "fused": fused,
         "quantization": quant,
         "files": files,
@@ -450,7 +487,7 @@ def export_bundle(
         in_shape = (cfg["model"]["in_channels"], *cfg["input"]["shape"][1:])
         with rep.task(f"exporting {len(model.layers)} layers ({precision})", len(model.layers) + 1) as advance:
             for i, layer in enumerate(model.layers):
-                name = f"layer{i}.onnx"
+                name = layer_file(i)
                 export_layer(layer, in_shape, tmp / name, int8)
                 spec = model.layer_specs[i]
                 entry: dict[str, Any] = {
@@ -463,12 +500,12 @@ def export_bundle(
                 layers.append(entry)
                 in_shape = model.out_shapes[i]
                 advance(1)
-            export_head(model, tmp / "head.onnx")
+            export_head(model, tmp / HEAD_FILE)
             fuse_layers([tmp / layer["file"] for layer in layers], list(cfg["model"]["predict_layers"]), list(model.head_layers), tmp / FUSED_FILE)
             advance(1)
         label_arrays = {}
         for key, arr in encoding_from_config(cfg["encoding"]).arrays().items():
-            label_arrays[key] = f"labels_{key}.npy"
+            label_arrays[key] = label_array_file(key)
             np.save(tmp / label_arrays[key], np.ascontiguousarray(arr), allow_pickle=False)
         n_replay = 0
         if master:

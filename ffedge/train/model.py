@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ffedge.errors import FFEdgeError
-from ffedge.manifest import NORMS
+from ffedge.bundle.manifest import NORMS
 
 
 @dataclass(frozen=True)

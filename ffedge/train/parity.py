@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ffedge.bundle.names import INPUT
 from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
-from ffedge.preprocess import normalize
+from ffedge.runtime.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import Runtime
 from ffedge.train.model import FFNet, float_copy
@@ -44,7 +45,7 @@ def layer_differences(rt: Runtime, ref: FFNet, x_enc: np.ndarray, int8: bool) ->
     cur = torch.from_numpy(x_enc)
     for i, (layer, sess) in enumerate(zip(ref.layers, rt.layer_sessions)):
         _, t_y = layer(cur)
-        o_y = sess.run(None, {"x": cur.numpy()})[0]
+        o_y = sess.run(None, {INPUT: cur.numpy()})[0]
         diff = np.abs(o_y - t_y.numpy())
         if int8:
             quant = rt.bundle.layers[i].quant

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 from ffedge.errors import FFEdgeError, MissingExtraError, quoted
-from ffedge.evaluate import confusion, held_out
+from ffedge.runtime.evaluate import confusion, held_out
 from ffedge.fsutil import atomic_write_json, atomic_write_with, check_out_folder
 from ffedge.labels import LabelEncoding, encoding_from_config
-from ffedge.labels_draw import label_sheet, save_label_sheet
-from ffedge.preprocess import normalize
+from ffedge.labels.draw import label_sheet, save_label_sheet
+from ffedge.runtime.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.model import FFNet
 from ffedge.train.run import load_run

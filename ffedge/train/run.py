@@ -42,7 +42,7 @@ from ffedge.fsutil import (
     signals_held,
 )
 from ffedge.progress import QuietReporter, Reporter
-from ffedge.ff_numpy import cosine_lr, wrong_labels
+from ffedge.finetuning.numerics import cosine_lr, wrong_labels
 from ffedge.train.model import FFNet, layers_to_str, parse_layers
 from ffedge.train.trainer import (
     Diverged,

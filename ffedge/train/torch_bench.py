@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ffedge.bench import BenchRow
-from ffedge.evaluate import time_per_image
+from ffedge.runtime.bench import BenchRow
+from ffedge.runtime.timing import time_per_image
 from ffedge.labels import LabelEncoding
-from ffedge.preprocess import normalize
+from ffedge.runtime.preprocess import normalize
 from ffedge.train.model import float_copy
 from ffedge.train.run import load_run
 

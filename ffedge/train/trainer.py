@@ -20,7 +20,7 @@ from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
-from ffedge.preprocess import compute_normalization, normalize
+from ffedge.runtime.preprocess import compute_normalization, normalize
 from ffedge.train.losses import LOSS_NAMES, ff_loss
 from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
+from ffedge.bundle.names import MANIFEST, VERSION_DIR_PATTERN, VERSIONS
 from ffedge.errors import FFEdgeError, quoted
 
-MANIFEST = "manifest.json"
-VERSIONS = "versions"
 BUNDLE_FORMAT = "ffedge-bundle"
 BUNDLE_VERSION = 1
 PRECISIONS = ("int8", "fp32")
@@ -440,7 +439,7 @@ def _check_versions(w: str, m: Manifest) -> None:
         last = h.version
     for name in m.files:
         parts = name.split("/")
-        if len(parts) == 3 and parts[0] == VERSIONS and re.fullmatch(r"v\d+", parts[1]) and int(parts[1][1:]) > n:
+        if len(parts) == 3 and parts[0] == VERSIONS and re.fullmatch(VERSION_DIR_PATTERN, parts[1]) and int(parts[1][1:]) > n:
             raise _fail(w, "files", f"list only files of versions up to 'bundle_version' ({n})", name)
 
 

@@ -3,11 +3,11 @@
 The frozen layers run as the bundle's own int8 onnxruntime sessions; the chosen
 layers (default: the last FF layer) learn with the FF objective of training
 (``manifest["objective"]``), layer-local, from the float master weights in
-``master.npz``, in fake-quant mode (:mod:`ffedge.ff_numpy`); then the softmax head
+``master.npz``, in fake-quant mode (:mod:`ffedge.finetuning.numerics`); then the softmax head
 is refit on the new features. The results are re-quantized exactly as the
-exporter does, patched into copies of the ONNX files (:mod:`ffedge.onnx_patch`),
+exporter does, patched into copies of the ONNX files (:mod:`ffedge.bundle.onnx_patch`),
 scored on the held-out part of the data, and committed as a new bundle version
-(:mod:`ffedge.bundle_update`): the bundle is never half-updated and ``ffedge
+(:mod:`ffedge.bundle.update`): the bundle is never half-updated and ``ffedge
 rollback`` returns to the previous version.
 
 Memory: the data are the few hundred examples asked for; batches are encoded
@@ -30,16 +30,30 @@ from typing import Any, Iterator
 import numpy as np
 
 from ffedge.bundle import Bundle, load_master, load_replay, read_manifest
-from ffedge.bundle_update import bundle_version, check_no_links, commit_update, os_reason, update_lock
+from ffedge.bundle.names import (
+    FEATURE,
+    HEAD_B,
+    HEAD_W,
+    INPUT,
+    MASTER_BIAS,
+    MASTER_HEAD_BIAS,
+    MASTER_HEAD_WEIGHT,
+    MASTER_WEIGHT,
+    NEXT,
+    fused_name,
+    master_key,
+)
+from ffedge.bundle.onnx_patch import patch_initializers
+from ffedge.bundle.update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
-from ffedge.evaluate import load_for_bundle, peak_rss_mb
-from ffedge.ff_numpy import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
+from ffedge.finetuning.numerics import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
 from ffedge.fsutil import fsync_dir
-from ffedge.onnx_patch import patch_initializers
 from ffedge.options import check_float, check_int, check_threads
-from ffedge.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
-from ffedge.runtime import MODES, Runtime
+from ffedge.runtime.evaluate import load_for_bundle
+from ffedge.runtime.memory import peak_rss_mb
+from ffedge.runtime.preprocess import normalize
+from ffedge.runtime.session import MODES, Runtime
 
 EVAL_BATCH = 2  # images per onnxruntime call when scoring (10 labels -> 20 hypotheses): bounds peak memory
 
@@ -143,7 +157,7 @@ class HybridNet:
                 h, cur, _, _ = self.layers[i].forward(cur)
                 out[i] = h.mean(axis=(2, 3))
             else:
-                cur, out[i] = self.sessions[i].run(["y", "feature"], {"x": cur})
+                cur, out[i] = self.sessions[i].run([NEXT, FEATURE], {INPUT: cur})
         return [out[i] for i in which]
 
     def train_batch(self, x_pos: np.ndarray, x_neg: np.ndarray, opts: dict[int, Adam], objective: dict[str, Any]) -> list[float]:
@@ -162,7 +176,7 @@ class HybridNet:
                 if i < max(self.layers):
                     cur = self.layers[i].forward(cur)[1]
             else:
-                cur = self.sessions[i].run(["y"], {"x": cur})[0]
+                cur = self.sessions[i].run([NEXT], {INPUT: cur})[0]
         return losses
 
 
@@ -176,8 +190,8 @@ def _write_candidates(b: Bundle, net: HybridNet, head: SoftmaxHead | None, maste
         name = Path(entry.file).name
         patch_initializers(b.file(entry.file), tmp / name, q)
         files[name] = tmp / name
-        fused_values.update({f"l{i}_{k}": v for k, v in q.items()})
-        master[f"layer{i}.weight"], master[f"layer{i}.bias"] = layer.weight, layer.bias
+        fused_values.update({fused_name(i, k): v for k, v in q.items()})
+        master[master_key(i, MASTER_WEIGHT)], master[master_key(i, MASTER_BIAS)] = layer.weight, layer.bias
     fused = b.manifest.fused
     if fused:
         name = Path(fused.file).name
@@ -185,9 +199,9 @@ def _write_candidates(b: Bundle, net: HybridNet, head: SoftmaxHead | None, maste
         files[name] = tmp / name
     if head is not None and b.head:
         name = Path(b.head.file).name
-        patch_initializers(b.file(b.head.file), tmp / name, {"head_w": head.weight, "head_b": head.bias})
+        patch_initializers(b.file(b.head.file), tmp / name, {HEAD_W: head.weight, HEAD_B: head.bias})
         files[name] = tmp / name
-        master["head.weight"], master["head.bias"] = head.weight, head.bias
+        master[MASTER_HEAD_WEIGHT], master[MASTER_HEAD_BIAS] = head.weight, head.bias
     name = Path(b.manifest.master.file).name
     with open(tmp / name, "wb") as f:
         np.savez(f, **{k: np.ascontiguousarray(v, dtype=np.float32) for k, v in master.items()})

@@ -1,7 +1,7 @@
 """The bundle: a folder of ONNX files, label arrays and ``manifest.json`` (device side).
 
 This module is the contract between the exporter and the runtime: it reads the
-manifest (typed and checked by :mod:`ffedge.manifest`), keeps every file it
+manifest (typed and checked by :mod:`ffedge.bundle.manifest`), keeps every file it
 names inside the bundle folder (no links, no absolute or ``..`` paths),
 verifies every listed file by sha256, rejects missing and unexpected files,
 and rebuilds the label encoding exactly as training used it. The format is
@@ -19,22 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ffedge.bundle.manifest import RESERVED, HeadEntry, LayerEntry, Manifest, read_manifest_file
+from ffedge.bundle.names import MANIFEST, REPLAY_IMAGES, REPLAY_LABELS, SAVED_MANIFEST_GLOB, VERSIONS
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.fsutil import sha256_file
 from ffedge.labels import LabelEncoding, encoding_from_config
-from ffedge.manifest import (  # noqa: F401  (re-exported: the bundle format's names live here too)
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    MANIFEST,
-    PRECISIONS,
-    REQUIRED_KEYS,
-    RESERVED,
-    VERSIONS,
-    HeadEntry,
-    LayerEntry,
-    Manifest,
-    read_manifest_file,
-)
 
 # What numpy raises on a damaged .npy/.npz (a zip member with bad deflate data raises zlib.error).
 _NPY_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError)
@@ -129,7 +118,7 @@ def check_paths(bundle_dir: str | Path, manifest: Manifest) -> None:
 def check_files(bundle_dir: str | Path, manifest: Manifest) -> None:
     """Every listed file is a regular file inside the bundle with its sha256; no unexpected file sits beside them.
 
-    After in-place updates (``ffedge.bundle_update``) the current files may lie
+    After in-place updates (``ffedge.bundle.update``) the current files may lie
     under ``versions/``, and the root keeps files of earlier versions: a root
     file a saved manifest (``versions/manifest.v*.json``) lists is expected too.
     Anything else under ``versions/`` (leftovers of an interrupted update) is ignored.
@@ -152,7 +141,7 @@ def check_files(bundle_dir: str | Path, manifest: Manifest) -> None:
     extra = sorted(p.name for p in path.iterdir() if p.name not in listed and p.name not in RESERVED and not p.name.startswith("."))
     if extra and (path / VERSIONS).is_dir():
         earlier: set[str] = set()
-        for saved in (path / VERSIONS).glob("manifest.v*.json"):
+        for saved in (path / VERSIONS).glob(SAVED_MANIFEST_GLOB):
             try:
                 earlier.update(Path(n).parts[0] for n in json.loads(saved.read_text())["files"] if isinstance(n, str) and n)
             except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):
@@ -215,7 +204,7 @@ def load_replay(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
     ref = b.manifest.replay.file
     z = load_npz(b.path, ref, "the replay examples")
     c, h, w = b.input_shape
-    x, y = z.get("x"), z.get("y")
+    x, y = z.get(REPLAY_IMAGES), z.get(REPLAY_LABELS)
     ok = (
         x is not None and y is not None and x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (h, w, c)
         and y.ndim == 1 and len(x) == len(y) and np.issubdtype(y.dtype, np.integer)

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import atomic_write_with
-from ffedge.labels import FourierEncoding, LabelEncoding, MorphEncoding, OneHotEncoding, make_encoding
+from ffedge.labels import LabelEncoding, make_encoding
 
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
@@ -60,33 +60,11 @@ def _short(name: str, limit: int = 14) -> str:
 
 
 def pattern_tiles(enc: LabelEncoding, names: Sequence[str]) -> tuple[list[Tile], str]:
-    """Tiles showing each label by itself (neutral first) and a section heading."""
-    k = enc.num_classes
-    if isinstance(enc, FourierEncoding):
-        pats = enc.patterns
-        a = enc.amplitude
-        tiles = [(to_rgb(np.zeros_like(pats[0]), -a, a), "neutral")]
-        tiles += [(to_rgb(pats[i], -a, a), _short(names[i])) for i in range(k)]
-        what = "label channel" if enc.mode == "channel" else "pattern added to the image"
-        return tiles, f"Fourier gratings ({what}; grey = 0, white = +{a:g})"
-    if isinstance(enc, OneHotEncoding):
-        rows, cols = enc.region_shape
-        zero = np.zeros((1,) + enc.image_shape, dtype=np.float32)
-
-        def crop(e: np.ndarray) -> np.ndarray:
-            return to_rgb(e[0, :, :rows, :cols], 0.0, enc.amplitude)
-
-        tiles = [(crop(enc.neutral(zero)), "neutral")]
-        tiles += [(crop(enc.encode(zero, np.array([i]))), _short(names[i])) for i in range(k)]
-        return tiles, f"one-hot label pixels: the top-left {rows}x{cols} block of every channel (white = {enc.amplitude:g})"
-    if isinstance(enc, MorphEncoding):
-        fp = enc.footprints().astype(np.float32)
-        ident = np.zeros_like(fp[0])
-        ident[enc.radius, enc.radius] = 1.0
-        tiles = [(to_rgb(ident[None], 0.0, 1.0), "neutral")]
-        tiles += [(to_rgb(fp[i][None], 0.0, 1.0), f"{_short(names[i])}\n{enc.describe(i)}") for i in range(k)]
-        return tiles, "morphological labels: each class's operation and line structuring element"
-    raise FFEdgeError(f"cannot draw label encoding {enc.name!r}")
+    """Tiles showing each label by itself (neutral first, as the encoding pictures it) and a section heading."""
+    pics, heading = enc.pictures()
+    captions = ["neutral"] + [_short(n) for n in names]
+    tiles = [(to_rgb(p.values, p.lo, p.hi), f"{cap}\n{p.note}" if p.note else cap) for p, cap in zip(pics, captions)]
+    return tiles, heading
 
 
 def encoded_tiles(enc: LabelEncoding, image: np.ndarray, names: Sequence[str]) -> list[Tile]:
@@ -190,7 +168,7 @@ def write_dataset_label_sheet(
 ) -> Path:
     """Load ``dataset``, build ``encoding`` for it and draw test image ``index`` with every label to ``out``."""
     from ffedge.datasets import load_dataset  # lazy: only this command needs the loaders
-    from ffedge.preprocess import compute_normalization, normalize
+    from ffedge.runtime.preprocess import compute_normalization, normalize
 
     params = {}
     if label_mode is not None:
@@ -205,7 +183,8 @@ def write_dataset_label_sheet(
         raise FFEdgeError(f"--index {index} is out of range: the test split has {len(ds.y_test)} images")
     mean, std = compute_normalization(ds.x_train)
     image = normalize(ds.x_test[index : index + 1], mean, std)[0]
-    mode = f" ({enc.mode} mode)" if isinstance(enc, FourierEncoding) else ""
+    detail = enc.detail()
+    mode = f" ({detail})" if detail else ""
     true = ds.classes[int(ds.y_test[index])]
     title = f"{dataset}: {enc.name}{mode} labels, {enc.num_classes} classes; test image #{index} is a '{true}'"
     return save_label_sheet(out, label_sheet(enc, image, ds.classes, title=title, scale=scale))

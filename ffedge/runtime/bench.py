@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ffedge.evaluate import time_per_image
-from ffedge.runtime import Runtime
+from ffedge.runtime.session import Runtime
+from ffedge.runtime.timing import time_per_image
 
 
 @dataclass

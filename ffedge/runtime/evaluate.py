@@ -1,10 +1,13 @@
-"""Accuracy, confusion matrix, latency and memory of a bundle on a labelled test set (device side)."""
+"""Accuracy and confusion matrix of a bundle on a labelled test set, and the datasets that fit a bundle (device side).
+
+:func:`evaluate` also reports batch-1 latency (:mod:`ffedge.runtime.timing`) and peak memory
+(:mod:`ffedge.runtime.memory`).
+"""
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -13,28 +16,9 @@ from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError
 from ffedge.options import check_int
 from ffedge.progress import QuietReporter, Reporter
-from ffedge.runtime import Runtime
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process so far, in MB (None where the OS does not say).
-
-    Linux: VmHWM, which starts afresh at exec (``ru_maxrss`` would include the
-    memory of the parent a subprocess was forked from).
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import resource
-    except ImportError:
-        return None
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
+from ffedge.runtime.memory import peak_rss_mb
+from ffedge.runtime.session import Runtime
+from ffedge.runtime.timing import latency
 
 
 def load_fitting(spec: str, input_shape: Sequence[int], data_dir: str | None = None, resize: bool = False,
@@ -81,25 +65,6 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     m = np.zeros((k, k), dtype=np.int64)
     np.add.at(m, (y_true, y_pred), 1)
     return m
-
-
-def time_per_image(step: Callable[[int], None], n_images: int, warmup: int, iters: int) -> np.ndarray:
-    """Milliseconds of ``step(i)`` for images i = 0.. (cycling), after ``warmup`` untimed calls."""
-    for i in range(warmup):
-        step(i % n_images)
-    out = np.empty(iters)
-    for i in range(iters):
-        t = time.perf_counter()
-        step(i % n_images)
-        out[i] = (time.perf_counter() - t) * 1e3
-    return out
-
-
-def latency(rt: Runtime, x: np.ndarray, mode: str, k: int, n: int, warmup: int = 5) -> dict[str, float]:
-    """Milliseconds per single image (batch 1) over ``n`` images, after ``warmup`` calls."""
-    n = min(n, len(x))
-    a = time_per_image(lambda i: rt.predict(x[i : i + 1], mode, k), n, min(warmup, n), n)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "images": n}
 
 
 def evaluate(

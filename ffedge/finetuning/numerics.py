@@ -30,8 +30,24 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ffedge.bundle.manifest import NORMS
+from ffedge.bundle.names import (  # noqa: F401  (master_keys: part of this module's API)
+    CONV_B_Q,
+    CONV_B_SCALE,
+    CONV_W_Q,
+    CONV_W_SCALE,
+    MASTER_BIAS,
+    MASTER_BN_EPS,
+    MASTER_BN_MEAN,
+    MASTER_BN_VAR,
+    MASTER_HEAD_BIAS,
+    MASTER_HEAD_WEIGHT,
+    MASTER_RMS_EPS,
+    MASTER_WEIGHT,
+    master_keys,
+    master_prefix,
+)
 from ffedge.errors import FFEdgeError
-from ffedge.manifest import NORMS
 
 LOSS_NAMES = ("symba", "bce")
 # Upper bound on the im2col buffer of one chunk of the batch (the batch is processed in chunks).
@@ -215,11 +231,6 @@ def _scalar(v: np.ndarray | float) -> float:
     return float(a[0])
 
 
-def master_keys(norm: str) -> tuple[str, ...]:
-    """The ``master.npz`` arrays of one layer (each prefixed ``layer{i}.``) for its normalization."""
-    return ("weight", "bias", "rms_eps") if norm == "rms" else ("weight", "bias", "bn_mean", "bn_var", "bn_eps")
-
-
 class LayerCache(NamedTuple):
     """What :meth:`QuantFFLayer.grads` needs from a forward pass."""
 
@@ -282,7 +293,7 @@ class QuantFFLayer:
     def from_master(cls, master: Mapping[str, np.ndarray], index: int, layer: Mapping[str, Any],
                     dtype: DTypeLike = np.float32) -> "QuantFFLayer":
         """Layer ``index`` from ``master.npz`` arrays and its manifest entry (``manifest["layers"][index]``)."""
-        p = f"layer{index}."
+        p = master_prefix(index)
         q = layer.get("quant")
         if q is None:
             raise FFEdgeError(f"layer {index} has no quantization facts: fine-tuning needs an int8 bundle")
@@ -293,11 +304,11 @@ class QuantFFLayer:
         if missing:
             raise FFEdgeError(f"the master weights lack {', '.join(missing)}")
         if norm == "rms":
-            stats: tuple[Any, Any, float] = (None, None, _scalar(master[p + "rms_eps"]))
+            stats: tuple[Any, Any, float] = (None, None, _scalar(master[p + MASTER_RMS_EPS]))
         else:
-            stats = (master[p + "bn_mean"], master[p + "bn_var"], _scalar(master[p + "bn_eps"]))
+            stats = (master[p + MASTER_BN_MEAN], master[p + MASTER_BN_VAR], _scalar(master[p + MASTER_BN_EPS]))
         return cls(
-            master[p + "weight"], master[p + "bias"], *stats,
+            master[p + MASTER_WEIGHT], master[p + MASTER_BIAS], *stats,
             q["input_scale"], q["output_scale"], q["weight_bits"], q["act_bits"], bool(layer.get("pool", False)), dtype, norm=norm,
         )
 
@@ -368,24 +379,24 @@ class QuantFFLayer:
         s_w = weight_scale(w, self.weight_bits)
         s_b = np.float32(self.input_scale) * s_w
         return {
-            "conv_w_q": quant_int(w, s_w, *self.w_range).astype(np.int8),
-            "conv_w_scale": np.array(s_w, dtype=np.float32),
+            CONV_W_Q: quant_int(w, s_w, *self.w_range).astype(np.int8),
+            CONV_W_SCALE: np.array(s_w, dtype=np.float32),
             # Round in float32 as Brevitas; clip in float64, where the int32 bounds are exact.
-            "conv_b_q": np.clip(np.rint(self.bias.astype(np.float32) / s_b).astype(np.float64), INT32_MIN, INT32_MAX).astype(np.int32),
-            "conv_b_scale": np.array(s_b, dtype=np.float32),
+            CONV_B_Q: np.clip(np.rint(self.bias.astype(np.float32) / s_b).astype(np.float64), INT32_MIN, INT32_MAX).astype(np.int32),
+            CONV_B_SCALE: np.array(s_b, dtype=np.float32),
         }
 
     def master_arrays(self, index: int) -> dict[str, np.ndarray]:
         """This layer's ``master.npz`` entries (float32), for writing the fine-tuned master back."""
-        p = f"layer{index}."
-        arrays = {p + "weight": self.weight.astype(np.float32), p + "bias": self.bias.astype(np.float32)}
+        p = master_prefix(index)
+        arrays = {p + MASTER_WEIGHT: self.weight.astype(np.float32), p + MASTER_BIAS: self.bias.astype(np.float32)}
         if self.norm == "rms":
-            arrays[p + "rms_eps"] = np.array([self.bn_eps], dtype=np.float32)  # shape [1], as write_master stores it
+            arrays[p + MASTER_RMS_EPS] = np.array([self.bn_eps], dtype=np.float32)  # shape [1], as write_master stores it
         else:
             assert self.bn_mean is not None and self.bn_var is not None
             arrays.update({
-                p + "bn_mean": self.bn_mean.astype(np.float32), p + "bn_var": self.bn_var.astype(np.float32),
-                p + "bn_eps": np.array([self.bn_eps], dtype=np.float32),  # shape [1], as write_master stores it
+                p + MASTER_BN_MEAN: self.bn_mean.astype(np.float32), p + MASTER_BN_VAR: self.bn_var.astype(np.float32),
+                p + MASTER_BN_EPS: np.array([self.bn_eps], dtype=np.float32),  # shape [1], as write_master stores it
             })
         return arrays
 
@@ -457,9 +468,9 @@ class SoftmaxHead:
 
     @classmethod
     def from_master(cls, master: Mapping[str, np.ndarray], lr: float = 1e-2) -> "SoftmaxHead":
-        if "head.weight" not in master or "head.bias" not in master:
-            raise FFEdgeError("the master weights lack head.weight / head.bias")
-        return cls(master["head.weight"], master["head.bias"], lr)
+        if MASTER_HEAD_WEIGHT not in master or MASTER_HEAD_BIAS not in master:
+            raise FFEdgeError(f"the master weights lack {MASTER_HEAD_WEIGHT} / {MASTER_HEAD_BIAS}")
+        return cls(master[MASTER_HEAD_WEIGHT], master[MASTER_HEAD_BIAS], lr)
 
     @staticmethod
     def features(acts: Sequence[np.ndarray]) -> np.ndarray:

@@ -22,10 +22,23 @@ import numpy as np
 import onnxruntime as ort
 
 from ffedge.bundle import Bundle, check_files, load_master, load_replay, open_bundle, read_manifest
+from ffedge.bundle.names import (
+    FEATURE,
+    FUSED_FEATURE_PATTERN,
+    GOODNESS,
+    INPUT,
+    MASTER_HEAD_BIAS,
+    MASTER_HEAD_WEIGHT,
+    NEXT,
+    PROBS,
+    fused_feature,
+    head_input,
+    master_key,
+    master_keys,
+)
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.ff_numpy import master_keys
 from ffedge.options import check_int, check_threads
-from ffedge.preprocess import normalize
+from ffedge.runtime.preprocess import normalize
 
 MODES = ("all", "head", "topk")
 # What onnxruntime raises (its own exception types, none a subclass of a builtin one but Exception).
@@ -141,23 +154,23 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
     where = f"{bundle.path}: {quoted(graph.name)} ({kind if kind != 'layer' else f'layer {index}'})"
     if kind == "layer":
         layer = m.layers[index]
-        _signature(ins, {"x": [None, *layer.in_shape]}, "inputs", where)
+        _signature(ins, {INPUT: [None, *layer.in_shape]}, "inputs", where)
         c, h, w = layer.out_shape
-        _signature(outs, {"y": [None, c, h, w], "goodness": [None], "feature": [None, c]}, "outputs", where)
+        _signature(outs, {NEXT: [None, c, h, w], GOODNESS: [None], FEATURE: [None, c]}, "outputs", where)
     elif kind == "fused":
-        _signature(ins, {"x": [None, *m.layers[0].in_shape]}, "inputs", where)
-        want: dict[str, Dims] = {"goodness": [None]}
+        _signature(ins, {INPUT: [None, *m.layers[0].in_shape]}, "inputs", where)
+        want: dict[str, Dims] = {GOODNESS: [None]}
         head_layers = m.head.layers if m.head else []
         # Features of other layers may be there too (unused); anything else (a layer's 'y') is another graph.
-        found = [re.fullmatch(r"feature([0-9]{1,6})", a.name) for a in outs]
+        found = [re.fullmatch(FUSED_FEATURE_PATTERN, a.name) for a in outs]
         extra = {int(f.group(1)) for f in found if f and int(f.group(1)) < len(m.layers)}
         for i in sorted({*head_layers, *extra}):
-            want[f"feature{i}"] = [None, m.layers[i].out_shape[0]]
+            want[fused_feature(i)] = [None, m.layers[i].out_shape[0]]
         _signature(outs, want, "outputs", where, ordered=False)
     elif kind == "head":
         assert m.head is not None
-        _signature(ins, {f"f{i}": [None, m.layers[i].out_shape[0]] for i in m.head.layers}, "inputs", where, ordered=False)
-        _signature(outs, {"probs": [None, len(m.classes)]}, "outputs", where)
+        _signature(ins, {head_input(i): [None, m.layers[i].out_shape[0]] for i in m.head.layers}, "inputs", where, ordered=False)
+        _signature(outs, {PROBS: [None, len(m.classes)]}, "outputs", where)
     else:
         raise ValueError(f"unknown graph kind {kind!r}")
 
@@ -267,8 +280,8 @@ class Runtime:
         if self.fused_session is None:
             g, feats = self.run_layers(x_encoded, feature_layers)
             return g[self.bundle.predict_layers].sum(0), feats
-        names = ["goodness"] + [f"feature{i}" for i in feature_layers]
-        outs = self.fused_session.run(names, {"x": x_encoded})
+        names = [GOODNESS] + [fused_feature(i) for i in feature_layers]
+        outs = self.fused_session.run(names, {INPUT: x_encoded})
         return outs[0], outs[1:]
 
     def run_layers(self, x_encoded: np.ndarray, feature_layers: Sequence[int] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -280,7 +293,7 @@ class Runtime:
         cur = x_encoded
         for i, sess in enumerate(self.layer_sessions):
             t = time.perf_counter()
-            cur, g, f = sess.run(None, {"x": cur})
+            cur, g, f = sess.run(None, {INPUT: cur})
             self.layer_seconds[i] += time.perf_counter() - t
             gs.append(g)
             if i in feature_layers:
@@ -301,7 +314,7 @@ class Runtime:
         outs = []
         for s in range(0, len(x_norm), self.max_hypotheses):
             _, feats = self.forward(self.encoding.neutral(x_norm[s : s + self.max_hypotheses]), self.head_layers)
-            outs.append(self.head_session.run(None, {f"f{i}": f for i, f in zip(self.head_layers, feats)})[0])
+            outs.append(self.head_session.run(None, {head_input(i): f for i, f in zip(self.head_layers, feats)})[0])
         return np.concatenate(outs) if outs else np.zeros((0, self.num_classes), np.float32)
 
     def check_mode(self, mode: str, k: int = 3) -> None:
@@ -363,8 +376,8 @@ def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, 
         checked[ref] = "sha256, loaded (no pickles), matches the label encoding"
     if m.master is not None:
         master = load_master(b)
-        need = [f"layer{i}.{k}" for i, layer in enumerate(m.layers) for k in master_keys(layer.norm_kind)]
-        lack = [k for k in need + ["head.weight", "head.bias"] if k not in master]
+        need = [master_key(i, k) for i, layer in enumerate(m.layers) for k in master_keys(layer.norm_kind)]
+        lack = [k for k in need + [MASTER_HEAD_WEIGHT, MASTER_HEAD_BIAS] if k not in master]
         if lack:
             raise FFEdgeError(f"{b.path}: the master weights {quoted(m.master.file)} lack {', '.join(lack[:5])}")
         checked[m.master.file] = f"sha256, loaded (no pickles), {len(master)} arrays"

@@ -38,7 +38,7 @@ became current meanwhile. Nothing is written, deleted or read through a
 symbolic link inside a bundle (:func:`check_no_links`): a link there is refused.
 
 Leftovers of an interrupted update (files under ``versions/`` no manifest
-lists, hidden temp files) are ignored by :func:`ffedge.bundle.check_files` and
+lists, hidden temp files) are ignored by :func:`ffedge.bundle.io.check_files` and
 cleared by the next update. Old versions' files are kept (that is what makes
 rollback possible): each update costs the size of the files it replaces.
 """
@@ -59,15 +59,25 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
 
-from ffedge.bundle import MANIFEST, RESERVED, check_files, check_paths, open_bundle, read_manifest
+from ffedge.bundle.io import check_files, check_paths, open_bundle, read_manifest
+from ffedge.bundle.manifest import RESERVED, Manifest, parse_manifest, read_manifest_file, write_manifest
+from ffedge.bundle.names import (  # noqa: F401  (version_path: part of this module's API)
+    HEAD_FILE,
+    LOCK,
+    MANIFEST,
+    SAVED_MANIFEST_GLOB,
+    SAVED_MANIFEST_PATTERN,
+    VERSION_DIR_PATTERN,
+    VERSIONS,
+    saved_manifest_name,
+    version_dir,
+    version_path,
+)
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.fsutil import atomic_path, find_link, fsync_dir
-from ffedge.manifest import Manifest, parse_manifest, read_manifest_file, write_manifest
 
-VERSIONS = "versions"
-LOCK = ".lock"
-_SAVED = re.compile(r"manifest\.v(\d+)\.json")
-_VDIR = re.compile(r"v\d+")
+_SAVED = re.compile(SAVED_MANIFEST_PATTERN)
+_VDIR = re.compile(VERSION_DIR_PATTERN)
 # Manifest keys an update manages itself; ``manifest_changes`` must not set them.
 MANAGED_KEYS = ("files", "history", "bundle_version")
 # Keys whose values are not rewritten when files move (they record, they do not point).
@@ -92,13 +102,8 @@ def logical_name(path: str) -> str:
     return path
 
 
-def version_path(version: int, name: str) -> str:
-    """Relative path (as the manifest spells it) of file ``name`` written by ``version``."""
-    return f"{VERSIONS}/v{version}/{name}"
-
-
 def saved_manifest_path(bundle_dir: str | Path, version: int) -> Path:
-    return Path(bundle_dir) / VERSIONS / f"manifest.v{version}.json"
+    return Path(bundle_dir) / VERSIONS / saved_manifest_name(version)
 
 
 def repoint(obj: Any, mapping: Mapping[str, str]) -> Any:
@@ -244,7 +249,7 @@ def update_lock(bundle_dir: str | Path) -> Iterator[None]:
 
 def _clear_temp_files(bundle_dir: Path) -> None:
     """Remove temp manifests an interrupted update or rollback left (only updates write them; we hold the lock)."""
-    for folder, pattern in ((bundle_dir, f".{MANIFEST}.*.tmp"), (bundle_dir / VERSIONS, ".manifest.v*.json.*.tmp")):
+    for folder, pattern in ((bundle_dir, f".{MANIFEST}.*.tmp"), (bundle_dir / VERSIONS, f".{SAVED_MANIFEST_GLOB}.*.tmp")):
         for tmp in folder.glob(pattern):
             tmp.unlink(missing_ok=True)
 
@@ -252,7 +257,7 @@ def _clear_temp_files(bundle_dir: Path) -> None:
 def _check_name(name: str) -> None:
     p = PurePosixPath(name)
     if len(p.parts) != 1 or name in RESERVED or name.startswith(".") or "\\" in name or name in ("", ".", ".."):
-        raise ValueError(f"'{name}' is not a plain bundle file name (e.g. 'head.onnx')")
+        raise ValueError(f"'{name}' is not a plain bundle file name (e.g. '{HEAD_FILE}')")
 
 
 def _write_file(dest: Path, src: bytes | str | Path) -> str:
@@ -324,7 +329,7 @@ def _commit(bundle_dir: Path, current: Manifest, new_files: Mapping[str, bytes |
     n = bundle_version(current)
     k = max([n, *_saved_versions(bundle_dir)]) + 1
     vdir = bundle_dir / VERSIONS
-    new_dir = vdir / f"v{k}"
+    new_dir = vdir / version_dir(k)
     committed = False
     try:
         # (2) the new files, under a folder no manifest references yet

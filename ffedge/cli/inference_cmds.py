@@ -1,4 +1,4 @@
-"""`ffedge eval`, `ffedge predict`, `ffedge info`: use a bundle on the device (no torch)."""
+"""`ffedge eval`, `ffedge predict`, `ffedge info`: run a bundle on the device and report what it holds (no torch)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ffedge.cli.app import app, console
 from ffedge.options import check_int, check_threads
 
 if TYPE_CHECKING:
-    from ffedge.manifest import Manifest
+    from ffedge.bundle.manifest import Manifest
 
 MODE_HELP = "all: goodness over every label; head: softmax head, one pass; topk: head proposes --k labels, goodness decides."
 
@@ -48,7 +48,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
-    from ffedge.evaluate import evaluate, held_out_split
+    from ffedge.runtime.evaluate import evaluate, held_out_split
     from ffedge.progress import RichReporter
     from ffedge.runtime import Runtime, check_mode
 
@@ -93,7 +93,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
 ) -> None:
     """Classify image files: the top labels with their goodness (or head probability)."""
-    from ffedge.image_input import read_inputs
+    from ffedge.runtime.inputs import read_inputs
     from ffedge.runtime import Runtime, check_mode
 
     check_threads(threads)
@@ -132,7 +132,7 @@ def info(
     or does not fit the manifest is a one-line error (exit 2).
     """
     from ffedge.bundle import MANIFEST, check_files, check_paths, read_manifest
-    from ffedge.bundle_update import versions
+    from ffedge.bundle.update import versions
     from ffedge.errors import FFEdgeError
     from ffedge.runtime import load_and_check
 

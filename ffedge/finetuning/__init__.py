@@ -1,0 +1,34 @@
+"""On-device Forward-Forward fine-tuning of a bundle: numpy and onnxruntime, no torch.
+
+- :mod:`ffedge.finetuning.loop`: :func:`finetune` and :class:`FinetuneConfig` (``ffedge finetune``): data, training
+  loop, re-quantization, scoring and the commit of a new bundle version;
+- :mod:`ffedge.finetuning.numerics`: the numpy Forward-Forward layer in fake-quant mode, its losses, Adam,
+  the im2col convolution and the softmax head (numpy only: no onnxruntime either).
+
+``from ffedge.finetuning import finetune, FinetuneConfig`` works; the loop module, and with it onnxruntime,
+is imported on first use of such a name, so ``ffedge.finetuning.numerics`` stays numpy-only. (The package
+is not called ``finetune``: that is the function :func:`ffedge.finetune`.)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ffedge.finetuning.loop import EVAL_BATCH, FinetuneConfig, HybridNet, accuracy, finetune, trainable_layers  # noqa: F401
+
+# The names of ffedge.finetuning.loop that ``from ffedge.finetuning import ...`` gives.
+__all__ = ["EVAL_BATCH", "FinetuneConfig", "HybridNet", "accuracy", "finetune", "trainable_layers"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module("ffedge.finetuning.loop"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,0 +1,52 @@
+"""Running a bundle on the device: numpy and onnxruntime, no torch.
+
+- :mod:`ffedge.runtime.session`: :class:`Runtime` (classification by goodness, head or top-k), the onnxruntime sessions;
+- :mod:`ffedge.runtime.preprocess`: pixels -> network inputs, shared with the trainer;
+- :mod:`ffedge.runtime.inputs`: image and .npy files -> pixels a bundle takes;
+- :mod:`ffedge.runtime.evaluate`: accuracy and confusion matrix on a dataset that fits the bundle;
+- :mod:`ffedge.runtime.timing`: latency per image; :mod:`ffedge.runtime.memory`: peak resident memory;
+- :mod:`ffedge.runtime.bench`: bundles benchmarked against each other.
+
+``from ffedge.runtime import Runtime`` (and the other names of :mod:`ffedge.runtime.session`) works; the
+session module, and with it onnxruntime, is imported on first use of such a name, so the numpy-only
+modules (``preprocess``, ``memory``, ...) stay as light as they are.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ffedge.runtime.session import (
+        DISABLED_OPTIMIZERS,
+        MODES,
+        ORT_ERRORS,
+        Graph,
+        Prediction,
+        Runtime,
+        as_pixels,
+        check_graph,
+        check_mode,
+        load_and_check,
+        make_session,
+        session_options,
+    )
+
+# The names of ffedge.runtime.session that ``from ffedge.runtime import ...`` gives.
+__all__ = [
+    "DISABLED_OPTIMIZERS", "MODES", "ORT_ERRORS", "Graph", "Prediction", "Runtime", "as_pixels", "check_graph", "check_mode",
+    "load_and_check", "make_session", "session_options",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        value = getattr(importlib.import_module("ffedge.runtime.session"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
