@@ -40,7 +40,7 @@ from ffedge.manifest import write_manifest
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import make_session
 from ffedge.train.model import FFConvLayer, FFNet, float_copy
-from ffedge.train.run import load_run
+from ffedge.train.run_files import load_run
 
 OPSET = 13
 FUSED_FILE = "net.onnx"

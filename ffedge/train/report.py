@@ -37,7 +37,7 @@ from ffedge.labels_draw import label_sheet, save_label_sheet
 from ffedge.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.model import FFNet
-from ffedge.train.run import load_run
+from ffedge.train.run_files import load_run
 from ffedge.train.trainer import goodness_accuracy, goodness_matrix
 
 DPI = 110
