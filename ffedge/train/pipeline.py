@@ -20,6 +20,7 @@ import torch
 
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import atomic_write_json, signals_held
+from ffedge.labels import LabelEncoding, encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.checkpoint import read_checkpoint, restore, save_checkpoint
 from ffedge.train.epoch import Probe, Training, train_epoch
@@ -61,25 +62,38 @@ def resume_run(out: str | Path, epochs: int | None = None, reporter: Reporter | 
     """Continue the run in ``out`` from its last finished epoch (optionally to more ``epochs``).
 
     The cosine schedule is laid over the new total, so extending a run changes the remaining steps.
+    The label encoding is the one ``config.json`` records (every parameter resolved when the run
+    started), not one rebuilt from the label options, so a changed default cannot change a run.
     """
     out = Path(out)
     out_mode(out, resume=True, force=False)
-    cfg = TrainConfig.from_dict(read_run_config(out)["train"], source=str(out / CONFIG))
+    run_cfg = read_run_config(out)
+    cfg = TrainConfig.from_dict(run_cfg["train"], source=str(out / CONFIG))
     if epochs is not None:
         cfg.epochs = epochs
     cfg.validate()
     state = read_checkpoint(out, cfg.epochs)
-    return _train(cfg, out, state, "resume", reporter or QuietReporter())
+    encoding = _recorded_encoding(run_cfg, out / CONFIG)
+    return _train(cfg, out, state, "resume", reporter or QuietReporter(), encoding=encoding)
+
+
+def _recorded_encoding(run_cfg: dict[str, Any], path: Path) -> LabelEncoding:
+    """The label encoding a run's ``config.json`` records (rebuilt from its resolved parameters)."""
+    try:
+        return encoding_from_config(run_cfg["encoding"])
+    except FFEdgeError as e:
+        raise FFEdgeError(f"{path}: 'encoding': {e}") from None
 
 
 def _train(
-    cfg: TrainConfig, out: Path, state: dict[str, Any] | None, mode: str, reporter: Reporter, probe: Probe | None = None
+    cfg: TrainConfig, out: Path, state: dict[str, Any] | None, mode: str, reporter: Reporter, probe: Probe | None = None,
+    encoding: LabelEncoding | None = None,
 ) -> dict[str, Any]:
     """Load and check the data, then open the run folder and train; on any failure, say what was kept."""
     folder = RunFolder(out, mode, int(state["epoch"]) if state else None)
     try:
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-        data = prepare_data(cfg)
+        data = prepare_data(cfg, encoding)
         _check_data(cfg, data)
         # Everything is checked: from here on the run folder is written.
         folder.open()

@@ -53,7 +53,11 @@ def first_line(e: BaseException) -> str:
 
 
 def run_config_dict(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
-    """``config.json``: the training options plus what the exporter and device need to rebuild the model."""
+    """``config.json``: the training options plus what the exporter and device need to rebuild the model.
+
+    ``encoding`` is the resolved label encoding (every parameter, see ``LabelEncoding.to_config``):
+    what ``--resume``, the exporter and the report rebuild it from.
+    """
     ds = data.dataset
     return {
         "format": RUN_FORMAT,
