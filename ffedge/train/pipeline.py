@@ -81,7 +81,7 @@ def _recorded_encoding(run_cfg: dict[str, Any], path: Path) -> LabelEncoding:
     """The label encoding a run's ``config.json`` records (rebuilt from its resolved parameters)."""
     try:
         return encoding_from_config(run_cfg["encoding"])
-    except FFEdgeError as e:
+    except (FFEdgeError, TypeError, ValueError) as e:  # TypeError, ValueError: a hand-edited parameter of the wrong kind
         raise FFEdgeError(f"{path}: 'encoding': {e}") from None
 
 
