@@ -76,7 +76,7 @@ def torch_child(run: str, data: str, examples: int, epochs: int, lr: float, seed
     from ffedge.runtime.memory import peak_rss_mb
     from ffedge.labels import encoding_from_config
     from ffedge.runtime.preprocess import normalize
-    from ffedge.train.run import load_run
+    from ffedge.train.run_files import load_run
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)

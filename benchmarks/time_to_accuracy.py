@@ -7,7 +7,7 @@ paused while it is scored, and the scoring time is reported apart. Training
 stops at the first scoring point at or after --budget-s (or when a method has
 done its epochs). The methods:
 - ff: ffedge's default TrainConfig (int8 QAT, pair-local, Fourier labels), through
-  ffedge.train.run.train_run with a Probe; scored by goodness over all labels
+  ffedge.train.pipeline.train_run with a Probe; scored by goodness over all labels
   (the trainer's prediction layers);
 - paper: the `paper` preset of ffedge.train.presets, scored the same way (every
   --paper-every-s: on a CPU its 3x128 7x7 net takes minutes to score 1,000 images);
@@ -112,7 +112,9 @@ def paper_config(explicit: dict[str, Any]) -> Any:
 def _ff_child(s: dict[str, Any]) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from ffedge.train.run import Probe, load_run, train_run
+    from ffedge.train.epoch import Probe
+    from ffedge.train.pipeline import train_run
+    from ffedge.train.run_files import load_run
     from ffedge.train.trainer import TrainConfig, goodness_accuracy, goodness_matrix
 
     # eval_samples=1: the trainer's own end-of-epoch score (inside its clock) shrinks to one image; it changes no weight.

@@ -17,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 from ffedge.bundle import MANIFEST, open_bundle  # noqa: E402
 from ffedge.errors import FFEdgeError  # noqa: E402
 from ffedge.train.export import export_bundle  # noqa: E402
-from ffedge.train.run import load_run  # noqa: E402
+from ffedge.train.run_files import load_run  # noqa: E402
 
 
 def test_int8_layers_store_int8_weights_and_fuse_to_integer_convs(int8_bundle: Path, tiny_run: Path) -> None:

@@ -106,7 +106,7 @@ def test_forward_matches_onnxruntime_layers_within_one_step(real: dict[str, Any]
 
 def test_forward_matches_brevitas_layers_within_one_step(tiny_run: Path, real: dict[str, Any]) -> None:
     torch = pytest.importorskip("torch")
-    from ffedge.train.run import load_run
+    from ffedge.train.run_files import load_run
 
     _, net = load_run(tiny_run)
     net.eval()

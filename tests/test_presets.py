@@ -21,7 +21,7 @@ pytest.importorskip("brevitas")
 import ffedge.train  # noqa: E402
 from ffedge.errors import FFEdgeError  # noqa: E402
 from ffedge.train.presets import PAPER_AMPLITUDE, PRESETS, resolve  # noqa: E402
-from ffedge.train.run import CONFIG  # noqa: E402
+from ffedge.train.run_files import CONFIG  # noqa: E402
 from ffedge.train.trainer import TrainConfig  # noqa: E402
 
 

@@ -30,7 +30,7 @@ def test_report_writes_pngs_and_json(tiny_run: Path, tmp_path: Path) -> None:
     from ffedge.datasets import load_dataset
     from ffedge.labels import encoding_from_config
     from ffedge.runtime.preprocess import normalize
-    from ffedge.train.run import load_run
+    from ffedge.train.run_files import load_run
     from ffedge.train.trainer import goodness_accuracy, goodness_matrix
 
     out = tmp_path / "report"

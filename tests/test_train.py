@@ -17,7 +17,9 @@ pytest.importorskip("brevitas")
 from ffedge.datasets import load_dataset  # noqa: E402
 from ffedge.train.losses import ff_loss  # noqa: E402
 from ffedge.train.model import FFNet, QuantConfig, goodness, parse_layers  # noqa: E402
-from ffedge.train.run import CHECKPOINT, CONFIG, METRICS, WEIGHTS, Probe, load_run, resume_run, train_run  # noqa: E402
+from ffedge.train.epoch import Probe  # noqa: E402
+from ffedge.train.pipeline import resume_run, train_run  # noqa: E402
+from ffedge.train.run_files import CHECKPOINT, CONFIG, METRICS, WEIGHTS, load_run  # noqa: E402
 from ffedge.train.trainer import LocalTrainer, TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

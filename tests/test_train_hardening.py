@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
 from conftest import assert_one_line_error  # noqa: E402
-from ffedge.train.run import CHECKPOINT, CONFIG  # noqa: E402
+from ffedge.train.run_files import CHECKPOINT, CONFIG  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--layers", "8x5p,16x3", "--batch-size", "50", "--eval-samples", "50", "--head-epochs", "1", "--threads", "1"]

@@ -15,7 +15,9 @@ from ffedge.errors import FFEdgeError  # noqa: E402
 from ffedge.finetuning.numerics import wrong_labels  # noqa: E402
 from ffedge.train import TrainConfig, train_run  # noqa: E402
 from ffedge.train.losses import ff_loss  # noqa: E402
-from ffedge.train.run import CHECKPOINT, Probe, load_run, load_torch, resume_run  # noqa: E402
+from ffedge.train.epoch import Probe  # noqa: E402
+from ffedge.train.pipeline import resume_run  # noqa: E402
+from ffedge.train.run_files import CHECKPOINT, load_run, load_torch  # noqa: E402
 from ffedge.train.trainer import augment  # noqa: E402
 
 TINY = "8x5p,16x3"

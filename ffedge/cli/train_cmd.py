@@ -91,7 +91,7 @@ def train(
     from ffedge.progress import RichReporter
     from ffedge.train import resume_run, train_run
     from ffedge.train.presets import resolve
-    from ffedge.train.run import TrainingInterrupted
+    from ffedge.train.run_folder import TrainingInterrupted
 
     if resume and force:
         raise FFEdgeError("--resume and --force exclude each other")

@@ -22,7 +22,8 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess test
 
 from ffedge.train.export import export_bundle  # noqa: E402
 from ffedge.train.parity import parity_report  # noqa: E402
-from ffedge.train.run import load_run, resume_run, train_run  # noqa: E402
+from ffedge.train.pipeline import resume_run, train_run  # noqa: E402
+from ffedge.train.run_files import load_run  # noqa: E402
 from ffedge.train.trainer import TrainConfig  # noqa: E402
 
 __all__ = ["TrainConfig", "train_run", "resume_run", "load_run", "export_bundle", "parity_report"]

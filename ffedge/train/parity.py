@@ -21,7 +21,7 @@ from ffedge.runtime.preprocess import normalize
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import Runtime
 from ffedge.train.model import FFNet, float_copy
-from ffedge.train.run import load_run
+from ffedge.train.run_files import load_run
 from ffedge.train.trainer import eval_subset, goodness_matrix, neutral_features
 
 LAYER_CHECK_IMAGES = 100  # images (x every label) fed layer by layer

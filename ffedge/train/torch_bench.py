@@ -13,7 +13,7 @@ from ffedge.runtime.timing import time_per_image
 from ffedge.labels import LabelEncoding
 from ffedge.runtime.preprocess import normalize
 from ffedge.train.model import float_copy
-from ffedge.train.run import load_run
+from ffedge.train.run_files import load_run
 
 
 def bench_torch_eager(run_dir: str | Path, enc: LabelEncoding, x: np.ndarray, y: np.ndarray, warmup: int, iters: int,

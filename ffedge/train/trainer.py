@@ -245,14 +245,31 @@ class PreparedData:
     x_test: np.ndarray
 
 
-def prepare_data(cfg: TrainConfig) -> PreparedData:
-    """Load the dataset, compute normalization on the training split, build the label encoding."""
+def prepare_data(cfg: TrainConfig, encoding: LabelEncoding | None = None) -> PreparedData:
+    """Load the dataset, compute normalization on the training split, build the label encoding.
+
+    ``encoding``: use this one (a resumed run's, as its ``config.json`` records it) instead of
+    building it from ``cfg.labels`` and ``cfg.label_params``; it must fit the dataset.
+    """
     ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
     if ds.label_gaps:
         raise FFEdgeError(ds.label_gaps)
     mean, std = compute_normalization(ds.x_train)
-    enc = make_encoding(cfg.labels, ds.num_classes, ds.image_shape, **cfg.label_params)
+    if encoding is None:
+        enc = make_encoding(cfg.labels, ds.num_classes, ds.image_shape, **cfg.label_params)
+    else:
+        _check_encoding_fits(encoding, ds)
+        enc = encoding
     return PreparedData(ds, mean, std, enc, normalize(ds.x_train, mean, std), normalize(ds.x_test, mean, std))
+
+
+def _check_encoding_fits(enc: LabelEncoding, ds: Dataset) -> None:
+    """A given label encoding is for this dataset's number of classes and image shape."""
+    if enc.num_classes != ds.num_classes or tuple(enc.image_shape) != tuple(ds.image_shape):
+        raise FFEdgeError(
+            f"the label encoding the run recorded in config.json is for {enc.num_classes} classes of {list(enc.image_shape)} images, "
+            f"but {ds.name} has {ds.num_classes} classes of {list(ds.image_shape)} images"
+        )
 
 
 def build_model(
