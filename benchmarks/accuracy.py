@@ -70,7 +70,7 @@ def run_dataset(name: str, path: Path, epochs: int | None, work: Path, log: Path
             "float_precision": metrics.get("float_precision", "fp32"), "n_train": metrics["n_train"], "n_test": metrics["n_test"],
             "train_seconds": metrics["train_seconds"], "train_wall_seconds": metrics["wall_seconds"],
             "qat_test_accuracy": metrics["test_accuracy"], "per_layer_test_accuracy": metrics["per_layer_test_accuracy"],
-            "parity": parity, "int8_ort": evals}
+            "parity": parity, "int8_ort": evals, "machine": machine()}
 
 
 def markdown(rows: list[dict], info: dict, cmd: str) -> str:
@@ -85,7 +85,13 @@ def markdown(rows: list[dict], info: dict, cmd: str) -> str:
                      f"({r.get('float_precision', 'fp32')} float) | "
                      f"{r['train_seconds'] / 60:.1f} min | **{pct(e['all']['accuracy'])}** | {pct(e['topk3']['accuracy'])} | "
                      f"{pct(e['head']['accuracy'])} | {lat} | {anchors} |")
-    lines += ["", machine_line(info), f"Command: `{cmd}`"]
+    # Kept rows may come from another machine than this run: each row names its own where they differ.
+    where = {DATASETS[r["dataset"]]: machine_line(r.get("machine", info)) for r in rows}
+    if len(set(where.values())) <= 1:
+        lines += ["", machine_line(info)]
+    else:
+        lines += [""] + [f"{ds}: {line}" for ds, line in where.items()]
+    lines += [f"Command: `{cmd}`"]
     return "\n".join(lines) + "\n"
 
 
