@@ -46,7 +46,8 @@ from ffedge.bundle.names import (
 from ffedge.bundle.onnx_patch import patch_initializers
 from ffedge.bundle.update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
-from ffedge.finetuning.numerics import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, wrong_labels
+from ffedge.finetuning.numerics import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step
 from ffedge.fsutil import fsync_dir
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.progress import QuietReporter, Reporter
@@ -167,8 +168,8 @@ class HybridNet:
         losses = []
         for i in range(max(self.layers) + 1):
             if i in self.layers:
-                loss, _, _ = ff_step(self.layers[i], opts[i], cur[:n], cur[n:], objective.get("loss", "symba"),
-                                     float(objective.get("alpha", 4.0)), float(objective.get("threshold", 1.0)))
+                loss, _, _ = ff_step(self.layers[i], opts[i], cur[:n], cur[n:], objective.get("loss", DEFAULT_LOSS),
+                                     float(objective.get("alpha", DEFAULT_ALPHA)), float(objective.get("threshold", DEFAULT_THRESHOLD)))
                 losses.append(loss)
                 if self.anchor:
                     for p, p0 in zip(self.layers[i].params, self.start[i]):
