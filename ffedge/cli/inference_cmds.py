@@ -48,7 +48,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
-    from ffedge.runtime.evaluate import evaluate, held_out_split
+    from ffedge.runtime.evaluate import evaluate, first_held_out_for_bundle
     from ffedge.progress import RichReporter
     from ffedge.runtime import Runtime, check_mode
 
@@ -60,7 +60,7 @@ def eval_cmd(
     check_int(limit, "--limit", 1)
     rt = Runtime(str(bundle), threads=threads)
     rt.check_mode(mode, k)
-    x, y = held_out_split(rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit)
+    x, y = first_held_out_for_bundle(rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit)
     r = evaluate(rt, x, y, mode=mode, k=k, batch_size=batch_size, latency_images=latency_images, reporter=RichReporter())
     r.update(bundle=str(bundle), dataset=dataset, precision=rt.bundle.manifest.precision, threads=threads)
     if as_json:

@@ -37,9 +37,14 @@ def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resi
     return load_fitting(spec, bundle.input_shape, data_dir, resize)
 
 
-def held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: str | None = None, resize: bool = False,
+def first_held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: str | None = None, resize: bool = False,
              limit: int | None = None, owner: str = "the bundle", hint: str = " (pass --resize)") -> tuple[np.ndarray, np.ndarray]:
-    """The held-out split (first ``limit`` images) of a dataset that fits ``input_shape`` and ``num_classes``."""
+    """The first ``limit`` images (all without it) of the held-out split of a dataset that fits ``input_shape`` and
+    ``num_classes``, as uint8 NHWC pixels and labels.
+
+    ``ffedge eval`` and ``ffedge bench`` (:func:`first_held_out_for_bundle`) and ``ffedge report`` score these;
+    the export's parity check uses a random subset instead (``ffedge.train.parity.random_held_out_of_run``).
+    """
     check_int(limit, "--limit", 1)
     ds = load_fitting(spec, input_shape, data_dir, resize, owner, hint)
     if ds.num_classes != num_classes:
@@ -54,10 +59,10 @@ def held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: 
     return x, y
 
 
-def held_out_split(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
-               limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out split of a dataset, checked against the bundle's classes and input shape."""
-    return held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit)
+def first_held_out_for_bundle(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
+                              limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`first_held_out` of a dataset, checked against the bundle's classes and input shape."""
+    return first_held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:

@@ -38,7 +38,7 @@ from ffedge.bundle.names import (
 )
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.options import check_int, check_threads
-from ffedge.runtime.preprocess import normalize
+from ffedge.runtime.preprocess import check_pixels, normalize
 
 MODES = ("all", "head", "topk")
 # What onnxruntime raises (its own exception types, none a subclass of a builtin one but Exception).
@@ -190,15 +190,7 @@ def as_pixels(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
             f"images of shape {list(x.shape[1:]) if x.ndim >= 3 else list(x.shape)} do not fit this bundle, "
             f"which takes {h}x{w} pixels with {c} channel(s) (resize with --resize or ffedge.datasets.load_images)"
         )
-    if x.dtype == np.uint8:
-        return x
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise FFEdgeError(f"images must be numeric pixel arrays, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        raise FFEdgeError("images contain NaN or infinite values")
-    if x.size and (x.min() < 0 or x.max() > 255):
-        raise FFEdgeError(f"pixel values must lie in 0..255, got {x.min():g}..{x.max():g}")
-    return np.rint(x).astype(np.uint8)
+    return check_pixels(x, "images")
 
 
 def check_mode(mode: str) -> str:
