@@ -32,6 +32,20 @@ def one_of(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def dataset_help() -> str:
+    """The datasets a ``--dataset`` option takes, from the registry of :mod:`ffedge.datasets.registry`."""
+    from ffedge.datasets import dataset_choices
+
+    return one_of(dataset_choices(notes=True))
+
+
+def mode_help() -> str:
+    """The prediction modes a ``--mode`` option takes and what each does, from :mod:`ffedge.runtime.modes`."""
+    from ffedge.runtime.modes import modes_help
+
+    return modes_help()
+
+
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one error line and return an Exit to raise."""
     err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)

@@ -11,13 +11,15 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import app, console, dataset_help, mode_help, one_of
 from ffedge.options import check_int, check_threads
+from ffedge.runtime.modes import DEFAULT_MODE, REGISTRY as MODE_REGISTRY, mode_spec
 
 if TYPE_CHECKING:
     from ffedge.bundle.manifest import Manifest
 
-MODE_HELP = "all: goodness over every label; head: softmax head, one pass; topk: head proposes --k labels, goodness decides."
+MODE_HELP = mode_help()
+K_HELP = f"Candidates for --mode {one_of([m.name for m in MODE_REGISTRY if m.uses_k])}."
 
 
 def shown(value: object) -> str:
@@ -36,9 +38,9 @@ def say(text: str) -> None:
 @app.command("eval")
 def eval_cmd(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
-    dataset: str = typer.Option("mnist-5k", "--dataset", help="Dataset whose held-out split to score: mnist-5k, mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH."),
-    mode: str = typer.Option("all", "--mode", help=MODE_HELP),
-    k: int = typer.Option(3, "--k", help="Candidates for --mode topk."),
+    dataset: str = typer.Option("mnist-5k", "--dataset", help=f"Dataset whose held-out split to score: {dataset_help()}."),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
+    k: int = typer.Option(3, "--k", help=K_HELP),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per call for the accuracy pass (throughput)."),
     latency_images: int = typer.Option(200, "--latency-images", help="Images timed one by one for p50/p90 latency (0 skips)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N held-out images."),
@@ -66,7 +68,7 @@ def eval_cmd(
     if as_json:
         console.print_json(json.dumps(r))
         return
-    mode_txt = f"topk (k={k})" if mode == "topk" else mode
+    mode_txt = f"{mode} (k={k})" if mode_spec(mode).uses_k else mode
     say(f"{shown(str(bundle))} ({r['precision']}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}")
     say(f"accuracy {r['accuracy']:.2%}")
     t = Table("true \\ predicted", *[Column(Text(shown(c))) for c in r["classes"]], title="confusion matrix")
@@ -85,8 +87,8 @@ def eval_cmd(
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPG, ...) or .npy arrays (HW, HWC, NHW or NHWC, pixels 0..255)."),
-    mode: str = typer.Option("all", "--mode", help=MODE_HELP),
-    k: int = typer.Option(3, "--k", help="Candidates for --mode topk."),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
+    k: int = typer.Option(3, "--k", help=K_HELP),
     top: int = typer.Option(3, "--top", help="Labels shown per image."),
     resize: bool = typer.Option(False, "--resize", help="Resize (and convert grey/RGB) images to the bundle's input; otherwise a mismatch is an error."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads."),
@@ -104,7 +106,7 @@ def predict(
     rt.check_mode(mode, k)
     x, names = read_inputs(images, rt.bundle.input_shape, resize=resize)
     pred = rt.predict(x, mode=mode, k=k)
-    score = "probability" if mode == "head" else "goodness"
+    score = mode_spec(mode).score
     results = []
     for name, label, s in zip(names, pred.labels, pred.scores):
         order = [int(i) for i in np.argsort(-s, kind="stable")[:top] if np.isfinite(s[i])]

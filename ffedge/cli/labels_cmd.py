@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console, one_of
+from ffedge.cli.app import app, console, dataset_help, one_of
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES
 
@@ -17,7 +17,7 @@ def labels(
     dataset: str = typer.Option(
         "mnist-5k",
         "--dataset",
-        help="Dataset whose classes and image shape to use: mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH.",
+        help=f"Dataset whose classes and image shape to use: {dataset_help()}.",
     ),
     encoding: str = typer.Option("fourier", "--labels", help=f"Label encoding to draw: {one_of(ENCODING_NAMES)}."),
     label_mode: Optional[str] = typer.Option(

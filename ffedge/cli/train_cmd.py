@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from ffedge.cli.app import app, err_console, one_of
+from ffedge.cli.app import app, dataset_help, err_console, one_of
 from ffedge.errors import FFEdgeError, MissingExtraError, one_line, quoted
 from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, registered_losses
 from ffedge.labels import ENCODING_NAMES
@@ -53,7 +53,7 @@ class TrainCommand(TyperCommand):
 @app.command("train", cls=TrainCommand)
 def train(
     preset: Optional[str] = typer.Option(None, help="Start from a named recipe (listed below); the options you give override its values."),
-    dataset: Optional[str] = typer.Option(None, help="mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH (default: mnist-5k)."),
+    dataset: Optional[str] = typer.Option(None, help=f"{dataset_help()} (default: mnist-5k)."),
     labels: Optional[str] = typer.Option(None, help=f"Label encoding: {one_of(ENCODING_NAMES)} (default: fourier)."),
     label_mode: Optional[str] = typer.Option(None, help="fourier only: 'channel' (extra input channel, default) or 'add' (superimposed, as in the paper)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 50; with --resume: the run's own)."),

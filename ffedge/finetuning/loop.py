@@ -54,7 +54,8 @@ from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.evaluate import load_for_bundle
 from ffedge.runtime.memory import peak_rss_mb
 from ffedge.runtime.preprocess import normalize
-from ffedge.runtime.session import MODES, Runtime
+from ffedge.runtime.modes import DEFAULT_MODE, check_mode
+from ffedge.runtime.session import Runtime
 
 EVAL_BATCH = 2  # images per onnxruntime call when scoring (10 labels -> 20 hypotheses): bounds peak memory
 
@@ -73,7 +74,7 @@ class FinetuneConfig:
     anchor: float = 0.002
     replay: bool = True
     eval_examples: int = 1000
-    mode: str = "all"
+    mode: str = DEFAULT_MODE
     seed: int = 0
     data_dir: str | None = None
     resize: bool = False
@@ -90,8 +91,7 @@ class FinetuneConfig:
         check_threads(self.threads)
         if not isinstance(self.replay, bool):
             raise FFEdgeError(f"replay must be True or False, got {self.replay!r}")
-        if self.mode not in MODES:
-            raise FFEdgeError(f"unknown mode '{self.mode}': choose one of {', '.join(MODES)}")
+        check_mode(self.mode)
 
 
 def trainable_layers(text: str, n_layers: int) -> list[int]:

@@ -17,6 +17,7 @@ from ffedge.errors import FFEdgeError
 from ffedge.options import check_int
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.memory import peak_rss_mb
+from ffedge.runtime.modes import DEFAULT_MODE, mode_spec
 from ffedge.runtime.session import Runtime
 from ffedge.runtime.timing import latency
 
@@ -76,7 +77,7 @@ def evaluate(
     rt: Runtime,
     x: np.ndarray,
     y: np.ndarray,
-    mode: str = "all",
+    mode: str = DEFAULT_MODE,
     k: int = 3,
     batch_size: int = 64,
     latency_images: int = 200,
@@ -98,7 +99,7 @@ def evaluate(
     lat = latency(rt, x, mode, k, latency_images) if latency_images else None
     return {
         "mode": mode,
-        "k": k if mode == "topk" else None,
+        "k": k if mode_spec(mode).uses_k else None,
         "images": int(len(y)),
         "accuracy": float((pred == y).mean()),
         "confusion": confusion(y, pred, rt.num_classes).tolist(),
