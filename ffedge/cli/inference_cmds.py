@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 MODE_HELP = mode_help()
 K_HELP = f"Candidates for --mode {one_of([m.name for m in MODE_REGISTRY if m.uses_k])}."
+# Keys of every label encoding's config (ffedge.labels.base.LabelEncoding.to_config) that are not its parameters.
+ENCODING_FRAME_KEYS = ("name", "version", "num_classes", "image_shape")
 
 
 def shown(value: object) -> str:
@@ -158,6 +160,27 @@ def info(
         raise typer.Exit(1)
 
 
+def _short(value: object, items: int = 3, depth: int = 0) -> str:
+    """A config value in a few characters: floats to 6 significant digits, lists cut after ``items`` (and 3 levels deep)."""
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, (list, tuple)):
+        if depth >= 3:
+            return "[...]"
+        if len(value) > items and all(isinstance(v, (int, float, str)) and v == value[0] for v in value):
+            return f"[{_short(value[0], items, depth + 1)} x{len(value)}]"
+        parts = [_short(v, items, depth + 1) for v in value[:items]]
+        return "[" + ", ".join(parts) + (f", ... ({len(value)} values)]" if len(value) > items else "]")
+    text = shown(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def encoding_params(enc: dict[str, Any]) -> str:
+    """The parameters a bundle's label encoding config holds (whatever its encoding stores), as ``key=value, ...``."""
+    return ", ".join(f"{shown(k)}={_short(v)}" for k, v in enc.items() if k not in ENCODING_FRAME_KEYS)
+
+
 def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, history: list[dict[str, Any]], status: str,
                 checked: dict[str, str]) -> None:
     """The text form of ``ffedge info``."""
@@ -167,7 +190,7 @@ def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, 
         f"by ffedge {shown(m.ffedge_version or '?')}")
     say(f"classes ({len(m.classes)}): {', '.join(map(shown, m.classes))}")
     say(f"input: {c}x{h}x{w} pixels, mean {m.input.mean}, std {m.input.std}")
-    say(f"labels: {shown(enc.get('name'))} " + ", ".join(f"{k}={shown(v)}" for k, v in enc.items() if k in ("mode", "amplitude", "frequency")))
+    say(f"labels: {shown(enc.get('name'))} {encoding_params(enc)}".rstrip())
     t = Table("layer", "file", "in", "out", "norm", "conv", "bits w/a", "bytes", "integer kernels")
     for i, layer in enumerate(m.layers):
         q = layer.quant
