@@ -14,7 +14,7 @@ from ffedge.cli import app
 from ffedge.datasets import DATASET_NAMES, DATASET_PREFIXES, Dataset, dataset_choices, load_dataset, registry
 from ffedge.errors import FFEdgeError
 from ffedge.ff import LOSS_NAMES
-from ffedge.labels import ENCODING_NAMES
+from ffedge.labels import ENCODING_NAMES, FourierEncoding
 from ffedge.runtime import MODES, check_mode
 from ffedge.runtime.modes import REGISTRY as MODE_REGISTRY, mode_spec, modes_help
 
@@ -94,5 +94,8 @@ def test_cli_help_lists_every_registered_choice() -> None:
     assert all(re.search(rf"\b{m}\b", _help("finetune", "mode")) for m in MODES)
     for command, option in (("train", "labels"), ("labels", "encoding")):
         assert all(name in _help(command, option) for name in ENCODING_NAMES)
+    for command in ("train", "labels"):
+        assert _help(command, "label_mode") == _help("train", "label_mode")
+        assert all(f"'{m}' (" in _help(command, "label_mode") for m in FourierEncoding.MODES)
     loss_help = _help("train", "loss")
     assert all(f"{name} (" in loss_help for name in LOSS_NAMES) and loss_help.endswith("(default: symba).")

@@ -39,6 +39,17 @@ def dataset_help() -> str:
     return one_of(dataset_choices(notes=True))
 
 
+def label_mode_help() -> str:
+    """The fourier encoding's modes (``--label-mode``) and what each does, from :class:`ffedge.labels.FourierEncoding`."""
+    import inspect
+
+    from ffedge.labels import FourierEncoding
+
+    default = inspect.signature(FourierEncoding.__init__).parameters["mode"].default
+    modes = [f"'{m}' ({text}{', default' if m == default else ''})" for m, text in FourierEncoding.MODE_HELP.items()]
+    return f"{FourierEncoding.name} only: {one_of(modes)}."
+
+
 def mode_help() -> str:
     """The prediction modes a ``--mode`` option takes and what each does, from :mod:`ffedge.runtime.modes`."""
     from ffedge.runtime.modes import modes_help

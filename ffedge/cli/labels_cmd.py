@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console, dataset_help, one_of
+from ffedge.cli.app import app, console, dataset_help, label_mode_help, one_of
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES
 
@@ -21,7 +21,7 @@ def labels(
     ),
     encoding: str = typer.Option("fourier", "--labels", help=f"Label encoding to draw: {one_of(ENCODING_NAMES)}."),
     label_mode: Optional[str] = typer.Option(
-        None, "--label-mode", help="fourier only: 'channel' (grating as an extra input channel, default) or 'add' (grating added to the image)."
+        None, "--label-mode", help=label_mode_help()
     ),
     out: Path = typer.Option(Path("labels.png"), "--out", help="PNG file to write (replaced atomically)."),
     data_dir: Optional[Path] = typer.Option(

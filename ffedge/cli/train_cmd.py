@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from ffedge.cli.app import app, dataset_help, err_console, one_of
+from ffedge.cli.app import app, dataset_help, err_console, label_mode_help, one_of
 from ffedge.errors import FFEdgeError, MissingExtraError, one_line, quoted
 from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, registered_losses
 from ffedge.labels import ENCODING_NAMES
@@ -55,7 +55,7 @@ def train(
     preset: Optional[str] = typer.Option(None, help="Start from a named recipe (listed below); the options you give override its values."),
     dataset: Optional[str] = typer.Option(None, help=f"{dataset_help()} (default: mnist-5k)."),
     labels: Optional[str] = typer.Option(None, help=f"Label encoding: {one_of(ENCODING_NAMES)} (default: fourier)."),
-    label_mode: Optional[str] = typer.Option(None, help="fourier only: 'channel' (extra input channel, default) or 'add' (superimposed, as in the paper)."),
+    label_mode: Optional[str] = typer.Option(None, help=label_mode_help()),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 50; with --resume: the run's own)."),
     qat_epochs: Optional[int] = typer.Option(None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."),
     batch_size: Optional[int] = typer.Option(None, help="Positive examples per batch, each with one negative (default: 64)."),
