@@ -432,8 +432,8 @@ class SoftmaxHead:
 
         Each is [N, C, H, W] (activity before pooling; spatially averaged here) or
         [N, C] (already averaged: a layer session's ``feature`` output). Each is
-        normalized as :func:`ffedge.ff.normalize_features` (divided by its L2 norm + 1e-6), then all
-        are concatenated.
+        normalized as :func:`ffedge.ff.normalize_features` (divided by its L2 norm + ``HEAD_NORM_EPS``),
+        then all are concatenated.
         """
         feats = []
         for a in acts:
