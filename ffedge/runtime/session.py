@@ -38,7 +38,7 @@ from ffedge.bundle.names import (
 )
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.options import check_int, check_threads
-from ffedge.runtime.modes import DEFAULT_MODE, MODES, check_mode, mode_spec  # noqa: F401  (MODES, check_mode: this module's API)
+from ffedge.runtime.modes import DEFAULT_MODE, mode_spec
 from ffedge.runtime.preprocess import check_pixels, normalize
 
 # What onnxruntime raises (its own exception types, none a subclass of a builtin one but Exception).
