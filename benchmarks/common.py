@@ -122,7 +122,9 @@ def evaluate(bundle: Path, dataset: str, mode: str, k: int, log: Path, latency_i
     """`ffedge eval --json` of a bundle on the dataset's held-out split (extra: more options, e.g. --limit N)."""
     args = ["eval", str(bundle), "--dataset", dataset, "--mode", mode, "--threads", "2", "--json",
             "--latency-images", str(latency_images), *extra]
-    if mode == "topk":
+    from ffedge.runtime.modes import mode_spec
+
+    if mode_spec(mode).uses_k:
         args += ["--k", str(k)]
     result = json.loads(ffedge(*args, log=log))
     result.pop("confusion", None)

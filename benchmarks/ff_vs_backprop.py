@@ -92,7 +92,7 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     import numpy as np
     import torch
 
-    from ffedge.finetuning.numerics import wrong_labels
+    from ffedge.ff import wrong_labels
     from ffedge.train.trainer import LocalTrainer, TrainConfig, build_model, goodness_accuracy, goodness_matrix, prepare_data
 
     from common import backprop_step, head_accuracy_neutral

@@ -24,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (SHARED, add_out_option, choices, command, dataset_file, fresh_log, machine, out_stem, pct, subset, train,  # noqa: E402
                     work_dir, write_results)
 
+from ffedge.labels import ENCODING_NAMES  # noqa: E402
+
 DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
-ENCODINGS = ("fourier", "morph", "onehot")
+ENCODINGS = ENCODING_NAMES  # every registered label encoding
 
 
 def markdown(rows: list[dict], info: dict, cmd: str) -> str:
@@ -44,7 +46,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
     p.add_argument("--datasets", default="mnist,cifar10", help="comma-separated: mnist, cifar10")
-    p.add_argument("--encodings", default=",".join(ENCODINGS), help="comma-separated: fourier, morph, onehot")
+    p.add_argument("--encodings", default=",".join(ENCODINGS), help=f"comma-separated: {', '.join(ENCODINGS)}")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--train-images", type=int, default=10000, help="class-mixed training subset (same for every encoding)")
     p.add_argument("--test-images", type=int, default=2000, help="held-out test subset")

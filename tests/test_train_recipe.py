@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
 from ffedge.errors import FFEdgeError  # noqa: E402
-from ffedge.finetuning.numerics import wrong_labels  # noqa: E402
+from ffedge.ff import wrong_labels  # noqa: E402
 from ffedge.train import TrainConfig, train_run  # noqa: E402
 from ffedge.train.losses import ff_loss  # noqa: E402
 from ffedge.train.epoch import Probe  # noqa: E402

@@ -32,6 +32,31 @@ def one_of(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def dataset_help() -> str:
+    """The datasets a ``--dataset`` option takes, from the registry of :mod:`ffedge.datasets.registry`."""
+    from ffedge.datasets import dataset_choices
+
+    return one_of(dataset_choices(notes=True))
+
+
+def label_mode_help() -> str:
+    """The fourier encoding's modes (``--label-mode``) and what each does, from :class:`ffedge.labels.FourierEncoding`."""
+    import inspect
+
+    from ffedge.labels import FourierEncoding
+
+    default = inspect.signature(FourierEncoding.__init__).parameters["mode"].default
+    modes = [f"'{m}' ({text}{', default' if m == default else ''})" for m, text in FourierEncoding.MODE_HELP.items()]
+    return f"{FourierEncoding.name} only: {one_of(modes)}."
+
+
+def mode_help() -> str:
+    """The prediction modes a ``--mode`` option takes and what each does, from :mod:`ffedge.runtime.modes`."""
+    from ffedge.runtime.modes import modes_help
+
+    return modes_help()
+
+
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one error line and return an Exit to raise."""
     err_console.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)

@@ -33,7 +33,7 @@ def bench(
 ) -> None:
     """Accuracy, size and batch-1 latency (goodness over all labels) of int8 vs fp32 vs torch eager, with ratios."""
     from ffedge.runtime.bench import bench_runtime, ratios
-    from ffedge.runtime.evaluate import held_out_split
+    from ffedge.runtime.evaluate import first_held_out_for_bundle
     from ffedge.progress import RichReporter
     from ffedge.runtime import Runtime
 
@@ -47,7 +47,7 @@ def bench(
     named_run = src.run if src is not None else None
     run = run_dir or (Path(named_run) if named_run and (Path(named_run) / "weights.pt").exists() else None)
     named_data = src.dataset if src is not None else None
-    x, y = held_out_split(rt, dataset or named_data or "mnist-5k", data_dir=str(data_dir) if data_dir else None, limit=limit)
+    x, y = first_held_out_for_bundle(rt, dataset or named_data or "mnist-5k", data_dir=str(data_dir) if data_dir else None, limit=limit)
     try:
         import ffedge.train  # noqa: F401
 

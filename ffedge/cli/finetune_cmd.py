@@ -9,8 +9,9 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console, err_console
+from ffedge.cli.app import app, console, dataset_help, err_console, one_of
 from ffedge.fsutil import Terminated, signals_held, sigterm_as_interrupt
+from ffedge.runtime.modes import DEFAULT_MODE, MODES
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 # Exit codes of an interrupted run: 128 + the signal number, as a shell reports a process killed by it.
@@ -64,7 +65,7 @@ def limit_malloc_arenas(n: int = 2) -> None:
 @app.command("finetune")
 def finetune_cmd(
     bundle: Path = typer.Argument(..., help="int8 bundle exported with --master."),
-    data: str = typer.Option(..., "--data", help="Labelled data: folder:PATH (one sub-folder per class), npz:PATH, mnist, ... (as ffedge train)."),
+    data: str = typer.Option(..., "--data", help=f"Labelled data: {dataset_help()}."),
     layers: str = typer.Option("last", "--layers", help="FF layers to train: 'last' or numbers like 2,3 (the head is always refit)."),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the examples."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate, cosine-decayed."),
@@ -74,7 +75,7 @@ def finetune_cmd(
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Rehearse the training examples stored in the bundle (export --master --replay N) alongside the new data."),
     anchor: float = typer.Option(0.002, "--anchor", help="Pull toward the starting weights after every step (limits forgetting; 0 = off)."),
     eval_examples: int = typer.Option(1000, "--eval-examples", help="Held-out examples of --data scored before and after."),
-    mode: str = typer.Option("all", "--mode", help="Prediction mode scored: all, head or topk."),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=f"Prediction mode scored: {one_of(MODES)}."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads."),
     resize: bool = typer.Option(False, "--resize", help="Resize the data's images to the bundle's input size."),

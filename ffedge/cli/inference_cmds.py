@@ -11,13 +11,17 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import app, console, dataset_help, mode_help, one_of
 from ffedge.options import check_int, check_threads
+from ffedge.runtime.modes import DEFAULT_MODE, REGISTRY as MODE_REGISTRY, mode_spec
 
 if TYPE_CHECKING:
     from ffedge.bundle.manifest import Manifest
 
-MODE_HELP = "all: goodness over every label; head: softmax head, one pass; topk: head proposes --k labels, goodness decides."
+MODE_HELP = mode_help()
+K_HELP = f"Candidates for --mode {one_of([m.name for m in MODE_REGISTRY if m.uses_k])}."
+# Keys of every label encoding's config (ffedge.labels.base.LabelEncoding.to_config) that are not its parameters.
+ENCODING_FRAME_KEYS = ("name", "version", "num_classes", "image_shape")
 
 
 def shown(value: object) -> str:
@@ -36,9 +40,9 @@ def say(text: str) -> None:
 @app.command("eval")
 def eval_cmd(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
-    dataset: str = typer.Option("mnist-5k", "--dataset", help="Dataset whose held-out split to score: mnist-5k, mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH."),
-    mode: str = typer.Option("all", "--mode", help=MODE_HELP),
-    k: int = typer.Option(3, "--k", help="Candidates for --mode topk."),
+    dataset: str = typer.Option("mnist-5k", "--dataset", help=f"Dataset whose held-out split to score: {dataset_help()}."),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
+    k: int = typer.Option(3, "--k", help=K_HELP),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per call for the accuracy pass (throughput)."),
     latency_images: int = typer.Option(200, "--latency-images", help="Images timed one by one for p50/p90 latency (0 skips)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N held-out images."),
@@ -48,7 +52,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
-    from ffedge.runtime.evaluate import evaluate, held_out_split
+    from ffedge.runtime.evaluate import evaluate, first_held_out_for_bundle
     from ffedge.progress import RichReporter
     from ffedge.runtime import Runtime, check_mode
 
@@ -60,13 +64,13 @@ def eval_cmd(
     check_int(limit, "--limit", 1)
     rt = Runtime(str(bundle), threads=threads)
     rt.check_mode(mode, k)
-    x, y = held_out_split(rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit)
+    x, y = first_held_out_for_bundle(rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit)
     r = evaluate(rt, x, y, mode=mode, k=k, batch_size=batch_size, latency_images=latency_images, reporter=RichReporter())
     r.update(bundle=str(bundle), dataset=dataset, precision=rt.bundle.manifest.precision, threads=threads)
     if as_json:
         console.print_json(json.dumps(r))
         return
-    mode_txt = f"topk (k={k})" if mode == "topk" else mode
+    mode_txt = f"{mode} (k={k})" if mode_spec(mode).uses_k else mode
     say(f"{shown(str(bundle))} ({r['precision']}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}")
     say(f"accuracy {r['accuracy']:.2%}")
     t = Table("true \\ predicted", *[Column(Text(shown(c))) for c in r["classes"]], title="confusion matrix")
@@ -85,8 +89,8 @@ def eval_cmd(
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPG, ...) or .npy arrays (HW, HWC, NHW or NHWC, pixels 0..255)."),
-    mode: str = typer.Option("all", "--mode", help=MODE_HELP),
-    k: int = typer.Option(3, "--k", help="Candidates for --mode topk."),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
+    k: int = typer.Option(3, "--k", help=K_HELP),
     top: int = typer.Option(3, "--top", help="Labels shown per image."),
     resize: bool = typer.Option(False, "--resize", help="Resize (and convert grey/RGB) images to the bundle's input; otherwise a mismatch is an error."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads."),
@@ -104,7 +108,7 @@ def predict(
     rt.check_mode(mode, k)
     x, names = read_inputs(images, rt.bundle.input_shape, resize=resize)
     pred = rt.predict(x, mode=mode, k=k)
-    score = "probability" if mode == "head" else "goodness"
+    score = mode_spec(mode).score
     results = []
     for name, label, s in zip(names, pred.labels, pred.scores):
         order = [int(i) for i in np.argsort(-s, kind="stable")[:top] if np.isfinite(s[i])]
@@ -156,6 +160,27 @@ def info(
         raise typer.Exit(1)
 
 
+def _short(value: object, items: int = 3, depth: int = 0) -> str:
+    """A config value in a few characters: floats to 6 significant digits, lists cut after ``items`` (and 3 levels deep)."""
+    if isinstance(value, float):
+        text = f"{value:.6g}"
+        return text if any(c in text for c in ".en") else text + ".0"
+    if isinstance(value, (list, tuple)):
+        if depth >= 3:
+            return "[...]"
+        if len(value) > items and all(isinstance(v, (int, float, str)) and v == value[0] for v in value):
+            return f"[{_short(value[0], items, depth + 1)} x{len(value)}]"
+        parts = [_short(v, items, depth + 1) for v in value[:items]]
+        return "[" + ", ".join(parts) + (f", ... ({len(value)} values)]" if len(value) > items else "]")
+    text = shown(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def encoding_params(enc: dict[str, Any]) -> str:
+    """The parameters a bundle's label encoding config holds (whatever its encoding stores), as ``key=value, ...``."""
+    return ", ".join(f"{shown(k)}={_short(v)}" for k, v in enc.items() if k not in ENCODING_FRAME_KEYS)
+
+
 def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, history: list[dict[str, Any]], status: str,
                 checked: dict[str, str]) -> None:
     """The text form of ``ffedge info``."""
@@ -165,7 +190,7 @@ def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, 
         f"by ffedge {shown(m.ffedge_version or '?')}")
     say(f"classes ({len(m.classes)}): {', '.join(map(shown, m.classes))}")
     say(f"input: {c}x{h}x{w} pixels, mean {m.input.mean}, std {m.input.std}")
-    say(f"labels: {shown(enc.get('name'))} " + ", ".join(f"{k}={shown(v)}" for k, v in enc.items() if k in ("mode", "amplitude", "frequency")))
+    say(f"labels: {shown(enc.get('name'))} {encoding_params(enc)}".rstrip())
     t = Table("layer", "file", "in", "out", "norm", "conv", "bits w/a", "bytes", "integer kernels")
     for i, layer in enumerate(m.layers):
         q = layer.quant

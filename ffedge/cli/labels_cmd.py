@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console, one_of
+from ffedge.cli.app import app, console, dataset_help, label_mode_help, one_of
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES
 
@@ -17,11 +17,11 @@ def labels(
     dataset: str = typer.Option(
         "mnist-5k",
         "--dataset",
-        help="Dataset whose classes and image shape to use: mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH.",
+        help=f"Dataset whose classes and image shape to use: {dataset_help()}.",
     ),
     encoding: str = typer.Option("fourier", "--labels", help=f"Label encoding to draw: {one_of(ENCODING_NAMES)}."),
     label_mode: Optional[str] = typer.Option(
-        None, "--label-mode", help="fourier only: 'channel' (grating as an extra input channel, default) or 'add' (grating added to the image)."
+        None, "--label-mode", help=label_mode_help()
     ),
     out: Path = typer.Option(Path("labels.png"), "--out", help="PNG file to write (replaced atomically)."),
     data_dir: Optional[Path] = typer.Option(

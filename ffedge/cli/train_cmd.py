@@ -15,8 +15,9 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from ffedge.cli.app import app, err_console, one_of
+from ffedge.cli.app import app, dataset_help, err_console, label_mode_help, one_of
 from ffedge.errors import FFEdgeError, MissingExtraError, one_line, quoted
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, registered_losses
 from ffedge.labels import ENCODING_NAMES
 
 
@@ -52,9 +53,9 @@ class TrainCommand(TyperCommand):
 @app.command("train", cls=TrainCommand)
 def train(
     preset: Optional[str] = typer.Option(None, help="Start from a named recipe (listed below); the options you give override its values."),
-    dataset: Optional[str] = typer.Option(None, help="mnist-5k (embedded), mnist, fashion-mnist, cifar10, cifar100, folder:PATH or npz:PATH (default: mnist-5k)."),
+    dataset: Optional[str] = typer.Option(None, help=f"{dataset_help()} (default: mnist-5k)."),
     labels: Optional[str] = typer.Option(None, help=f"Label encoding: {one_of(ENCODING_NAMES)} (default: fourier)."),
-    label_mode: Optional[str] = typer.Option(None, help="fourier only: 'channel' (extra input channel, default) or 'add' (superimposed, as in the paper)."),
+    label_mode: Optional[str] = typer.Option(None, help=label_mode_help()),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 50; with --resume: the run's own)."),
     qat_epochs: Optional[int] = typer.Option(None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."),
     batch_size: Optional[int] = typer.Option(None, help="Positive examples per batch, each with one negative (default: 64)."),
@@ -68,9 +69,9 @@ def train(
     bits: Optional[int] = typer.Option(None, help="Bit width of activations, 2..8 (default: 8)."),
     weight_bits: Optional[int] = typer.Option(None, help="Bit width of weights (default: min(bits, 7); 8 saturates onnxruntime's integer convs on x86 without VNNI)."),
     quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="Quantization-aware training, or a float model (baseline) (default: --quant)."),
-    loss: Optional[str] = typer.Option(None, help="Layer loss: symba (softplus(-alpha*(g+ - g-))) or bce (threshold, as in the paper) (default: symba)."),
-    alpha: Optional[float] = typer.Option(None, help="Sharpness of the loss (default: 4.0)."),
-    threshold: Optional[float] = typer.Option(None, help="Goodness threshold of the bce loss (default: 1.0)."),
+    loss: Optional[str] = typer.Option(None, help=f"Layer loss: {one_of([f'{l.name} ({l.summary})' for l in registered_losses()])} (default: {DEFAULT_LOSS})."),
+    alpha: Optional[float] = typer.Option(None, help=f"Sharpness of the loss (default: {DEFAULT_ALPHA})."),
+    threshold: Optional[float] = typer.Option(None, help=f"Goodness threshold of the bce loss (default: {DEFAULT_THRESHOLD})."),
     local: Optional[str] = typer.Option(None, help="'pair': a layer's loss also updates the layer before it; 'layer': pure FF, detached inputs (default: pair)."),
     negatives: Optional[str] = typer.Option(None, help="'random' wrong labels or 'hard' (the wrong label the net likes most) (default: random)."),
     wrong_labels: Optional[int] = typer.Option(None, help="Wrong labels per image and step; with more than 1 the loss is the softmax cross-entropy of the right label among them (default: 1)."),

@@ -8,6 +8,10 @@
 - ``folder:PATH``: one sub-folder of images per class;
 - ``npz:PATH``: arrays x_train, y_train, x_test, y_test (+ optional class_names).
 
+Each loader module registers the names or the path prefix it loads
+(:mod:`ffedge.datasets.registry`); ``DATASET_NAMES``, the error messages and the
+CLI help are read from there.
+
 Standard datasets are checked against their published md5s and downloaded
 from the canonical sources when missing (if allowed). Every file is read as
 untrusted input: regular files only, images up to ``MAX_IMAGE_PIXELS``, arrays
@@ -19,23 +23,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ffedge.datasets.base import Dataset, resize_images
-from ffedge.datasets.cifar import load_cifar
-from ffedge.datasets.embedded import load_mnist_5k
+from ffedge.datasets.base import Dataset, resized
 from ffedge.datasets.files import MAX_ARRAY_BYTES
-from ffedge.datasets.folder import load_folder, load_images
-from ffedge.datasets.idx import load_idx_dataset
 from ffedge.datasets.images import MAX_IMAGE_PIXELS
-from ffedge.datasets.npzfile import load_npz
+from ffedge.datasets.registry import dataset_choices, dataset_names, dataset_prefixes, named_dataset, path_kind
 from ffedge.errors import FFEdgeError
+
+# The loader modules register their datasets on import, in this order (the order names are listed in).
+from ffedge.datasets import embedded, idx, cifar, folder, npzfile  # noqa: E402,F401,I001
+from ffedge.datasets.folder import load_images  # noqa: E402
 
 __all__ = [
     "Dataset", "DATASET_NAMES", "DATASET_PREFIXES", "MAX_ARRAY_BYTES", "MAX_IMAGE_PIXELS",
-    "default_data_dir", "load_dataset", "load_images",
+    "dataset_choices", "default_data_dir", "load_dataset", "load_images",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "cifar100")
-DATASET_PREFIXES: tuple[str, ...] = ("folder:", "npz:")
+DATASET_NAMES: tuple[str, ...] = dataset_names()
+DATASET_PREFIXES: tuple[str, ...] = dataset_prefixes()
 
 
 def default_data_dir() -> Path:
@@ -51,10 +55,6 @@ def default_data_dir() -> Path:
     return Path.home() / ".cache" / "ffedge" / "data"
 
 
-def _valid_specs() -> str:
-    return ", ".join((*DATASET_NAMES, *(p + "PATH" for p in DATASET_PREFIXES)))
-
-
 def _parse_size(image_size: tuple[int, int] | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
@@ -67,19 +67,13 @@ def _parse_size(image_size: tuple[int, int] | None) -> tuple[int, int] | None:
     return h, w
 
 
-def _resized(ds: Dataset, size: tuple[int, int] | None) -> Dataset:
-    if size is None or ds.x_train.shape[1:3] == size:
-        return ds
-    return Dataset(ds.name, resize_images(ds.x_train, size), ds.y_train, resize_images(ds.x_test, size), ds.y_test, ds.classes)
-
-
 def load_dataset(
     spec: str,
     data_dir: str | Path | None = None,
     download: bool = True,
     image_size: tuple[int, int] | None = None,
 ) -> Dataset:
-    """Load a dataset by name or ``folder:PATH`` / ``npz:PATH``.
+    """Load a dataset by name or ``folder:PATH`` / ``npz:PATH`` (the kinds of :mod:`ffedge.datasets.registry`).
 
     ``data_dir`` (default :func:`default_data_dir`) holds one sub-folder per
     standard dataset. ``download`` allows fetching missing files. ``image_size``
@@ -87,23 +81,17 @@ def load_dataset(
     """
     size = _parse_size(image_size)
     text = str(spec).strip()
-    for prefix in DATASET_PREFIXES:
-        if text.lower().startswith(prefix):
-            rest = text[len(prefix):].strip()
-            if not rest:
-                raise FFEdgeError(f"dataset {text!r}: give a path after {prefix!r}, e.g. {prefix}./my_data")
-            path = Path(rest).expanduser()
-            if prefix == "folder:":
-                return load_folder(path, size)
-            return _resized(load_npz(path), size)
+    kind = path_kind(text)
+    if kind is not None:
+        rest = text[len(kind.prefix):].strip()
+        if not rest:
+            raise FFEdgeError(f"dataset {text!r}: give a path after {kind.prefix!r}, e.g. {kind.prefix}./my_data")
+        return kind.load(Path(rest).expanduser(), size)
     name = text.lower().replace("_", "-")
-    if name not in DATASET_NAMES:
-        raise FFEdgeError(f"unknown dataset {text!r}: choose one of {_valid_specs()}")
-    if name == "mnist-5k":
-        return _resized(load_mnist_5k(), size)
-    root = Path(data_dir).expanduser() if data_dir not in (None, "") else default_data_dir()
-    if name in ("mnist", "fashion-mnist"):
-        ds = load_idx_dataset(name, root / name, download)
-    else:
-        ds = load_cifar(name, root / name, download)
-    return _resized(ds, size)
+    entry = named_dataset(name)
+    if entry is None:
+        raise FFEdgeError(f"unknown dataset {text!r}: choose one of {', '.join(dataset_choices())}")
+    directory = None
+    if entry.stored:
+        directory = (Path(data_dir).expanduser() if data_dir not in (None, "") else default_data_dir()) / name
+    return resized(entry.load(name, directory, download), size)

@@ -73,6 +73,13 @@ def resize_images(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def resized(ds: Dataset, size: tuple[int, int] | None) -> Dataset:
+    """``ds`` with both splits resized to (H, W) (:func:`resize_images`); itself when ``size`` is None or already its size."""
+    if size is None or ds.x_train.shape[1:3] == size:
+        return ds
+    return Dataset(ds.name, resize_images(ds.x_train, size), ds.y_train, resize_images(ds.x_test, size), ds.y_test, ds.classes)
+
+
 def stratified_split(
     y: np.ndarray, test_fraction: float, seed: int | list[int]
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels
 from ffedge.datasets.files import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, reason
+from ffedge.datasets.registry import register_dataset
 from ffedge.datasets.remote import ensure_files
 from ffedge.errors import FFEdgeError
 
@@ -121,3 +122,8 @@ def load_cifar(name: str, directory: Path, download: bool) -> Dataset:
     paths = ensure_files(name, directory, download)
     x_tr, y_tr, x_te, y_te, classes = read_cifar_tarball(paths[layout.tarball], layout)
     return Dataset(name, x_tr, y_tr, x_te, y_te, classes)
+
+
+for _name in LAYOUTS:
+    register_dataset(_name, load_cifar)
+del _name

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels, as_nhwc, stratified_split
+from ffedge.datasets.registry import register_dataset
 from ffedge.errors import FFEdgeError
 
 NAME = "mnist-5k"
@@ -40,3 +41,6 @@ def load_mnist_5k() -> Dataset:
         x, y = as_nhwc(npz["x"]), as_labels(npz["y"])
     train, test = stratified_split(y, TEST_FRACTION, SPLIT_SEED)
     return Dataset(NAME, x[train], y[train], x[test], y[test], [str(i) for i in range(10)])
+
+
+register_dataset(NAME, lambda name, directory, download: load_mnist_5k(), note="embedded", stored=False)

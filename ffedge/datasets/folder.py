@@ -14,6 +14,7 @@ import numpy as np
 
 from ffedge.datasets.base import Dataset
 from ffedge.datasets.images import image_extensions, load_images
+from ffedge.datasets.registry import register_path_kind
 from ffedge.errors import FFEdgeError
 
 __all__ = ["TEST_FRACTION", "SPLIT_SEED", "load_folder", "load_images"]
@@ -109,3 +110,6 @@ def load_folder(root: Path, image_size: tuple[int, int] | None = None) -> Datase
     x_all = load_images(train_paths + test_paths, image_size)
     n = len(train_paths)
     return Dataset(f"folder:{root}", x_all[:n], y_train, x_all[n:], y_test, classes)
+
+
+register_path_kind("folder:", load_folder, note="one sub-folder of images per class")

@@ -15,6 +15,7 @@ import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels, as_nhwc
 from ffedge.datasets.files import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, read_upto, reason
+from ffedge.datasets.registry import register_dataset
 from ffedge.datasets.remote import ensure_files
 from ffedge.errors import FFEdgeError
 
@@ -96,3 +97,8 @@ def load_idx_dataset(name: str, directory: Path, download: bool) -> Dataset:
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise FFEdgeError(f"{name}: train images are {x_tr.shape[1:3]} but test images are {x_te.shape[1:3]}")
     return Dataset(name, x_tr, y_tr, x_te, y_te, list(classes))
+
+
+for _name in CLASSES:
+    register_dataset(_name, load_idx_dataset)
+del _name

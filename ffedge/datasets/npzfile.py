@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ffedge.datasets.base import Dataset, as_labels, as_nhwc
+from ffedge.datasets.base import Dataset, as_labels, as_nhwc, resized
 from ffedge.datasets.files import NpzArchive
+from ffedge.datasets.registry import register_path_kind
 from ffedge.errors import FFEdgeError
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -104,3 +105,6 @@ def load_npz(path: Path) -> Dataset:
     if len(classes) < 2:
         raise FFEdgeError(f"{where}: needs at least 2 classes, found {len(classes)}")
     return Dataset(f"npz:{path}", x_tr, as_labels(y_tr), x_te, as_labels(y_te), classes, label_gaps=gaps)
+
+
+register_path_kind("npz:", lambda path, image_size: resized(load_npz(path), image_size), note="x_train, y_train, x_test, y_test")

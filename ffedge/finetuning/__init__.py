@@ -2,8 +2,9 @@
 
 - :mod:`ffedge.finetuning.loop`: :func:`finetune` and :class:`FinetuneConfig` (``ffedge finetune``): data, training
   loop, re-quantization, scoring and the commit of a new bundle version;
-- :mod:`ffedge.finetuning.numerics`: the numpy Forward-Forward layer in fake-quant mode, its losses, Adam,
-  the im2col convolution and the softmax head (numpy only: no onnxruntime either).
+- :mod:`ffedge.finetuning.numerics`: the numpy Forward-Forward layer in fake-quant mode, its FF step, Adam,
+  the im2col convolution and the softmax head (numpy only: no onnxruntime either); the FF definitions it
+  uses (goodness, losses, negatives) are :mod:`ffedge.ff`'s.
 
 ``from ffedge.finetuning import finetune, FinetuneConfig`` works; the loop module, and with it onnxruntime,
 is imported on first use of such a name, so ``ffedge.finetuning.numerics`` stays numpy-only. (The package

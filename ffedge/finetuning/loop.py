@@ -46,14 +46,16 @@ from ffedge.bundle.names import (
 from ffedge.bundle.onnx_patch import patch_initializers
 from ffedge.bundle.update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
-from ffedge.finetuning.numerics import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step, wrong_labels
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, wrong_labels
+from ffedge.finetuning.numerics import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step
 from ffedge.fsutil import fsync_dir
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.evaluate import load_for_bundle
 from ffedge.runtime.memory import peak_rss_mb
 from ffedge.runtime.preprocess import normalize
-from ffedge.runtime.session import MODES, Runtime
+from ffedge.runtime.modes import DEFAULT_MODE, check_mode
+from ffedge.runtime.session import Runtime
 
 EVAL_BATCH = 2  # images per onnxruntime call when scoring (10 labels -> 20 hypotheses): bounds peak memory
 
@@ -72,7 +74,7 @@ class FinetuneConfig:
     anchor: float = 0.002
     replay: bool = True
     eval_examples: int = 1000
-    mode: str = "all"
+    mode: str = DEFAULT_MODE
     seed: int = 0
     data_dir: str | None = None
     resize: bool = False
@@ -89,8 +91,7 @@ class FinetuneConfig:
         check_threads(self.threads)
         if not isinstance(self.replay, bool):
             raise FFEdgeError(f"replay must be True or False, got {self.replay!r}")
-        if self.mode not in MODES:
-            raise FFEdgeError(f"unknown mode '{self.mode}': choose one of {', '.join(MODES)}")
+        check_mode(self.mode)
 
 
 def trainable_layers(text: str, n_layers: int) -> list[int]:
@@ -167,8 +168,8 @@ class HybridNet:
         losses = []
         for i in range(max(self.layers) + 1):
             if i in self.layers:
-                loss, _, _ = ff_step(self.layers[i], opts[i], cur[:n], cur[n:], objective.get("loss", "symba"),
-                                     float(objective.get("alpha", 4.0)), float(objective.get("threshold", 1.0)))
+                loss, _, _ = ff_step(self.layers[i], opts[i], cur[:n], cur[n:], objective.get("loss", DEFAULT_LOSS),
+                                     float(objective.get("alpha", DEFAULT_ALPHA)), float(objective.get("threshold", DEFAULT_THRESHOLD)))
                 losses.append(loss)
                 if self.anchor:
                     for p, p0 in zip(self.layers[i].params, self.start[i]):

@@ -20,6 +20,9 @@ estimators as Brevitas does: rounding is the identity; the output quantizer pass
 the gradient where ``a > 0`` (ReLU) and ``round(a / s_out) <= 2^b - 1`` (Brevitas'
 ``TensorClamp`` keeps values equal to the bound); the weight and bias scales are
 treated as constants.
+
+The Forward-Forward definitions (goodness, the loss registry, the head-feature
+normalization, the objective's defaults) are :mod:`ffedge.ff`'s, shared with training.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ from ffedge.bundle.names import (  # noqa: F401  (master_keys: part of this modu
     master_prefix,
 )
 from ffedge.errors import FFEdgeError
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, ff_loss, goodness, normalize_features
 
-LOSS_NAMES = ("symba", "bce")
 # Upper bound on the im2col buffer of one chunk of the batch (the batch is processed in chunks).
 COLS_CHUNK_BYTES = 4 << 20
 SCALE_MIN = 1e-10  # Brevitas' scaling_min_val for the weight scale
@@ -168,28 +171,12 @@ def maxpool2x2(h: np.ndarray) -> np.ndarray:
     return h[:, :, : 2 * h2, : 2 * w2].reshape(n, c, h2, 2, w2, 2).max(axis=(3, 5))
 
 
-def goodness(h: np.ndarray) -> np.ndarray:
-    """Mean of squares per sample: [N, C, H, W] -> [N]."""
-    return np.square(h).reshape(h.shape[0], -1).mean(axis=1)
-
-
 # ---------------------------------------------------------------------------- optimizer
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:
     """Cosine decay from ``base`` to 0 over ``total`` steps."""
     return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-def wrong_labels(y: np.ndarray, num_classes: int, rng: np.random.Generator, n: int = 1) -> np.ndarray:
-    """``n`` different wrong labels per image, uniform over the other classes: [n, B] (n=1: [B]).
-
-    The negatives of FF training; every trainer (torch and on-device) draws them here.
-    """
-    if n == 1:
-        return (y + rng.integers(1, num_classes, size=len(y))) % num_classes
-    offsets = rng.random((len(y), num_classes - 1)).argsort(1)[:, :n].T + 1
-    return (y[None, :] + offsets) % num_classes
 
 
 class Adam:
@@ -401,46 +388,13 @@ class QuantFFLayer:
         return arrays
 
 
-# ---------------------------------------------------------------------------- FF losses
+# ---------------------------------------------------------------------------- FF step
 
 
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.logaddexp(0.0, x)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def ff_loss(name: str, g_pos: np.ndarray, g_neg: np.ndarray, alpha: float = 4.0,
-            threshold: float = 1.0) -> tuple[float, np.ndarray, np.ndarray]:
-    """FF layer loss as ``ffedge.train.losses.ff_loss``; returns (loss, dL/dg_pos, dL/dg_neg).
-
-    ``symba``: mean softplus(-alpha (g_pos - g_neg)); ``bce``: 0.5 mean(softplus(-alpha (g_pos - t))
-    + softplus(alpha (g_neg - t))). g_pos and g_neg are [N] (pairs for symba).
-    """
-    gp, gn = np.asarray(g_pos, np.float64), np.asarray(g_neg, np.float64)
-    if gp.shape != gn.shape or gp.ndim != 1 or gp.size == 0:
-        raise FFEdgeError(f"ff_loss needs g_pos and g_neg of the same non-empty shape [N], got {gp.shape} and {gn.shape}")
-    n = gp.size
-    if name == "symba":
-        d = -alpha * (gp - gn)
-        loss = _softplus(d).mean()
-        s = alpha * _sigmoid(d) / n
-        dp, dn = -s, s
-    elif name == "bce":
-        up, un = -alpha * (gp - threshold), alpha * (gn - threshold)
-        loss = 0.5 * (_softplus(up) + _softplus(un)).mean()
-        dp, dn = -0.5 * alpha * _sigmoid(up) / n, 0.5 * alpha * _sigmoid(un) / n
-    else:
-        raise FFEdgeError(f"unknown loss '{name}': choose one of {', '.join(LOSS_NAMES)}")
-    dt = np.result_type(np.asarray(g_pos).dtype, np.float32)
-    return float(loss), dp.astype(dt), dn.astype(dt)
-
-
-def ff_step(layer: QuantFFLayer, opt: Adam, x_pos: np.ndarray, x_neg: np.ndarray, loss: str = "symba",
-            alpha: float = 4.0, threshold: float = 1.0) -> tuple[float, float, float]:
-    """One FF update of ``layer``: positives and negatives in one forward, loss, grads, Adam step.
+def ff_step(layer: QuantFFLayer, opt: Adam, x_pos: np.ndarray, x_neg: np.ndarray, loss: str = DEFAULT_LOSS,
+            alpha: float = DEFAULT_ALPHA, threshold: float = DEFAULT_THRESHOLD) -> tuple[float, float, float]:
+    """One FF update of ``layer``: positives and negatives in one forward, the registered loss
+    (:func:`ffedge.ff.ff_loss`), grads, Adam step.
 
     ``opt`` must hold ``layer.params``. Returns (loss, mean g_pos, mean g_neg) before the update.
     """
@@ -478,7 +432,8 @@ class SoftmaxHead:
 
         Each is [N, C, H, W] (activity before pooling; spatially averaged here) or
         [N, C] (already averaged: a layer session's ``feature`` output). Each is
-        divided by its L2 norm + 1e-6, then all are concatenated.
+        normalized as :func:`ffedge.ff.normalize_features` (divided by its L2 norm + ``HEAD_NORM_EPS``),
+        then all are concatenated.
         """
         feats = []
         for a in acts:
@@ -486,7 +441,7 @@ class SoftmaxHead:
             f = f.mean(axis=(2, 3)) if f.ndim == 4 else f
             if f.ndim != 2:
                 raise FFEdgeError(f"head features must be [N, C, H, W] or [N, C], got shape {list(f.shape)}")
-            feats.append(f / (np.sqrt(np.square(f).sum(axis=1, keepdims=True)) + np.float32(1e-6)))
+            feats.append(normalize_features(f))
         return np.concatenate(feats, axis=1)
 
     def logits(self, feats: np.ndarray) -> np.ndarray:

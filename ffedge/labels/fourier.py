@@ -96,7 +96,9 @@ class FourierEncoding(LabelEncoding):
     """Class-specific gratings, as an extra channel (default) or added to the image."""
 
     name = "fourier"
-    MODES = ("channel", "add")
+    # Where the grating goes, and what the help of --label-mode says of it.
+    MODE_HELP = {"channel": "the grating as an extra input channel", "add": "the grating added to the image, as in the paper"}
+    MODES = tuple(MODE_HELP)
 
     def __init__(
         self,

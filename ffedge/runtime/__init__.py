@@ -1,6 +1,7 @@
 """Running a bundle on the device: numpy and onnxruntime, no torch.
 
 - :mod:`ffedge.runtime.session`: :class:`Runtime` (classification by goodness, head or top-k), the onnxruntime sessions;
+- :mod:`ffedge.runtime.modes`: the registry of prediction modes (``--mode``), light enough for the CLI's help;
 - :mod:`ffedge.runtime.preprocess`: pixels -> network inputs, shared with the trainer;
 - :mod:`ffedge.runtime.inputs`: image and .npy files -> pixels a bundle takes;
 - :mod:`ffedge.runtime.evaluate`: accuracy and confusion matrix on a dataset that fits the bundle;
@@ -9,7 +10,8 @@
 
 ``from ffedge.runtime import Runtime`` (and the other names of :mod:`ffedge.runtime.session`) works; the
 session module, and with it onnxruntime, is imported on first use of such a name, so the numpy-only
-modules (``preprocess``, ``memory``, ...) stay as light as they are.
+modules (``preprocess``, ``memory``, ...) stay as light as they are. ``MODES`` and ``check_mode`` come
+from :mod:`ffedge.runtime.modes` (no onnxruntime).
 """
 
 from __future__ import annotations
@@ -17,31 +19,32 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ffedge.runtime.modes import MODES, check_mode
+
 if TYPE_CHECKING:
     from ffedge.runtime.session import (
         DISABLED_OPTIMIZERS,
-        MODES,
         ORT_ERRORS,
         Graph,
         Prediction,
         Runtime,
         as_pixels,
         check_graph,
-        check_mode,
         load_and_check,
         make_session,
         session_options,
     )
 
 # The names of ffedge.runtime.session that ``from ffedge.runtime import ...`` gives.
-__all__ = [
-    "DISABLED_OPTIMIZERS", "MODES", "ORT_ERRORS", "Graph", "Prediction", "Runtime", "as_pixels", "check_graph", "check_mode",
+_SESSION_NAMES = [
+    "DISABLED_OPTIMIZERS", "ORT_ERRORS", "Graph", "Prediction", "Runtime", "as_pixels", "check_graph",
     "load_and_check", "make_session", "session_options",
 ]
+__all__ = ["MODES", "check_mode", *_SESSION_NAMES]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in _SESSION_NAMES:
         value = getattr(importlib.import_module("ffedge.runtime.session"), name)
         globals()[name] = value
         return value

@@ -17,6 +17,7 @@ from ffedge.errors import FFEdgeError
 from ffedge.options import check_int
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.memory import peak_rss_mb
+from ffedge.runtime.modes import DEFAULT_MODE, mode_spec
 from ffedge.runtime.session import Runtime
 from ffedge.runtime.timing import latency
 
@@ -37,9 +38,14 @@ def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resi
     return load_fitting(spec, bundle.input_shape, data_dir, resize)
 
 
-def held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: str | None = None, resize: bool = False,
+def first_held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: str | None = None, resize: bool = False,
              limit: int | None = None, owner: str = "the bundle", hint: str = " (pass --resize)") -> tuple[np.ndarray, np.ndarray]:
-    """The held-out split (first ``limit`` images) of a dataset that fits ``input_shape`` and ``num_classes``."""
+    """The first ``limit`` images (all without it) of the held-out split of a dataset that fits ``input_shape`` and
+    ``num_classes``, as uint8 NHWC pixels and labels.
+
+    ``ffedge eval`` and ``ffedge bench`` (:func:`first_held_out_for_bundle`) and ``ffedge report`` score these;
+    the export's parity check uses a random subset instead (``ffedge.train.parity.random_held_out_of_run``).
+    """
     check_int(limit, "--limit", 1)
     ds = load_fitting(spec, input_shape, data_dir, resize, owner, hint)
     if ds.num_classes != num_classes:
@@ -54,10 +60,10 @@ def held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: 
     return x, y
 
 
-def held_out_split(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
-               limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out split of a dataset, checked against the bundle's classes and input shape."""
-    return held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit)
+def first_held_out_for_bundle(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
+                              limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`first_held_out` of a dataset, checked against the bundle's classes and input shape."""
+    return first_held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
@@ -71,7 +77,7 @@ def evaluate(
     rt: Runtime,
     x: np.ndarray,
     y: np.ndarray,
-    mode: str = "all",
+    mode: str = DEFAULT_MODE,
     k: int = 3,
     batch_size: int = 64,
     latency_images: int = 200,
@@ -93,7 +99,7 @@ def evaluate(
     lat = latency(rt, x, mode, k, latency_images) if latency_images else None
     return {
         "mode": mode,
-        "k": k if mode == "topk" else None,
+        "k": k if mode_spec(mode).uses_k else None,
         "images": int(len(y)),
         "accuracy": float((pred == y).mean()),
         "confusion": confusion(y, pred, rt.num_classes).tolist(),

@@ -15,6 +15,7 @@ from ffedge.datasets.base import resize_images
 from ffedge.datasets.files import check_regular, load_npy
 from ffedge.datasets.images import load_images
 from ffedge.errors import FFEdgeError
+from ffedge.runtime.preprocess import check_pixels
 
 
 def _fit(x: np.ndarray, name: str, shape: tuple[int, int, int], resize: bool) -> np.ndarray:
@@ -35,15 +36,9 @@ def _fit(x: np.ndarray, name: str, shape: tuple[int, int, int], resize: bool) ->
 
 def read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """A .npy of one image (HW, HWC) or a batch (NHW, NHWC) with pixel values 0..255 -> uint8 NHWC."""
-    x = load_npy(path)
-    if x.dtype.kind not in "iuf":
-        raise FFEdgeError(f"{path}: expected numeric pixels, got dtype {x.dtype}")
-    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
-        raise FFEdgeError(f"{path}: contains NaN or infinite values")
+    x = check_pixels(load_npy(path), str(path))
     if x.size == 0:
         raise FFEdgeError(f"{path}: array of shape {list(x.shape)} holds no pixels")
-    if x.min() < 0 or x.max() > 255:
-        raise FFEdgeError(f"{path}: pixel values must lie in 0..255, got {x.min():g}..{x.max():g}")
     c = shape[0]
     if x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3) and x.shape[2] == c and x.shape[:2] == shape[1:]):
         x = x[None]
@@ -51,7 +46,7 @@ def read_npy(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
         x = x[..., None]
     if x.ndim != 4 or x.shape[3] not in (1, 3):
         raise FFEdgeError(f"{path}: array of shape {list(x.shape)} is not an image (HW, HWC, NHW or NHWC)")
-    return np.rint(x).astype(np.uint8) if x.dtype != np.uint8 else x
+    return x
 
 
 def read_inputs(paths: list[Path], shape: tuple[int, int, int], resize: bool = False) -> tuple[np.ndarray, list[str]]:

@@ -1,8 +1,9 @@
-"""Input normalization shared by the trainer and the on-device runtime.
+"""Input normalization shared by the trainer and the on-device runtime, and the check of user pixels.
 
 Both sides must turn uint8 pixels into network inputs identically, so the
 arithmetic lives here once: ``(x / 255 - mean) / std`` per channel, NHWC uint8
-in, NCHW float32 out.
+in, NCHW float32 out. :func:`check_pixels` turns pixel arrays a user hands in
+(``Runtime.predict``, ``.npy`` files) into uint8, or says what is wrong.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
+from ffedge.errors import FFEdgeError
 
 # A constant channel would give std 0 and divide by zero; one grey level is the floor.
 MIN_STD = 1.0 / 255.0
@@ -21,6 +24,23 @@ def _check_nhwc(x: np.ndarray) -> None:
         raise ValueError(f"expected a 4-D NHWC array, got shape {getattr(x, 'shape', None)}")
     if x.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels, got {x.dtype}")
+
+
+def check_pixels(x: np.ndarray, where: str) -> np.ndarray:
+    """Pixel values 0..255 in any numeric dtype -> uint8 (rounded half to even); uint8 passes unchanged.
+
+    Refuses non-numeric dtypes, NaN or infinite values and values outside 0..255 with one line
+    starting with ``where`` (what the pixels are: a file name, "images"). The shape is the caller's.
+    """
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind not in "iuf":
+        raise FFEdgeError(f"{where}: expected numeric pixels, got dtype {x.dtype}")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise FFEdgeError(f"{where}: contains NaN or infinite values")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise FFEdgeError(f"{where}: pixel values must lie in 0..255, got {x.min():g}..{x.max():g}")
+    return np.rint(x).astype(np.uint8)
 
 
 def compute_normalization(x: np.ndarray) -> tuple[list[float], list[float]]:

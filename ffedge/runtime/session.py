@@ -1,7 +1,7 @@
 """Run a bundle with onnxruntime: classification by goodness over label hypotheses (device side).
 
 No torch here: numpy, onnxruntime and ffedge's own label encodings only.
-Three modes:
+The modes are those of :mod:`ffedge.runtime.modes`; each is a ``predict_<mode>`` method:
 
 - ``all``: every image with every label; the label whose hypothesis has the
   highest goodness (summed over the bundle's prediction layers) wins. All B*K
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -38,9 +38,9 @@ from ffedge.bundle.names import (
 )
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.options import check_int, check_threads
-from ffedge.runtime.preprocess import normalize
+from ffedge.runtime.modes import DEFAULT_MODE, mode_spec
+from ffedge.runtime.preprocess import check_pixels, normalize
 
-MODES = ("all", "head", "topk")
 # What onnxruntime raises (its own exception types, none a subclass of a builtin one but Exception).
 ORT_ERRORS = tuple(
     v for v in vars(__import__("onnxruntime.capi.onnxruntime_pybind11_state", fromlist=["_"])).values()
@@ -190,22 +190,7 @@ def as_pixels(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
             f"images of shape {list(x.shape[1:]) if x.ndim >= 3 else list(x.shape)} do not fit this bundle, "
             f"which takes {h}x{w} pixels with {c} channel(s) (resize with --resize or ffedge.datasets.load_images)"
         )
-    if x.dtype == np.uint8:
-        return x
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise FFEdgeError(f"images must be numeric pixel arrays, got dtype {x.dtype}")
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        raise FFEdgeError("images contain NaN or infinite values")
-    if x.size and (x.min() < 0 or x.max() > 255):
-        raise FFEdgeError(f"pixel values must lie in 0..255, got {x.min():g}..{x.max():g}")
-    return np.rint(x).astype(np.uint8)
-
-
-def check_mode(mode: str) -> str:
-    """One of MODES, else a one-line error."""
-    if mode not in MODES:
-        raise FFEdgeError(f"unknown mode {quoted(mode)}: choose one of {', '.join(MODES)}")
-    return mode
+    return check_pixels(x, "images")
 
 
 class Runtime:
@@ -319,27 +304,37 @@ class Runtime:
 
     def check_mode(self, mode: str, k: int = 3) -> None:
         """A mode this bundle can run (``head`` and ``topk`` need its head) and, for ``topk``, a ``k`` in 1..K."""
-        check_mode(mode)
-        if mode != "all" and self.head_session is None:
+        spec = mode_spec(mode)
+        if spec.needs_head and self.head_session is None:
             raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
-        if mode == "topk":
+        if spec.uses_k:
             check_int(k, "--k", 1, self.num_classes)
 
-    def predict(self, images: np.ndarray, mode: str = "all", k: int = 3) -> Prediction:
+    def predict(self, images: np.ndarray, mode: str = DEFAULT_MODE, k: int = 3) -> Prediction:
         """Classify a batch of images (pixels, NHWC or NHW)."""
         self.check_mode(mode, k)
         x = self.normalize(images)
         return self.predict_normalized(x, mode, k)
 
-    def predict_normalized(self, x: np.ndarray, mode: str = "all", k: int = 3) -> Prediction:
-        """Like :meth:`predict` for inputs already normalized (float32 NCHW)."""
+    def predict_normalized(self, x: np.ndarray, mode: str = DEFAULT_MODE, k: int = 3) -> Prediction:
+        """Like :meth:`predict` for inputs already normalized (float32 NCHW): the mode's ``predict_<mode>``."""
         self.check_mode(mode, k)
-        if mode == "all":
-            g = self.goodness(x)
-            return Prediction(g.argmax(1), g)
+        predict: Callable[[np.ndarray, int], Prediction] = getattr(self, mode_spec(mode).method)
+        return predict(x, k)
+
+    def predict_all(self, x: np.ndarray, k: int = 0) -> Prediction:
+        """Mode ``all``: the label with the highest goodness of all K hypotheses (``k`` unused)."""
+        g = self.goodness(x)
+        return Prediction(g.argmax(1), g)
+
+    def predict_head(self, x: np.ndarray, k: int = 0) -> Prediction:
+        """Mode ``head``: the softmax head's probabilities of one neutral-label pass (``k`` unused)."""
         probs = self.head_probs(x)
-        if mode == "head":
-            return Prediction(probs.argmax(1), probs)
+        return Prediction(probs.argmax(1), probs)
+
+    def predict_topk(self, x: np.ndarray, k: int = 3) -> Prediction:
+        """Mode ``topk``: the head proposes ``k`` labels, the highest goodness among them wins (-inf for the others)."""
+        probs = self.head_probs(x)
         cand = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [B, k]
         scores = np.full(probs.shape, -np.inf, dtype=np.float32)
         if len(x):

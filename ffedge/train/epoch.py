@@ -9,7 +9,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ffedge.finetuning.numerics import cosine_lr, wrong_labels
+from ffedge.ff import wrong_labels
+from ffedge.finetuning.numerics import cosine_lr
 from ffedge.progress import Reporter
 from ffedge.train.model import FFNet
 from ffedge.train.run_folder import RunFolder

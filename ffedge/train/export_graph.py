@@ -45,7 +45,7 @@ from ffedge.bundle.names import (
 )
 from ffedge.progress import Reporter
 from ffedge.runtime import make_session
-from ffedge.train.model import FFConvLayer, FFNet
+from ffedge.train.model import FFConvLayer, FFNet, goodness, normalize_features
 
 OPSET = 13
 FUSED_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")
@@ -60,7 +60,7 @@ class LayerGraph(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, y = self.layer(x)
-        return y, h.pow(2).mean(dim=(1, 2, 3)), h.mean(dim=(2, 3))
+        return y, goodness(h), h.mean(dim=(2, 3))
 
 
 class HeadGraph(nn.Module):
@@ -72,8 +72,7 @@ class HeadGraph(nn.Module):
         self.n_inputs = n_inputs
 
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
-        fs = [f / (f.norm(dim=1, keepdim=True) + 1e-6) for f in feats]
-        return torch.softmax(self.head(torch.cat(fs, dim=1)), dim=1)
+        return torch.softmax(self.head(torch.cat([normalize_features(f) for f in feats], dim=1)), dim=1)
 
 
 def _strip_initializer_inputs(model: onnx.ModelProto) -> None:

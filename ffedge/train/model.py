@@ -9,7 +9,7 @@ with ``norm`` one of :data:`NORMS`: ``batch`` (BatchNorm2d(affine=False), the
 default) or ``rms`` (:class:`RMSNorm`, parameter-free per-sample length
 normalization as in Hinton's FF and loeweX/Forward-Forward).
 Its *goodness* is the mean of squared activations after the ReLU and before
-pooling. The normalization at the start of the next layer removes the
+pooling (:func:`goodness`, the torch twin of :func:`ffedge.ff.goodness`). The normalization at the start of the next layer removes the
 magnitude information, so a layer cannot just hand its goodness on.
 With ``quant=False`` the same layers are plain float torch modules.
 """
@@ -23,6 +23,7 @@ from torch import nn
 
 from ffedge.errors import FFEdgeError
 from ffedge.bundle.manifest import NORMS
+from ffedge.ff import HEAD_NORM_EPS
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,20 @@ class FFConvLayer(nn.Module):
 
 
 def goodness(h: torch.Tensor) -> torch.Tensor:
-    """Mean of squared activations per sample: [B, C, H, W] -> [B]."""
-    return h.pow(2).flatten(1).mean(1)
+    """Mean of squared activations over C, H, W per sample: [B, C, H, W] -> [B].
+
+    The torch twin of :func:`ffedge.ff.goodness`: training, the exported layer graphs
+    (``Pow -> ReduceMean``) and the torch benchmark all compute it here.
+    """
+    return h.pow(2).mean(dim=(1, 2, 3))
+
+
+def normalize_features(f: torch.Tensor) -> torch.Tensor:
+    """Head features [B, C] divided by their L2 norm + ``HEAD_NORM_EPS`` per sample.
+
+    The torch twin of :func:`ffedge.ff.normalize_features` (training's head and the exported head graph).
+    """
+    return f / (f.norm(dim=1, keepdim=True) + HEAD_NORM_EPS)
 
 
 class FFNet(nn.Module):
@@ -216,12 +229,8 @@ class FFNet(nn.Module):
 
     @staticmethod
     def head_features(hs: list[torch.Tensor], which: list[int]) -> torch.Tensor:
-        """Spatially averaged, length-normalized activities of the chosen layers, concatenated."""
-        feats = []
-        for i in which:
-            f = hs[i].mean(dim=(2, 3))
-            feats.append(f / (f.norm(dim=1, keepdim=True) + 1e-6))
-        return torch.cat(feats, dim=1)
+        """Spatially averaged, length-normalized (:func:`normalize_features`) activities of the chosen layers, concatenated."""
+        return torch.cat([normalize_features(hs[i].mean(dim=(2, 3))) for i in which], dim=1)
 
     def head_logits(self, x_neutral: torch.Tensor) -> torch.Tensor:
         hs = self.forward_layers(x_neutral)

@@ -27,8 +27,9 @@ from ffedge.train.trainer import eval_subset, goodness_matrix, neutral_features
 LAYER_CHECK_IMAGES = 100  # images (x every label) fed layer by layer
 
 
-def held_out(cfg: dict[str, Any], samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed random subset of the run's held-out split, normalized as in training, and its labels."""
+def random_held_out_of_run(cfg: dict[str, Any], samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed random subset of ``samples`` images (:func:`~ffedge.train.trainer.eval_subset`, seed 0) of the run's
+    held-out split, normalized as in training, and its labels (the data is not downloaded)."""
     tr = cfg["train"]
     try:
         ds = load_dataset(tr["dataset"], data_dir=tr.get("data_dir"), download=False)
@@ -76,7 +77,7 @@ def parity_report(
     ref.eval()
     if rt.bundle.classes != list(cfg["classes"]) or [layer.out_shape for layer in rt.bundle.layers] != [tuple(s) for s in ref.out_shapes]:
         raise FFEdgeError(f"{bundle_dir} was not exported from {run_dir} (classes or layers differ)")
-    x, y = held_out(cfg, samples)
+    x, y = random_held_out_of_run(cfg, samples)
     enc = rt.encoding
     pl = rt.bundle.predict_layers
     with rep.task(f"parity check on {len(y)} held-out images", 3) as advance:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ffedge.finetuning.numerics import wrong_labels
+from ffedge.ff import wrong_labels
 from ffedge.progress import Reporter
 from ffedge.train.epoch import Training
 from ffedge.train.run_folder import RunFolder

@@ -39,7 +39,7 @@ from ffedge.labels.draw import label_sheet, save_label_sheet
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.model import FFNet
 from ffedge.train.report_figures import draw_cams, draw_confusion, draw_goodness_bars, save_figure
-from ffedge.train.report_scoring import Scores, Shown, held_out_data, pick_images, score_held_out
+from ffedge.train.report_scoring import Scores, Shown, first_held_out_of_run, pick_images, score_held_out
 from ffedge.train.run_files import load_run
 
 FILES = ("label_patterns.png", "cams.png", "goodness_correct.png", "goodness_wrong.png", "confusion.png")
@@ -113,7 +113,7 @@ def write_report(
     run_dir, out = Path(run_dir), Path(out)
     _check_args(run_dir, out, images, limit, device)
     run = _load(run_dir, device)
-    raw, x, y = held_out_data(run.cfg, limit, data_dir)
+    raw, x, y = first_held_out_of_run(run.cfg, limit, data_dir)
     scores = score_held_out(run.net, run.enc, x, y, run.predict_layers, device, rep)
     shown = pick_images(scores, y, images)
     rep.log(f"held-out accuracy {scores.accuracy:.2%} ({len(y)} images, goodness of {run.layers_text})")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ffedge.runtime.evaluate import held_out
+from ffedge.runtime.evaluate import first_held_out
 from ffedge.labels import LabelEncoding
 from ffedge.runtime.preprocess import normalize
 from ffedge.progress import Reporter
@@ -24,11 +24,12 @@ from ffedge.train.trainer import goodness_accuracy, goodness_matrix
 SCORE_BATCH = 100  # held-out images per goodness_matrix call (one progress step)
 
 
-def held_out_data(cfg: dict[str, Any], limit: int | None = None, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The run's held-out split (first ``limit`` images): raw uint8 NHWC, normalized NCHW as in training, labels."""
+def first_held_out_of_run(cfg: dict[str, Any], limit: int | None = None, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first ``limit`` images of the run's held-out split (:func:`~ffedge.runtime.evaluate.first_held_out`):
+    raw uint8 NHWC, normalized NCHW as in training, labels."""
     tr = cfg["train"]
     where = data_dir if data_dir is not None else tr.get("data_dir")
-    raw, y = held_out(tr["dataset"], cfg["input"]["shape"], len(cfg["classes"]), str(where) if where else None,
+    raw, y = first_held_out(tr["dataset"], cfg["input"]["shape"], len(cfg["classes"]), str(where) if where else None,
                       limit=limit, owner="the run", hint="")
     return raw, normalize(raw, cfg["input"]["mean"], cfg["input"]["std"]), y
 

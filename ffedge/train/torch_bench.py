@@ -12,7 +12,7 @@ from ffedge.runtime.bench import BenchRow
 from ffedge.runtime.timing import time_per_image
 from ffedge.labels import LabelEncoding
 from ffedge.runtime.preprocess import normalize
-from ffedge.train.model import float_copy
+from ffedge.train.model import float_copy, goodness
 from ffedge.train.run_files import load_run
 
 
@@ -35,7 +35,7 @@ def bench_torch_eager(run_dir: str | Path, enc: LabelEncoding, x: np.ndarray, y:
         for i, layer in enumerate(model.layers):
             t = time.perf_counter()
             h, cur = layer(cur)
-            gs.append(h.pow(2).mean(dim=(1, 2, 3)))
+            gs.append(goodness(h))
             if timed:
                 layer_s[i] += time.perf_counter() - t
         g = torch.stack(gs)[pl].sum(0).view(len(xb), k)

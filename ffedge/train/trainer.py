@@ -18,10 +18,11 @@ import torch
 
 from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError, quoted
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import compute_normalization, normalize
-from ffedge.train.losses import LOSS_NAMES, ff_loss
+from ffedge.train.losses import ff_loss, torch_loss
 from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
 
 LOCAL_MODES = ("pair", "layer")
@@ -49,9 +50,9 @@ class TrainConfig:
     quant: bool = True
     bits: int = 8
     weight_bits: int | None = None
-    loss: str = "symba"
-    alpha: float = 4.0
-    threshold: float = 1.0
+    loss: str = DEFAULT_LOSS
+    alpha: float = DEFAULT_ALPHA
+    threshold: float = DEFAULT_THRESHOLD
     local: str = "pair"
     negatives: str = "random"
     wrong_labels: int = 1
@@ -84,8 +85,7 @@ class TrainConfig:
         self.check_types()
         if self.labels not in ENCODING_NAMES:
             raise FFEdgeError(f"unknown label encoding {quoted(self.labels)}: choose one of {', '.join(ENCODING_NAMES)}")
-        if self.loss not in LOSS_NAMES:
-            raise FFEdgeError(f"unknown loss {quoted(self.loss)}: choose one of {', '.join(LOSS_NAMES)}")
+        torch_loss(self.loss)  # a name of the loss registry (ffedge.ff.losses) with a torch twin
         if self.local not in LOCAL_MODES:
             raise FFEdgeError(f"unknown --local {quoted(self.local)}: choose one of {', '.join(LOCAL_MODES)}")
         if self.norm not in NORMS:
