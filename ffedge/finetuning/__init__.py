@@ -13,8 +13,9 @@ is not called ``finetune``: that is the function :func:`ffedge.finetune`.)
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ffedge.lazy import lazy_names
 
 if TYPE_CHECKING:
     from ffedge.finetuning.loop import EVAL_BATCH, FinetuneConfig, HybridNet, accuracy, finetune, trainable_layers  # noqa: F401
@@ -23,13 +24,4 @@ if TYPE_CHECKING:
 __all__ = ["EVAL_BATCH", "FinetuneConfig", "HybridNet", "accuracy", "finetune", "trainable_layers"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        value = getattr(importlib.import_module("ffedge.finetuning.loop"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(globals(), "ffedge.finetuning.loop", __all__)

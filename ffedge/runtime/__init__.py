@@ -16,8 +16,9 @@ from :mod:`ffedge.runtime.modes` (no onnxruntime).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ffedge.lazy import lazy_names
 
 from ffedge.runtime.modes import MODES, check_mode
 
@@ -43,13 +44,4 @@ _SESSION_NAMES = [
 __all__ = ["MODES", "check_mode", *_SESSION_NAMES]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SESSION_NAMES:
-        value = getattr(importlib.import_module("ffedge.runtime.session"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(globals(), "ffedge.runtime.session", _SESSION_NAMES)
