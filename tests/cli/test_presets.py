@@ -6,14 +6,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import assert_one_line_error, cli, cli_inprocess
+from tests.conftest import CLI_MAIN, assert_one_line_error, cli, cli_inprocess, python
 
 pytest.importorskip("torch")
 pytest.importorskip("brevitas")
@@ -134,10 +133,9 @@ def test_config_json_records_the_resolved_values_and_the_preset(tmp_path: Path, 
     assert TrainConfig.from_dict({k: v for k, v in asdict(want).items() if k != "preset"}).preset is None
 
 
-def _help(*env_code: str) -> subprocess.CompletedProcess:
+def _help(blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "400", "TERM": "dumb", "NO_COLOR": "1"}
-    code = "".join(env_code) + "from ffedge.cli import main; sys.argv = ['ffedge', 'train', '--help']; main()"
-    return subprocess.run([sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, timeout=120, env=env)
+    return python(CLI_MAIN, "train", "--help", blocked=blocked, timeout=120, env=env)
 
 
 def test_help_lists_the_presets_from_the_table() -> None:
@@ -147,7 +145,7 @@ def test_help_lists_the_presets_from_the_table() -> None:
     for name, p in PRESETS.items():
         assert f"{name}: {' '.join(p.description.split())}" in text, name
     # Without the train extra the help still shows, and says what listing the presets needs.
-    r = _help("sys.modules['torch'] = None\nsys.modules['brevitas'] = None\n")
+    r = _help(blocked=("torch", "brevitas"))
     assert r.returncode == 0 and "--preset" in r.stdout and 'pip install "ffedge[train]"' in r.stdout, r.stderr
 
 

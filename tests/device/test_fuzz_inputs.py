@@ -14,12 +14,12 @@ watchdog behind it).
 Run it:
 
     # short fixed-seed profile (part of the suite, derandomized, a few seconds)
-    pytest tests/test_fuzz_inputs.py
+    pytest tests/device/test_fuzz_inputs.py
 
     # long profile: random cases for N seconds, a summary line
     # "fuzz-inputs: <cases> cases in <s> s, <crashes> crashes: {type: count}" printed and,
     # if FFEDGE_FUZZ_REPORT is set, written to that file (crashing inputs are kept in FFEDGE_FUZZ_CRASHES if set)
-    FFEDGE_FUZZ_SECONDS=600 FFEDGE_FUZZ_REPORT=fuzz-inputs.txt pytest tests/test_fuzz_inputs.py -k long -s
+    FFEDGE_FUZZ_SECONDS=600 FFEDGE_FUZZ_REPORT=fuzz-inputs.txt pytest tests/device/test_fuzz_inputs.py -k long -s
 """
 
 from __future__ import annotations

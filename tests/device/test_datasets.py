@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from urllib.error import URLError
@@ -22,6 +20,7 @@ from ffedge.datasets.cifar import LAYOUTS, read_cifar_tarball
 from ffedge.datasets.idx import FILES, read_idx_gz
 from ffedge.datasets.remote import RemoteSource
 from ffedge.errors import FFEdgeError
+from tests.conftest import python
 
 RNG = np.random.default_rng(1234)
 
@@ -135,8 +134,8 @@ def test_env_data_dir_is_used(mnist_dir, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_no_torch_import() -> None:
-    code = "import sys, ffedge.datasets, ffedge.runtime.preprocess; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    r = python("import ffedge.datasets, ffedge.runtime.preprocess; assert 'torch' not in sys.modules", blocked=())
+    assert r.returncode == 0, r.stderr
 
 
 # ---------------------------------------------------------------- IDX: mnist, fashion-mnist

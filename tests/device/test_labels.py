@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from PIL import Image
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES, encoding_from_config, make_encoding
 from ffedge.labels.draw import label_sheet, save_label_sheet
+from tests.conftest import cli, python
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 VARIANTS = [("fourier", {}), ("fourier", {"mode": "add"}), ("morph", {}), ("onehot", {})]
@@ -295,18 +294,16 @@ def test_label_sheet_draws_every_encoding(tmp_path: Path, name: str, params: dic
 def test_labels_command_writes_png_and_rejects_bad_options(tmp_path: Path) -> None:
     pytest.importorskip("ffedge.datasets")
     out = tmp_path / "labels.png"
-    ok = subprocess.run([sys.executable, "-m", "ffedge.cli", "labels", "--dataset", "mnist-5k", "--labels", "fourier",
-                         "--label-mode", "channel", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    ok = cli("labels", "--dataset", "mnist-5k", "--labels", "fourier", "--label-mode", "channel", "--out", str(out), timeout=120)
     assert ok.returncode == 0, ok.stderr
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > img.height > 100
-    bad = subprocess.run([sys.executable, "-m", "ffedge.cli", "labels", "--labels", "morph", "--label-mode", "add",
-                          "--out", str(tmp_path / "x.png")], capture_output=True, text=True, timeout=120)
+    bad = cli("labels", "--labels", "morph", "--label-mode", "add", "--out", str(tmp_path / "x.png"), timeout=120)
     assert bad.returncode == 2 and "--label-mode" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x.png").exists()
 
 
 def test_device_side_modules_do_not_import_torch() -> None:
-    code = "import sys, ffedge.labels, ffedge.labels.draw, ffedge.cli.labels_cmd; assert 'torch' not in sys.modules"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    code = "import ffedge.labels, ffedge.labels.draw, ffedge.cli.labels_cmd; assert 'torch' not in sys.modules"
+    r = python(code, blocked=(), timeout=60)  # torch not blocked: nothing may import it
     assert r.returncode == 0, r.stderr

@@ -1,4 +1,5 @@
-"""Versioned in-place bundle updates: commit, rollback, bundle checks, crash safety (SIGKILL), disk full, CLI."""
+"""Versioned in-place bundle updates of the golden int8 bundle: commit, rollback, bundle checks, crash safety
+(SIGKILL), disk full, CLI."""
 
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.bundle.update import bundle_version, commit_update, logical_name, repoint, rollback, versions
 from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
+from ffedge.bundle.onnx_patch import patch_initializers, read_initializers
 from ffedge.runtime import Runtime
-
-# What fine-tuning replaces: the last FF layer (per-layer and fused graphs) and the head.
-TRAIN_ONLY = ("torch", "brevitas", "onnx", "onnxscript", "onnxoptimizer")
+from tests.conftest import BLOCK, assert_one_line_error, cli
 
 
 @pytest.fixture(scope="module")
@@ -33,25 +33,21 @@ def images() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def retrained(int8_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def retrained(golden_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Genuinely different, valid replacements: the last layer's output channels reversed
-    (in its layer file and in the fused net), and a head with changed weights and biases."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
-
+    (in its layer file and in the fused net), and a head with changed weights and biases
+    (written as fine-tuning writes them, with ffedge.bundle.onnx_patch: no onnx package needed)."""
     out = tmp_path_factory.mktemp("retrained")
-    last = len(json.loads((int8_bundle / MANIFEST).read_text())["layers"]) - 1
+    last = len(json.loads((golden_int8 / MANIFEST).read_text())["layers"]) - 1
 
     def edit(name: str, change) -> Path:
-        model = onnx.load(str(int8_bundle / name))
-        edited = 0
-        for init in model.graph.initializer:
-            new = change(init.name, numpy_helper.to_array(init))
-            if new is not None:
-                init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), init.name))
-                edited += 1
-        assert edited == 2, f"{name}: expected 2 named initializers to edit, edited {edited}"
-        onnx.save(model, str(out / name))
+        new = {}
+        for init, value in read_initializers(golden_int8 / name).items():
+            changed = change(init, value)
+            if changed is not None:
+                new[init] = np.ascontiguousarray(changed)
+        assert len(new) == 2, f"{name}: expected 2 named initializers to edit, edited {len(new)}"
+        patch_initializers(golden_int8 / name, out / name, new)
         return out / name
 
     layer_names = ("conv_w_q", "conv_b_q")
@@ -76,8 +72,8 @@ def _snapshot(bundle: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
 
 
-def test_commit_then_rollback(int8_bundle: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
-    b = _copy(int8_bundle, tmp_path / "b")
+def test_commit_then_rollback(golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     before = _snapshot(b)
     old_manifest = json.loads((b / MANIFEST).read_text())
     old = _head_scores(b, images)
@@ -124,11 +120,11 @@ def test_commit_then_rollback(int8_bundle: Path, retrained: dict[str, Path], ima
     assert [(v["version"], v["status"]) for v in versions(b)] == [(1, "earlier"), (2, "rolled back"), (3, "current")]
 
 
-def test_manifest_repointing(int8_bundle: Path, retrained: dict[str, Path], tmp_path: Path) -> None:
+def test_manifest_repointing(golden_int8: Path, retrained: dict[str, Path], tmp_path: Path) -> None:
     assert repoint({"a": ["x.onnx", {"file": "x.onnx"}], "b": 3, "x.onnx": "y"}, {"x.onnx": "v/x.onnx"}) == {
         "a": ["v/x.onnx", {"file": "v/x.onnx"}], "b": 3, "x.onnx": "y"}
     assert logical_name("versions/v12/head.onnx") == "head.onnx" and logical_name("head.onnx") == "head.onnx"
-    b = _copy(int8_bundle, tmp_path / "b")
+    b = _copy(golden_int8, tmp_path / "b")
     head = json.loads((b / MANIFEST).read_text())["head"]
     m2 = commit_update(b, {"net.onnx": retrained["net.onnx"]}, {}, {})
     # Changes may name files logically: a replaced file goes to its new path, a kept one to where it is now.
@@ -148,8 +144,8 @@ def test_manifest_repointing(int8_bundle: Path, retrained: dict[str, Path], tmp_
     assert bundle_version(open_bundle(b).manifest) == 3
 
 
-def test_bundle_checks_after_updates(int8_bundle: Path, retrained: dict[str, Path], tmp_path: Path) -> None:
-    b = _copy(int8_bundle, tmp_path / "b")
+def test_bundle_checks_after_updates(golden_int8: Path, retrained: dict[str, Path], tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     commit_update(b, {"head.onnx": retrained["head.onnx"]}, {}, {})
     # Leftovers of an interrupted update inside versions/ are ignored ...
     (b / "versions" / "v7").mkdir()
@@ -165,13 +161,13 @@ def test_bundle_checks_after_updates(int8_bundle: Path, retrained: dict[str, Pat
     with pytest.raises(FFEdgeError, match="'versions/v2/head.onnx' is corrupt or changed"):
         open_bundle(b)
     # Version 1's head.onnx is expected only while a saved manifest lists it.
-    c = _copy(int8_bundle, tmp_path / "c")
+    c = _copy(golden_int8, tmp_path / "c")
     commit_update(c, {"head.onnx": retrained["head.onnx"]}, {}, {})
     (c / "versions" / "manifest.v1.json").unlink()
     with pytest.raises(FFEdgeError, match="unexpected file.*: head.onnx$"):
         open_bundle(c)
     # A damaged bundle is not updated, and nothing is written to it.
-    d = _copy(int8_bundle, tmp_path / "d")
+    d = _copy(golden_int8, tmp_path / "d")
     (d / "layer0.onnx").write_bytes(b"x")
     with pytest.raises(FFEdgeError, match="corrupt or changed"):
         commit_update(d, {"head.onnx": b"x"}, {}, {})
@@ -181,7 +177,7 @@ def test_bundle_checks_after_updates(int8_bundle: Path, retrained: dict[str, Pat
         open_bundle(b)
     assert bundle_version(rollback(b)) == 1
     open_bundle(b)
-    e = _copy(int8_bundle, tmp_path / "e")
+    e = _copy(golden_int8, tmp_path / "e")
     commit_update(e, {"head.onnx": retrained["head.onnx"]}, {}, {})
     (e / "head.onnx").write_bytes(b"x")
     with pytest.raises(FFEdgeError, match="cannot roll back to version 1, it is damaged"):
@@ -205,8 +201,8 @@ def _fail_nth_fsync(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
     return calls
 
 
-def test_disk_full_leaves_the_old_version(int8_bundle: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
-    b = _copy(int8_bundle, tmp_path / "b")
+def test_disk_full_leaves_the_old_version(golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     old = _head_scores(b, images)
     before = _snapshot(b)
     files = {name: path.read_bytes() for name, path in retrained.items()}
@@ -242,8 +238,8 @@ def test_disk_full_leaves_the_old_version(int8_bundle: Path, retrained: dict[str
     assert bundle_version(open_bundle(b).manifest) == 2
 
 
-def test_unwritable_bundle(int8_bundle: Path, retrained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    b = _copy(int8_bundle, tmp_path / "b")
+def test_unwritable_bundle(golden_int8: Path, retrained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     before = _snapshot(b)
     if os.geteuid() != 0:
         b.chmod(0o555)
@@ -262,47 +258,34 @@ def test_unwritable_bundle(int8_bundle: Path, retrained: dict[str, Path], tmp_pa
     open_bundle(b)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ffedge.cli", *args], capture_output=True, text=True, timeout=120)
-
-
-def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
-    assert r.stderr.startswith("error:") and needle in r.stderr, r.stderr
-
-
-def test_rollback_cli(int8_bundle: Path, retrained: dict[str, Path], tmp_path: Path) -> None:
-    b = _copy(int8_bundle, tmp_path / "b")
+def test_rollback_cli(golden_int8: Path, retrained: dict[str, Path], tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     commit_update(b, {"head.onnx": retrained["head.onnx"]}, {}, {})
     commit_update(b, {"net.onnx": retrained["net.onnx"]}, {}, {})
-    r = _cli("rollback", str(b))
+    r = cli("rollback", str(b))
     assert r.returncode == 0, r.stderr
     assert "version 2 is current" in r.stdout and "version 3 kept" in r.stdout
-    r = _cli("rollback", str(b))
+    r = cli("rollback", str(b))
     assert r.returncode == 0 and "version 1 is current" in r.stdout, r.stderr
-    _one_line_error(_cli("rollback", str(b)), "has no earlier version to roll back to")
-    _one_line_error(_cli("rollback", str(tmp_path / "nope")), "no such bundle folder")
-    c = _copy(int8_bundle, tmp_path / "c")
+    assert_one_line_error(cli("rollback", str(b)), "has no earlier version to roll back to")
+    assert_one_line_error(cli("rollback", str(tmp_path / "nope")), "no such bundle folder")
+    c = _copy(golden_int8, tmp_path / "c")
     commit_update(c, {"head.onnx": retrained["head.onnx"]}, {}, {})
     (c / "labels_patterns.npy").write_bytes(b"x")
-    _one_line_error(_cli("rollback", str(c)), "it is damaged")
+    assert_one_line_error(cli("rollback", str(c)), "it is damaged")
     assert bundle_version(json.loads((c / MANIFEST).read_text())) == 2
 
 
-DRIVER = """
-import sys
-for m in {train_only!r}:
-    sys.modules[m] = None  # device side: the update code must not need them
-from pathlib import Path
+DRIVER = BLOCK + """
+from pathlib import Path  # device side: the update code must not need the training extra (blocked above)
 from ffedge.bundle import read_manifest
 from ffedge.bundle.update import commit_update, rollback
 bundle, alt = Path(sys.argv[1]), Path(sys.argv[2])
-files = {{p.name: p.read_bytes() for p in sorted(alt.iterdir())}}
+files = {p.name: p.read_bytes() for p in sorted(alt.iterdir())}
 print("ready", flush=True)
 while True:
     if read_manifest(bundle).current_version == 1:
-        commit_update(bundle, files, {{}}, {{"reason": "sigkill test"}})
+        commit_update(bundle, files, {}, {"reason": "sigkill test"})
         print("committed", flush=True)
     else:
         rollback(bundle)
@@ -321,15 +304,15 @@ def _leftovers(bundle: Path) -> bool:
     return bool(temps or dirs - referenced or stale)
 
 
-def test_sigkill_during_updates_never_breaks_the_bundle(int8_bundle: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
+def test_sigkill_during_updates_never_breaks_the_bundle(golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
     """A driver alternates commit_update (old -> new files) and rollback on one bundle; it is SIGKILLed at
     random moments, and after every kill the bundle opens, verifies and predicts as exactly the old or the new version."""
     x = images[:16]
-    old = _head_scores(int8_bundle, x)
+    old = _head_scores(golden_int8, x)
     # The predictions of the new version, and of both half-updated mixes, all differ: a mix would be caught.
     preds = {}
     for key, names in {"new": ("layer", "net", "head"), "net only": ("layer", "net"), "head only": ("head",)}.items():
-        c = _copy(int8_bundle, tmp_path / key.replace(" ", "-"))
+        c = _copy(golden_int8, tmp_path / key.replace(" ", "-"))
         commit_update(c, {n: p for n, p in retrained.items() if n.startswith(names)}, {}, {})
         preds[key] = _head_scores(c, x)
     new = preds["new"]
@@ -341,9 +324,9 @@ def test_sigkill_during_updates_never_breaks_the_bundle(int8_bundle: Path, retra
     alt.mkdir()
     for name, path in retrained.items():
         shutil.copy(path, alt / name)
-    b = _copy(int8_bundle, tmp_path / "b")
+    b = _copy(golden_int8, tmp_path / "b")
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(train_only=TRAIN_ONLY))
+    driver.write_text(DRIVER)
     rng = random.Random(1234)
     kills = intact = ops = interrupted = 0
     seen = {"old": 0, "new": 0}

@@ -24,10 +24,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
-from conftest import assert_one_line_error  # noqa: E402
 from ffedge.train.run_files import CHECKPOINT, CONFIG  # noqa: E402
+from tests.conftest import REPO, assert_one_line_error  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--layers", "8x5p,16x3", "--batch-size", "50", "--eval-samples", "50", "--head-epochs", "1", "--threads", "1"]
 NO_DATA = "npz:/nonexistent/never.npz"  # option errors must come before the dataset is even looked at
 
@@ -180,7 +179,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path, small_npz: s
     before = {name: _sums(w / name) for name in ("user", "user_export", "link_target", "inner_link", "replace_term", "report")}
     before["outside"] = _sums(w)["outside.txt"]
     r = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(cases)], cwd=w, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr[-3000:]
     return w, json.loads(r.stdout.strip().splitlines()[-1]), before
 

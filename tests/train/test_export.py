@@ -1,10 +1,9 @@
-"""The exporter: real Brevitas QCDQ export, int8 storage, integer kernels in onnxruntime, parity, safe failure."""
+"""The exporter: real Brevitas QCDQ export, int8 storage, integer kernels in onnxruntime, parity, safe failure
+(`ffedge export` and `ffedge verify` from the command line: tests/cli/test_export_cli.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,18 +81,3 @@ def test_failed_parity_leaves_nothing_behind(tmp_path: Path, tiny_run: Path, mon
         export_bundle(tiny_run, out, verify_samples=50)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
-
-
-def test_export_and_verify_cli(tmp_path: Path, tiny_run: Path) -> None:
-    out = tmp_path / "cli-bundle"
-    r = subprocess.run([sys.executable, "-m", "ffedge.cli", "export", str(tiny_run), "--int8", "--out", str(out), "--verify-samples", "100", "--min-agreement", "0.9"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "QLinearConv" in r.stdout and "agreement" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "ffedge.cli", "verify", str(out), str(tiny_run), "--samples", "100", "--json", "--min-agreement", "0.9"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["samples"] == 100
-    r = subprocess.run([sys.executable, "-m", "ffedge.cli", "export", str(tiny_run), "--int8", "--fp32", "--out", str(tmp_path / "x")],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

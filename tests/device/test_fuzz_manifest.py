@@ -18,8 +18,8 @@ Library targets may raise only FFEdgeError (one line); CLI targets must exit 0, 
 
 Run it:
 
-    pytest tests/test_fuzz_manifest.py                  # short fixed-seed profile (derandomized, CI)
-    FFEDGE_FUZZ_SECONDS=600 FFEDGE_FUZZ_REPORT=fuzz-manifest.txt pytest tests/test_fuzz_manifest.py -s
+    pytest tests/device/test_fuzz_manifest.py           # short fixed-seed profile (derandomized, CI)
+    FFEDGE_FUZZ_SECONDS=600 FFEDGE_FUZZ_REPORT=fuzz-manifest.txt pytest tests/device/test_fuzz_manifest.py -s
                                                         # long profile: random cases for 600 s
 
 The summary line (cases, outcomes, crashes by exception type) goes to the test output and, when
@@ -28,10 +28,8 @@ The summary line (cases, outcomes, crashes by exception type) goes to the test o
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -51,6 +49,7 @@ from hypothesis import strategies as st
 
 from ffedge.bundle import MANIFEST
 from ffedge.errors import FFEdgeError
+from tests.conftest import cli_inprocess
 
 SHORT_EXAMPLES = 25
 CASE_SECONDS = 30  # per case, all targets together: a case past this is a hang
@@ -286,26 +285,22 @@ def _library(stats: Stats, case: Case, target: str, fn: Callable[[], Any]) -> An
 
 
 def _cli(stats: Stats, case: Case, target: str, args: list[str], allow_1: bool = False) -> None:
-    from ffedge.cli import app, run_app
-
-    out, err = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = run_app(app, args)
+        r = cli_inprocess(*args)
     except Hang:
         raise
     except Exception as e:
         stats.crash(target, type(e).__name__, case, _where(e))
         return
-    lines = err.getvalue().strip().splitlines()
-    if rc == 0:
+    lines = r.stderr.strip().splitlines()
+    if r.returncode == 0:
         stats.outcomes[f"{target} ok"] += 1
-    elif rc == 2 and len(lines) == 1 and lines[0].startswith("error:"):
+    elif r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"):
         stats.error(target, case, lines[0])
-    elif rc == 1 and allow_1 and "checksums: FAILED" in out.getvalue() and not lines:
+    elif r.returncode == 1 and allow_1 and "checksums: FAILED" in r.stdout and not lines:
         stats.outcomes[f"{target} checksums failed"] += 1
     else:
-        stats.crash(target, f"exit {rc} with {len(lines)} stderr line(s)", case, err.getvalue()[-600:])
+        stats.crash(target, f"exit {r.returncode} with {len(lines)} stderr line(s)", case, r.stderr[-600:])
 
 
 class _Stop(Exception):
@@ -382,8 +377,8 @@ def campaign(bases: dict[str, Path], work: Path, images: np.ndarray, stats: Stat
 
 
 @pytest.fixture(scope="module")
-def fuzz_bases(int8_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_fuzz_bundles(int8_bundle, tmp_path_factory.mktemp("fuzz-bases"))
+def fuzz_bases(golden_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_fuzz_bundles(golden_int8, tmp_path_factory.mktemp("fuzz-bases"))
 
 
 def test_mutated_manifests_give_success_or_one_line_errors(fuzz_bases: dict[str, Path], tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, cli, cli_inprocess
+from tests.conftest import assert_one_line_error, cli, cli_inprocess
 from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.errors import FFEdgeError
 from ffedge.bundle.manifest import Manifest, manifest_json, parse_manifest
@@ -54,15 +54,15 @@ def x_npy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_exported_manifests_round_trip(int8_bundle: Path, fp32_bundle: Path) -> None:
-    for bundle in (int8_bundle, fp32_bundle):
+def test_exported_manifests_round_trip(golden_int8: Path, golden_fp32: Path) -> None:
+    for bundle in (golden_int8, golden_fp32):
         text = (bundle / MANIFEST).read_text()
         m = parse_manifest(json.loads(text), bundle / MANIFEST)
         assert isinstance(m, Manifest) and m.to_dict() == json.loads(text)
         assert manifest_json(m) == text  # the exporter writes through the same writer: byte for byte
         assert open_bundle(bundle).manifest == m
     # Unknown keys (a newer ffedge's) survive a round trip, at the top level and inside entries.
-    raw = json.loads((int8_bundle / MANIFEST).read_text())
+    raw = json.loads((golden_int8 / MANIFEST).read_text())
     raw["future"] = {"x": [1, None]}
     raw["layers"][1]["future"] = "kept"
     raw["input"]["pixels"] = "as written"
@@ -102,26 +102,26 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("case, edit, needle", MALFORMED, ids=[c[0] for c in MALFORMED])
-def test_malformed_manifest_is_one_line_naming_the_key(int8_bundle: Path, tmp_path: Path, x_npy: Path, case: str,
+def test_malformed_manifest_is_one_line_naming_the_key(golden_int8: Path, tmp_path: Path, x_npy: Path, case: str,
                                                         edit: Callable, needle: str) -> None:
-    b = _edited(int8_bundle, tmp_path / "b", edit)
+    b = _edited(golden_int8, tmp_path / "b", edit)
     with pytest.raises(FFEdgeError, match="manifest.json"):
         open_bundle(b)
     for args in (("info", str(b)), ("predict", str(b), str(x_npy))):
         assert_one_line_error(cli_inprocess(*args), needle)
 
 
-def test_an_encoding_number_too_large_for_a_float_is_one_line(int8_bundle: Path, tmp_path: Path, x_npy: Path) -> None:
+def test_an_encoding_number_too_large_for_a_float_is_one_line(golden_int8: Path, tmp_path: Path, x_npy: Path) -> None:
     """Found by the long manifest fuzz: an int beyond float range in the encoding raised OverflowError."""
-    b = _edited(int8_bundle, tmp_path / "b", _set("encoding.phases.8", 10**400))
+    b = _edited(golden_int8, tmp_path / "b", _set("encoding.phases.8", 10**400))
     with pytest.raises(FFEdgeError, match="label encoding: fourier phases must be a finite number within"):
         open_bundle(b)
     for args in (("info", str(b)), ("predict", str(b), str(x_npy))):
         assert_one_line_error(cli_inprocess(*args), "fourier phases must be a finite number within")
 
 
-def test_the_cli_as_a_user_runs_it(int8_bundle: Path, tmp_path: Path, x_npy: Path) -> None:
-    b = _edited(int8_bundle, tmp_path / "b", _set("classes", 5))
+def test_the_cli_as_a_user_runs_it(golden_int8: Path, tmp_path: Path, x_npy: Path) -> None:
+    b = _edited(golden_int8, tmp_path / "b", _set("classes", 5))
     assert_one_line_error(cli("predict", str(b), str(x_npy), timeout=120), "'classes' must be a list")
 
 
@@ -132,36 +132,36 @@ def _copy_over(src: str, dst: str) -> Callable[[Path, dict[str, Any]], None]:
     return edit
 
 
-def test_a_graph_that_is_not_the_one_described_is_one_line_in_every_mode(int8_bundle: Path, tmp_path: Path, x_npy: Path) -> None:
-    net = _edited(int8_bundle, tmp_path / "net", _copy_over("layer0.onnx", "net.onnx"))
+def test_a_graph_that_is_not_the_one_described_is_one_line_in_every_mode(golden_int8: Path, tmp_path: Path, x_npy: Path) -> None:
+    net = _edited(golden_int8, tmp_path / "net", _copy_over("layer0.onnx", "net.onnx"))
     for mode in ("all", "head", "topk"):
         assert_one_line_error(cli_inprocess("predict", str(net), str(x_npy), "--mode", mode),
                               "'net.onnx' (fused) does not fit the manifest: its outputs are ['y', 'goodness', 'feature']")
-    head = _edited(int8_bundle, tmp_path / "head", _copy_over("layer0.onnx", "head.onnx"))
+    head = _edited(golden_int8, tmp_path / "head", _copy_over("layer0.onnx", "head.onnx"))
     r = cli("predict", str(head), str(x_npy), "--mode", "head", timeout=120)
     assert_one_line_error(r, "'head.onnx' (head) does not fit the manifest: its inputs are ['x'], expected ['f1', 'f2']")
     # A layer file is checked where it is opened (info, bench, finetune), against its own entry.
-    layer = _edited(int8_bundle, tmp_path / "layer", _copy_over("layer0.onnx", "layer1.onnx"))
+    layer = _edited(golden_int8, tmp_path / "layer", _copy_over("layer0.onnx", "layer1.onnx"))
     assert_one_line_error(cli_inprocess("info", str(layer)), "'layer1.onnx' (layer 1) does not fit the manifest: input 'x'")
     # A head for another number of classes (no consistent 9-class bundle holds a 10-class head: checked directly).
     from ffedge.runtime import Graph, check_graph, make_session
 
-    b = open_bundle(int8_bundle)
+    b = open_bundle(golden_int8)
     nine = dataclasses.replace(b, manifest=dataclasses.replace(b.manifest, classes=b.manifest.classes[:9]))
-    head = Graph(make_session(int8_bundle / "head.onnx", threads=1), "head.onnx")
+    head = Graph(make_session(golden_int8 / "head.onnx", threads=1), "head.onnx")
     check_graph(head, "head", b)
     with pytest.raises(FFEdgeError, match=r"output 'probs' is tensor\(float\) \['n', 10\], expected float \['N', 9\]"):
         check_graph(head, "head", nine)
 
 
-def test_info_loads_and_checks_every_file(int8_bundle: Path, tmp_path: Path) -> None:
-    r = cli_inprocess("info", str(int8_bundle), "--json")
+def test_info_loads_and_checks_every_file(golden_int8: Path, tmp_path: Path) -> None:
+    r = cli_inprocess("info", str(golden_int8), "--json")
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout)["loaded"]
-    assert set(loaded) == set(json.loads((int8_bundle / MANIFEST).read_text())["files"])
+    assert set(loaded) == set(json.loads((golden_int8 / MANIFEST).read_text())["files"])
     assert all("onnxruntime" in loaded[n] for n in ("layer0.onnx", "layer1.onnx", "layer2.onnx", "net.onnx", "head.onnx"))
     assert "no pickles" in loaded["labels_patterns.npy"]
-    text = cli_inprocess("info", str(int8_bundle)).stdout
+    text = cli_inprocess("info", str(golden_int8)).stdout
     assert "checksums: ok" in text and "loaded and checked:" in text and "layer2.onnx: sha256, opened with onnxruntime" in text
 
     def truncate(b: Path, m: dict[str, Any]) -> None:
@@ -169,7 +169,7 @@ def test_info_loads_and_checks_every_file(int8_bundle: Path, tmp_path: Path) -> 
         (b / "layer0.onnx").write_bytes(data[: len(data) // 2])
         m["files"]["layer0.onnx"] = _sha(b / "layer0.onnx")
 
-    b = _edited(int8_bundle, tmp_path / "cut", truncate)
+    b = _edited(golden_int8, tmp_path / "cut", truncate)
     assert_one_line_error(cli("info", str(b), timeout=120), "layer0.onnx: onnxruntime cannot load it")
 
 
@@ -177,32 +177,32 @@ def _checksums(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): _sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_links_and_paths_out_of_the_bundle_are_refused(int8_bundle: Path, tmp_path: Path, x_npy: Path) -> None:
+def test_links_and_paths_out_of_the_bundle_are_refused(golden_int8: Path, tmp_path: Path, x_npy: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "notes.txt").write_text("a user's file")
     before = _checksums(outside)
-    linked = _edited(int8_bundle, tmp_path / "versions-link", lambda b, m: os.symlink(outside, b / "versions"))
+    linked = _edited(golden_int8, tmp_path / "versions-link", lambda b, m: os.symlink(outside, b / "versions"))
     for args in (("info", str(linked)), ("predict", str(linked), str(x_npy)), ("rollback", str(linked))):
         assert_one_line_error(cli_inprocess(*args), "versions' is a symbolic link")
     with pytest.raises(FFEdgeError, match="symbolic link"):
         from ffedge.bundle.update import commit_update
 
-        commit_update(linked, {"head.onnx": (int8_bundle / "head.onnx").read_bytes()}, {}, {})
+        commit_update(linked, {"head.onnx": (golden_int8 / "head.onnx").read_bytes()}, {}, {})
     assert _checksums(outside) == before
 
     def link_head(b: Path, m: dict[str, Any]) -> None:
         shutil.move(b / "head.onnx", outside / "head.onnx")
         os.symlink(outside / "head.onnx", b / "head.onnx")
 
-    head = _edited(int8_bundle, tmp_path / "head-link", link_head)
+    head = _edited(golden_int8, tmp_path / "head-link", link_head)
     assert_one_line_error(cli_inprocess("predict", str(head), str(x_npy)), "'head.onnx' is or passes through a symbolic link")
 
     def fused_elsewhere(b: Path, m: dict[str, Any]) -> None:  # today's main ran predictions on it and said "checksums ok"
         shutil.copyfile(b / "net.onnx", outside / "net.onnx")
         m["fused"]["file"] = str(outside / "net.onnx")
 
-    fused = _edited(int8_bundle, tmp_path / "fused", fused_elsewhere)
+    fused = _edited(golden_int8, tmp_path / "fused", fused_elsewhere)
     for args in (("info", str(fused)), ("predict", str(fused), str(x_npy))):
         assert_one_line_error(cli_inprocess(*args), "'fused.file' must name a listed file")
 
@@ -224,18 +224,18 @@ def test_links_and_paths_out_of_the_bundle_are_refused(int8_bundle: Path, tmp_pa
     (["bench", "{b}", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
     (["bench", "{b}", "--limit", "0"], "--limit must be >= 1, got 0"),
 ])
-def test_options_are_checked_before_any_work(int8_bundle: Path, x_npy: Path, args: list[str], needle: str) -> None:
-    argv = [a.format(b=int8_bundle, x=x_npy) for a in args]
+def test_options_are_checked_before_any_work(golden_int8: Path, x_npy: Path, args: list[str], needle: str) -> None:
+    argv = [a.format(b=golden_int8, x=x_npy) for a in args]
     assert_one_line_error(cli_inprocess(*argv), needle)
 
 
-def test_eval_with_absurd_threads_fails_at_once(int8_bundle: Path) -> None:
+def test_eval_with_absurd_threads_fails_at_once(golden_int8: Path) -> None:
     """Today's main hung here (onnxruntime starting 100000 threads)."""
-    assert_one_line_error(cli("eval", str(int8_bundle), "--threads", "100000", timeout=60), "--threads must be between 1 and")
+    assert_one_line_error(cli("eval", str(golden_int8), "--threads", "100000", timeout=60), "--threads must be between 1 and")
 
 
-def test_a_manifest_that_is_a_named_pipe_does_not_hang(int8_bundle: Path, tmp_path: Path) -> None:
-    b = _edited(int8_bundle, tmp_path / "b", lambda b, m: None)
+def test_a_manifest_that_is_a_named_pipe_does_not_hang(golden_int8: Path, tmp_path: Path) -> None:
+    b = _edited(golden_int8, tmp_path / "b", lambda b, m: None)
     (b / MANIFEST).unlink()
     os.mkfifo(b / MANIFEST)
     assert_one_line_error(cli("info", str(b), timeout=60), "unreadable manifest (ValueError: not a regular file)")

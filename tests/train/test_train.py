@@ -1,20 +1,17 @@
-"""The FF trainer: gradient locality, a real (small) training run, resume, determinism, bad input."""
+"""The FF trainer: gradient locality, a real (small) training run, resume, determinism (`ffedge train` from the
+command line: tests/cli/test_train_cli.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
-from ffedge.datasets import load_dataset  # noqa: E402
 from ffedge.train.losses import ff_loss  # noqa: E402
 from ffedge.train.model import FFNet, QuantConfig, goodness, parse_layers  # noqa: E402
 from ffedge.train.epoch import Probe  # noqa: E402
@@ -22,7 +19,6 @@ from ffedge.train.pipeline import resume_run, train_run  # noqa: E402
 from ffedge.train.run_files import CHECKPOINT, CONFIG, METRICS, WEIGHTS, load_run  # noqa: E402
 from ffedge.train.trainer import LocalTrainer, TrainConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = "8x5p,16x3p,16x3"
 
 
@@ -143,51 +139,3 @@ def test_float_baseline_and_options(tmp_path: Path, small_npz: str) -> None:
     cfg, net = load_run(tmp_path / "f")
     assert cfg["model"]["quant"] is False
     assert not any("quant" in type(mod).__name__.lower() for mod in net.modules())
-
-
-def _ffedge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ffedge.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.parametrize(
-    "args, needle",
-    [
-        (["--dataset", "nosuch"], "nosuch"),
-        (["--labels", "nosuch"], "nosuch"),
-        (["--bits", "0"], "--bits"),
-        (["--layers", "16x4"], "odd kernel"),
-        (["--dataset", "npz:/nonexistent.npz"], "nonexistent"),
-        (["--predict-layers", "9"], "layer 9"),
-    ],
-)
-def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, args: list[str], needle: str) -> None:
-    r = _ffedge("train", "--out", str(tmp_path / "run"), *args, cwd=tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert "Traceback" not in r.stderr and needle in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
-
-
-def test_existing_out_dir_needs_resume_or_force(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    r = _ffedge("train", "--out", str(out), cwd=tmp_path)
-    assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr
-    assert (out / "keep.txt").read_text() == "mine"
-    r = _ffedge("train", "--out", str(out), "--resume", cwd=tmp_path)
-    assert r.returncode == 2 and "no run to resume" in r.stderr
-
-
-def test_cli_train_end_to_end(tmp_path: Path, small_npz: str) -> None:
-    r = _ffedge("train", "--dataset", small_npz, "--layers", TINY, "--epochs", "1", "--batch-size", "50",
-                "--eval-samples", "50", "--head-epochs", "2", "--threads", "1", "--out", str(tmp_path / "run"), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "held-out acc" in r.stdout and "epoch   1/1" in r.stdout
-    assert json.loads((tmp_path / "run" / METRICS).read_text())["epochs"] == 1
-
-
-def test_training_without_torch_names_the_extra(tmp_path: Path) -> None:
-    code = "import sys; sys.modules['torch'] = None; sys.modules['brevitas'] = None; from ffedge.cli import main; sys.argv=['ffedge','train','--out','x']; main()"
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and 'pip install "ffedge[train]"' in r.stderr and "Traceback" not in r.stderr

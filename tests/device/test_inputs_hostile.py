@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli
+from tests.conftest import assert_one_line_error, cli
 from PIL import Image
 
 from ffedge.datasets import load_dataset
@@ -73,45 +73,45 @@ def truncated_bmp(path: Path, digit: np.ndarray) -> Path:
 
 
 @needs_fifo
-def test_predict_refuses_a_named_pipe_instead_of_hanging(int8_bundle: Path, tmp_path: Path) -> None:
+def test_predict_refuses_a_named_pipe_instead_of_hanging(golden_int8: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
-    assert_one_line_error(cli("predict", str(int8_bundle), str(fifo), timeout=60), "is a named pipe, not a regular file")
+    assert_one_line_error(cli("predict", str(golden_int8), str(fifo), timeout=60), "is a named pipe, not a regular file")
 
 
-def test_predict_reads_16bit_png_and_float_tiff_at_their_depth(int8_bundle: Path, tmp_path: Path, digit: np.ndarray) -> None:
+def test_predict_reads_16bit_png_and_float_tiff_at_their_depth(golden_int8: Path, tmp_path: Path, digit: np.ndarray) -> None:
     """16-bit (0..65535) and float (0..1) copies of a digit predict exactly like the 8-bit one."""
     ref, g16, f01 = tmp_path / "ref.png", tmp_path / "g16.png", tmp_path / "f01.tif"
     Image.fromarray(digit).save(ref)
     Image.fromarray(digit.astype(np.uint16) * 257).save(g16)
     Image.fromarray(digit.astype(np.float32) / 255).save(f01)
-    r = cli("predict", str(int8_bundle), str(ref), str(g16), str(f01), "--json", "--top", "10")
+    r = cli("predict", str(golden_int8), str(ref), str(g16), str(f01), "--json", "--top", "10")
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
     tops = [p["top"] for p in json.loads(r.stdout)["predictions"]]
     assert tops[1] == tops[0] and tops[2] == tops[0], tops
 
 
-def test_predict_refuses_an_image_above_the_pixel_limit(int8_bundle: Path, tmp_path: Path) -> None:
+def test_predict_refuses_an_image_above_the_pixel_limit(golden_int8: Path, tmp_path: Path) -> None:
     path = png_claiming(tmp_path / "huge.png", 12000, 12000)  # 144 Mpx
-    err = assert_one_line_error(cli("predict", str(int8_bundle), str(path), "--resize"), "12000x12000")
+    err = assert_one_line_error(cli("predict", str(golden_int8), str(path), "--resize"), "12000x12000")
     assert f"{MAX_IMAGE_PIXELS:,}" in err and "MAX_IMAGE_PIXELS" in err
 
 
-def test_predict_refuses_npy_declaring_a_terabyte(int8_bundle: Path, tmp_path: Path) -> None:
+def test_predict_refuses_npy_declaring_a_terabyte(golden_int8: Path, tmp_path: Path) -> None:
     path = npy_claiming(tmp_path / "big.npy", (10**6, 10**6))
-    assert_one_line_error(cli("predict", str(int8_bundle), str(path)), "1,000,000,000,000 bytes")
+    assert_one_line_error(cli("predict", str(golden_int8), str(path)), "1,000,000,000,000 bytes")
 
 
-def test_eval_folder_dataset_with_a_damaged_first_image(int8_bundle: Path, tmp_path: Path, digit: np.ndarray) -> None:
+def test_eval_folder_dataset_with_a_damaged_first_image(golden_int8: Path, tmp_path: Path, digit: np.ndarray) -> None:
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
         for i in range(3):
             Image.fromarray(digit).save(tmp_path / cls / f"{i}.png")
     truncated_bmp(tmp_path / "a" / "0-first.bmp", digit)
-    assert_one_line_error(cli("eval", str(int8_bundle), "--dataset", f"folder:{tmp_path}"), "cannot read image")
+    assert_one_line_error(cli("eval", str(golden_int8), "--dataset", f"folder:{tmp_path}"), "cannot read image")
 
 
-def test_eval_npz_with_a_corrupt_deflate_member(int8_bundle: Path, tmp_path: Path, digit: np.ndarray) -> None:
+def test_eval_npz_with_a_corrupt_deflate_member(golden_int8: Path, tmp_path: Path, digit: np.ndarray) -> None:
     x = np.repeat(digit[None], 20, axis=0)
     path = npz_dataset(tmp_path / "d.npz", x, np.arange(20) % 10, np.arange(10), compressed=True)
     with zipfile.ZipFile(path) as z:
@@ -120,10 +120,10 @@ def test_eval_npz_with_a_corrupt_deflate_member(int8_bundle: Path, tmp_path: Pat
     start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
     raw[start + 40 : start + 60] = bytes(b ^ 0xFF for b in raw[start + 40 : start + 60])
     path.write_bytes(bytes(raw))
-    assert_one_line_error(cli("eval", str(int8_bundle), "--dataset", f"npz:{path}"), f"{path}: array 'x_test'")
+    assert_one_line_error(cli("eval", str(golden_int8), "--dataset", f"npz:{path}"), f"{path}: array 'x_test'")
 
 
-def test_labels_with_gaps_are_refused_by_the_loader(int8_bundle: Path, tmp_path: Path, digit: np.ndarray) -> None:
+def test_labels_with_gaps_are_refused_by_the_loader(golden_int8: Path, tmp_path: Path, digit: np.ndarray) -> None:
     """y=200 among labels 0..9 used to make 201 classes (train trained them silently; eval blamed the bundle).
 
     Through ``eval`` here: ``train`` fails in the same loader, before any training, but its start-up
@@ -132,7 +132,7 @@ def test_labels_with_gaps_are_refused_by_the_loader(int8_bundle: Path, tmp_path:
     y = np.arange(200) % 10
     y[3] = 200
     path = npz_dataset(tmp_path / "y200.npz", np.repeat(digit[None], 200, axis=0), y, np.arange(50) % 10)
-    assert_one_line_error(cli("eval", str(int8_bundle), "--dataset", f"npz:{path}"), "go up to 200, which would make 201 classes")
+    assert_one_line_error(cli("eval", str(golden_int8), "--dataset", f"npz:{path}"), "go up to 200, which would make 201 classes")
 
 
 # ---------------------------------------------------------------- the rules, in-process

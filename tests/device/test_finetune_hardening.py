@@ -1,5 +1,5 @@
-"""Hardening of fine-tuning and rollback (issue 10): links out of the bundle, concurrent runs,
-options and outputs checked before training, a full temporary disk, SIGINT/SIGTERM."""
+"""Hardening of fine-tuning and rollback (issue 10) on the golden int8 bundle: links out of the bundle, concurrent
+runs, options and outputs checked before training, a full temporary disk, SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, cli
+from tests.conftest import assert_one_line_error, cli
 from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.bundle.update import bundle_version, commit_update
 from ffedge.errors import FFEdgeError
@@ -24,15 +24,6 @@ from ffedge.progress import QuietReporter
 QUICK = ["--epochs", "1", "--max-examples", "60", "--eval-examples", "20", "--head-epochs", "1", "--threads", "1", "--no-replay"]
 LINK = "is a symbolic link; ffedge does not follow links inside a bundle"
 BUSY = "another fine-tune or rollback of this bundle is in progress"
-
-
-@pytest.fixture(scope="module")
-def master_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path) -> Path:
-    from ffedge.train.export import export_bundle
-
-    out = tmp_path_factory.mktemp("fth") / "tiny-master"
-    export_bundle(tiny_run, out, master=True, verify_samples=0)
-    return out
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -74,12 +65,12 @@ def _start(bundle: Path, data: str, *extra: str, env: dict[str, str] | None = No
 # --- item 2: links -----------------------------------------------------------------------------
 
 
-def test_versions_linked_out_of_the_bundle_is_refused_and_the_outside_untouched(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
+def test_versions_linked_out_of_the_bundle_is_refused_and_the_outside_untouched(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     (outside / "v2").mkdir(parents=True)
     (outside / "notes.txt").write_text("my notes\n")
     (outside / "v2" / "thesis.txt").write_text("precious\n")  # old code: rmtree'd as a leftover 'v2'
-    b = _copy(master_bundle, tmp_path / "b")
+    b = _copy(golden_int8, tmp_path / "b")
     (b / "versions").symlink_to(outside, target_is_directory=True)
     before = listing(outside)
     print("outside before:", before)
@@ -89,20 +80,20 @@ def test_versions_linked_out_of_the_bundle_is_refused_and_the_outside_untouched(
     assert listing(outside) == before and _version(b) == 1
 
 
-def test_linked_version_file_lock_and_manifest_are_refused(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
+def test_linked_version_file_lock_and_manifest_are_refused(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     # A bundle at version 2 whose versions/v2/head.onnx is a link to a file outside (same bytes: it verifies).
-    b = _copy(master_bundle, tmp_path / "b")
+    b = _copy(golden_int8, tmp_path / "b")
     commit_update(b, {"head.onnx": (b / "head.onnx").read_bytes()})
     shutil.move(b / "versions" / "v2" / "head.onnx", outside / "head.onnx")
     (b / "versions" / "v2" / "head.onnx").symlink_to(outside / "head.onnx")
     # A bundle whose manifest.json is a link to a file outside.
-    m = _copy(master_bundle, tmp_path / "m")
+    m = _copy(golden_int8, tmp_path / "m")
     shutil.move(m / MANIFEST, outside / MANIFEST)
     (m / MANIFEST).symlink_to(outside / MANIFEST)
     # A bundle whose versions/.lock is a link to a file outside (old code created and locked it).
-    lk = _copy(master_bundle, tmp_path / "lk")
+    lk = _copy(golden_int8, tmp_path / "lk")
     (lk / "versions").mkdir()
     (lk / "versions" / ".lock").symlink_to(outside / "lockfile")
     before = listing(outside)
@@ -116,8 +107,8 @@ def test_linked_version_file_lock_and_manifest_are_refused(master_bundle: Path, 
 # --- item 3: concurrent runs ---------------------------------------------------------------------
 
 
-def test_a_second_finetune_or_rollback_is_refused_while_one_runs(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
-    b = _copy(master_bundle, tmp_path / "b")
+def test_a_second_finetune_or_rollback_is_refused_while_one_runs(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     commit_update(b, {"head.onnx": (b / "head.onnx").read_bytes()}, history_entry={"event": "test"})  # version 2: rollback has a parent
     first = _start(b, small_npz, "--seed", "7")
     os.kill(first.pid, signal.SIGSTOP)  # frozen mid-training, holding the lock
@@ -150,13 +141,13 @@ class _CommitMeanwhile:
         return QuietReporter().task(description, total)
 
 
-def test_a_version_committed_during_training_is_never_overwritten(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
+def test_a_version_committed_during_training_is_never_overwritten(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
     """The commit-time check: the version training started from must still be current (in place) or be what is copied (--out)."""
     cfg = FinetuneConfig(data=small_npz, epochs=1, max_examples=40, eval_examples=20, head_epochs=1, replay=False, threads=1)
-    b = _copy(master_bundle, tmp_path / "b")
+    b = _copy(golden_int8, tmp_path / "b")
     with pytest.raises(FFEdgeError, match="version 2 became current while this update was made from version 1; nothing was committed"):
         finetune(b, cfg, reporter=_CommitMeanwhile(b))  # in process the lock is re-entrant: only the commit-time check stops it
-    src = _copy(master_bundle, tmp_path / "src")
+    src = _copy(golden_int8, tmp_path / "src")
     with pytest.raises(FFEdgeError, match="became version 2 while this fine-tune of version 1 ran: .* was not written"):
         finetune(src, cfg, out=tmp_path / "new", reporter=_CommitMeanwhile(src))
     assert _version(b) == _version(src) == 2
@@ -166,7 +157,7 @@ def test_a_version_committed_during_training_is_never_overwritten(master_bundle:
 # --- item 9: options and outputs before any work ---------------------------------------------------
 
 
-def test_out_is_checked_before_training(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
+def test_out_is_checked_before_training(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     user = tmp_path / "user"
     (user / "photos").mkdir(parents=True)
@@ -176,17 +167,17 @@ def test_out_is_checked_before_training(master_bundle: Path, small_npz: str, tmp
     if Path("/proc/self").is_dir():
         cases.append((Path("/proc/x"), "cannot create /proc/x"))
     for out, needle in cases:
-        r = _finetune(master_bundle, small_npz, "--out", str(out))
+        r = _finetune(golden_int8, small_npz, "--out", str(out))
         assert_one_line_error(r, needle)
         assert "accuracy before" not in r.stdout  # refused before any work
-    for out, needle in ((user, "already exists"), (master_bundle / "copy", "lies inside the bundle")):
+    for out, needle in ((user, "already exists"), (golden_int8 / "copy", "lies inside the bundle")):
         with pytest.raises(FFEdgeError, match=needle):
-            finetune(master_bundle, FinetuneConfig(data=small_npz), out=out)
-    assert listing(user) == before and not (master_bundle / "copy").exists()
+            finetune(golden_int8, FinetuneConfig(data=small_npz), out=out)
+    assert listing(user) == before and not (golden_int8 / "copy").exists()
 
 
-def test_bad_numbers_are_one_line_before_any_work(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
-    b = _copy(master_bundle, tmp_path / "b")
+def test_bad_numbers_are_one_line_before_any_work(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     for args, needle in ((["--seed", "-1"], "--seed must be >= 0"), (["--threads", "100000"], "--threads must be between 1 and")):
         assert_one_line_error(_finetune(b, small_npz, *args, timeout=60), needle)
     # The library checks them too (Python callers), before the bundle is even opened.
@@ -196,7 +187,7 @@ def test_bad_numbers_are_one_line_before_any_work(master_bundle: Path, small_npz
                          (dict(replay=-5), "replay must be True or False"), (dict(seed=-1), "--seed")):
         with pytest.raises(FFEdgeError, match=needle.replace("+", r"\+")):
             finetune(tmp_path / "no-such-bundle", FinetuneConfig(data=small_npz, **opts))
-    assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in master_bundle.iterdir())
+    assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in golden_int8.iterdir())
 
 
 FULL_DISK = """\
@@ -219,8 +210,8 @@ main()
 """
 
 
-def test_full_temporary_disk_is_one_line_and_leaves_nothing(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
-    b = _copy(master_bundle, tmp_path / "b")
+def test_full_temporary_disk_is_one_line_and_leaves_nothing(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}
@@ -254,8 +245,8 @@ main()
 """
 
 
-def test_sigint_and_sigterm_say_what_is_kept_and_leave_no_temporaries(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
-    b = _copy(master_bundle, tmp_path / "b")
+def test_sigint_and_sigterm_say_what_is_kept_and_leave_no_temporaries(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+    b = _copy(golden_int8, tmp_path / "b")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}

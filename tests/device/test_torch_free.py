@@ -1,8 +1,8 @@
 """The device side needs no training extra: every module of ffedge outside ffedge.train imports with torch blocked.
 
 Each module is imported in its own interpreter where the training-only packages are
-blocked as the other device-side tests block them (``sys.modules[name] = None``, so
-``import torch`` raises ImportError), so a module that imports torch, brevitas or onnx,
+blocked as the other device-side tests block them (``tests.conftest.block``: ``sys.modules[name] = None``,
+so ``import torch`` raises ImportError), so a module that imports torch, brevitas or onnx,
 directly or through another ffedge module, fails here by name.
 """
 
@@ -11,18 +11,13 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import ffedge
+from tests.conftest import REPO, TRAIN_ONLY, python
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = "ffedge.train"
-# The [train] extra, blocked as in tests/test_runtime.py.
-TRAIN_ONLY = ("torch", "brevitas", "onnx", "onnxscript", "onnxoptimizer")
-BLOCK = "import sys\nfor m in %r: sys.modules[m] = None\n" % (TRAIN_ONLY,)
 
 
 def device_modules() -> list[str]:
@@ -46,8 +41,7 @@ DEVICE_MODULES = device_modules()
 
 
 def _import_blocked(module: str) -> subprocess.CompletedProcess:
-    code = BLOCK + f"import importlib\nimportlib.import_module({module!r})\n"
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return python(f"import importlib\nimportlib.import_module({module!r})\n", cwd=REPO, timeout=120)
 
 
 def test_the_walk_finds_every_concern_and_skips_training() -> None:

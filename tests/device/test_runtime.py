@@ -1,11 +1,10 @@
-"""The device side: onnxruntime runtime modes, torch-free use, bundle checks and the eval/predict/info/bench CLI."""
+"""The device side: onnxruntime runtime modes, torch-free use, bundle checks and the eval/predict/info CLI, on the
+golden int8 bundle (``ffedge bench``'s comparison with the torch baseline is in tests/cli/test_bench.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +15,7 @@ from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
 from ffedge.runtime import Runtime
-
-# Importing any of these is forbidden in the device-side subprocess tests.
-TRAIN_ONLY = ("torch", "brevitas", "onnx", "onnxscript", "onnxoptimizer")
-BLOCK = "import sys\nfor m in %r: sys.modules[m] = None\n" % (TRAIN_ONLY,)
-
-
-def _ffedge(*args: str, torch_free: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    code = (BLOCK if torch_free else "import sys\n") + "from ffedge.cli import main\nsys.argv = ['ffedge'] + sys.argv[1:]\nmain()\n"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
-
-
-def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr, r.stderr
-    assert r.stderr.strip().count("\n") == 0, r.stderr
-    assert needle in r.stderr, r.stderr
+from tests.conftest import TRAIN_ONLY, assert_one_line_error, cli, python
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +24,9 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     return ds.x_test[:200], ds.y_test[:200]
 
 
-def test_modes_agree_where_they_must(int8_bundle: Path, digits) -> None:
+def test_modes_agree_where_they_must(golden_int8: Path, digits) -> None:
     x, y = digits
-    rt = Runtime(str(int8_bundle), threads=1)
+    rt = Runtime(str(golden_int8), threads=1)
     full = rt.predict(x, "all")
     assert full.scores.shape == (200, 10) and np.isfinite(full.scores).all()
     assert (full.labels == y).mean() > 0.4  # a small 4-epoch net: well above chance (10%)
@@ -54,12 +38,12 @@ def test_modes_agree_where_they_must(int8_bundle: Path, digits) -> None:
     k2 = rt.predict(x, "topk", k=2)
     assert (np.isfinite(k2.scores).sum(1) == 2).all()
     # Chunking the hypotheses does not change anything.
-    small = Runtime(str(int8_bundle), threads=1, max_hypotheses=30)
+    small = Runtime(str(golden_int8), threads=1, max_hypotheses=30)
     np.testing.assert_allclose(small.predict(x[:20], "all").scores, full.scores[:20], rtol=1e-5, atol=1e-6)
 
 
-def test_runtime_input_checks(int8_bundle: Path, digits) -> None:
-    rt = Runtime(str(int8_bundle))
+def test_runtime_input_checks(golden_int8: Path, digits) -> None:
+    rt = Runtime(str(golden_int8))
     x, _ = digits
     with pytest.raises(FFEdgeError, match="28x28"):
         rt.predict(np.zeros((2, 32, 32, 1), np.uint8))
@@ -72,27 +56,27 @@ def test_runtime_input_checks(int8_bundle: Path, digits) -> None:
     np.testing.assert_array_equal(rt.predict(x[:5].astype(np.float32)).labels, rt.predict(x[:5]).labels)
 
 
-def test_runtime_works_without_torch(int8_bundle: Path, tmp_path: Path) -> None:
-    code = BLOCK + (
+def test_runtime_works_without_torch(golden_int8: Path, tmp_path: Path) -> None:
+    code = (
         "import numpy as np\n"
         "from ffedge.runtime import Runtime\n"
         "from ffedge.datasets import load_dataset\n"
-        f"rt = Runtime({str(int8_bundle)!r})\n"
+        f"rt = Runtime({str(golden_int8)!r})\n"
         "ds = load_dataset('mnist-5k')\n"
         "p = rt.predict(ds.x_test[:50])\n"
         "print((p.labels == ds.y_test[:50]).mean())\n"
         "assert not [m for m in %r if sys.modules.get(m) is not None]\n" % (TRAIN_ONLY,)
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = python(code)
     assert r.returncode == 0, r.stderr
     assert float(r.stdout) > 0.3
     png = tmp_path / "d.png"
     Image.fromarray(load_dataset("mnist-5k").x_test[0, :, :, 0]).save(png)
-    r = _ffedge("predict", str(int8_bundle), str(png), "--json", torch_free=True)
+    r = cli("predict", str(golden_int8), str(png), "--json", torch_free=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["predictions"][0]["file"] == str(png)
-    r = _ffedge("train", torch_free=True)
-    _one_line_error(r, "ffedge[train]")
+    r = cli("train", torch_free=True)
+    assert_one_line_error(r, "ffedge[train]")
 
 
 def _corrupt(bundle: Path, tmp_path: Path, how: str) -> Path:
@@ -133,27 +117,27 @@ def _corrupt(bundle: Path, tmp_path: Path, how: str) -> Path:
         ("empty", "not an ffedge bundle"),
     ],
 )
-def test_damaged_bundles_fail_with_one_line(int8_bundle: Path, tmp_path: Path, how: str, needle: str) -> None:
-    b = _corrupt(int8_bundle, tmp_path, how)
+def test_damaged_bundles_fail_with_one_line(golden_int8: Path, tmp_path: Path, how: str, needle: str) -> None:
+    b = _corrupt(golden_int8, tmp_path, how)
     with pytest.raises(FFEdgeError, match="."):
         open_bundle(b)
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((28, 28), np.uint8))
-    _one_line_error(_ffedge("predict", str(b), str(x)), needle)
+    assert_one_line_error(cli("predict", str(b), str(x)), needle)
 
 
-def test_info_reports_checksums(int8_bundle: Path, tmp_path: Path) -> None:
-    r = _ffedge("info", str(int8_bundle))
+def test_info_reports_checksums(golden_int8: Path, tmp_path: Path) -> None:
+    r = cli("info", str(golden_int8))
     assert r.returncode == 0, r.stderr
     assert "checksums: ok" in r.stdout and "QLinearConv" not in r.stderr
-    info = json.loads(_ffedge("info", str(int8_bundle), "--json").stdout)
+    info = json.loads(cli("info", str(golden_int8), "--json").stdout)
     assert info["manifest"]["precision"] == "int8" and info["total_bytes"] > 0
-    b = _corrupt(int8_bundle, tmp_path, "flipped")
-    r = _ffedge("info", str(b))
+    b = _corrupt(golden_int8, tmp_path, "flipped")
+    r = cli("info", str(b))
     assert r.returncode == 1 and "FAILED" in r.stdout
 
 
-def test_predict_files(int8_bundle: Path, tmp_path: Path) -> None:
+def test_predict_files(golden_int8: Path, tmp_path: Path) -> None:
     ds = load_dataset("mnist-5k")
     good = tmp_path / "digit.png"
     Image.fromarray(ds.x_test[3, :, :, 0]).save(good)
@@ -163,40 +147,30 @@ def test_predict_files(int8_bundle: Path, tmp_path: Path) -> None:
     Image.fromarray(np.repeat(ds.x_test[3], 3, axis=2)).save(rgb)
     batch = tmp_path / "batch.npy"
     np.save(batch, ds.x_test[:4, :, :, 0])
-    r = _ffedge("predict", str(int8_bundle), str(good), str(batch), "--json", "--top", "3")
+    r = cli("predict", str(golden_int8), str(good), str(batch), "--json", "--top", "3")
     assert r.returncode == 0, r.stderr
     preds = json.loads(r.stdout)["predictions"]
     assert len(preds) == 5 and all(len(p["top"]) == 3 for p in preds)
     assert preds[0]["top"][0]["goodness"] >= preds[0]["top"][1]["goodness"]
-    _one_line_error(_ffedge("predict", str(int8_bundle), str(big)), "--resize")
-    _one_line_error(_ffedge("predict", str(int8_bundle), str(rgb)), "3 channel(s)")
-    r = _ffedge("predict", str(int8_bundle), str(big), str(rgb), "--resize")
+    assert_one_line_error(cli("predict", str(golden_int8), str(big)), "--resize")
+    assert_one_line_error(cli("predict", str(golden_int8), str(rgb)), "3 channel(s)")
+    r = cli("predict", str(golden_int8), str(big), str(rgb), "--resize")
     assert r.returncode == 0, r.stderr
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    _one_line_error(_ffedge("predict", str(int8_bundle), str(bad)), "cannot read image")
+    assert_one_line_error(cli("predict", str(golden_int8), str(bad)), "cannot read image")
     nan = tmp_path / "nan.npy"
     np.save(nan, np.full((28, 28), np.nan, np.float32))
-    _one_line_error(_ffedge("predict", str(int8_bundle), str(nan)), "NaN")
-    _one_line_error(_ffedge("predict", str(int8_bundle), str(tmp_path / "nope.png")), "no such file")
-    _one_line_error(_ffedge("predict", str(int8_bundle), str(tmp_path)), "is a folder")
+    assert_one_line_error(cli("predict", str(golden_int8), str(nan)), "NaN")
+    assert_one_line_error(cli("predict", str(golden_int8), str(tmp_path / "nope.png")), "no such file")
+    assert_one_line_error(cli("predict", str(golden_int8), str(tmp_path)), "is a folder")
 
 
-def test_eval_cli_json(int8_bundle: Path) -> None:
-    r = _ffedge("eval", str(int8_bundle), "--dataset", "mnist-5k", "--limit", "100", "--latency-images", "5", "--mode", "topk", "--k", "2", "--json")
+def test_eval_cli_json(golden_int8: Path) -> None:
+    r = cli("eval", str(golden_int8), "--dataset", "mnist-5k", "--limit", "100", "--latency-images", "5", "--mode", "topk", "--k", "2", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["images"] == 100 and 0.3 < res["accuracy"] <= 1.0
     assert np.asarray(res["confusion"]).sum() == 100
     assert res["latency_batch1"]["p90_ms"] >= res["latency_batch1"]["p50_ms"] > 0
-    _one_line_error(_ffedge("eval", str(int8_bundle), "--mode", "nosuch", "--limit", "5"), "unknown mode")
-
-
-def test_bench_cli_compares_three_variants(int8_bundle: Path) -> None:
-    r = _ffedge("bench", str(int8_bundle), "--limit", "100", "--iters", "5", "--warmup", "1", "--threads", "1", "--json")
-    assert r.returncode == 0, r.stderr
-    rows = {row["name"]: row for row in json.loads(r.stdout)["rows"]}
-    assert set(rows) == {"fp32 ORT", "int8 ORT", "torch fp32 eager"}
-    assert rows["fp32 ORT"]["drop_pp"] == 0.0 and rows["torch fp32 eager"]["speedup"] == 1.0
-    assert rows["int8 ORT"]["size_ratio"] < 0.5
-    assert all(len(row["layer_ms"]) == 3 for row in rows.values())
+    assert_one_line_error(cli("eval", str(golden_int8), "--mode", "nosuch", "--limit", "5"), "unknown mode")

@@ -10,20 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import assert_one_line_error, cli, python
+
 pytest.importorskip("torch")
 pytest.importorskip("matplotlib")
 
 PNGS = ("label_patterns.png", "cams.png", "goodness_correct.png", "goodness_wrong.png", "confusion.png")
-
-
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ffedge.cli", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
-    assert r.stderr.startswith("error:") and needle in r.stderr, r.stderr
 
 
 def test_report_writes_pngs_and_json(tiny_run: Path, tmp_path: Path) -> None:
@@ -34,7 +26,7 @@ def test_report_writes_pngs_and_json(tiny_run: Path, tmp_path: Path) -> None:
     from ffedge.train.trainer import goodness_accuracy, goodness_matrix
 
     out = tmp_path / "report"
-    r = _cli("report", str(tiny_run), "--out", str(out), "--images", "2", "--limit", "120")
+    r = cli("report", str(tiny_run), "--out", str(out), "--images", "2", "--limit", "120")
     assert r.returncode == 0, r.stderr
     for name in PNGS:
         assert f"wrote {out / name}" in r.stdout, r.stdout
@@ -73,17 +65,16 @@ def test_report_bad_input_is_one_line(tiny_run: Path, tmp_path: Path, capsys: py
         captured = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
-    _one_line_error(run("report", str(tmp_path / "nope"), "--out", str(tmp_path / "r1")), "no such run folder")
+    assert_one_line_error(run("report", str(tmp_path / "nope"), "--out", str(tmp_path / "r1")), "no such run folder")
     (tmp_path / "empty").mkdir()
-    _one_line_error(run("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")), "is not a training run")
-    _one_line_error(run("report", str(tiny_run), "--images", "0", "--out", str(tmp_path / "r3")), "--images")
-    _one_line_error(run("report", str(tiny_run), "--limit", "0", "--out", str(tmp_path / "r3")), "--limit")
+    assert_one_line_error(run("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")), "is not a training run")
+    assert_one_line_error(run("report", str(tiny_run), "--images", "0", "--out", str(tmp_path / "r3")), "--images")
+    assert_one_line_error(run("report", str(tiny_run), "--limit", "0", "--out", str(tmp_path / "r3")), "--limit")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
 
 
 def test_report_without_matplotlib_names_the_extra(tiny_run: Path, tmp_path: Path) -> None:
-    code = ("import sys; sys.modules['matplotlib'] = None; from ffedge.cli import main; "
-            f"sys.argv = ['ffedge', 'report', {str(tiny_run)!r}, '--out', {str(tmp_path / 'r')!r}]; main()")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    _one_line_error(r, 'pip install "ffedge[report]"')
+    code = f"from ffedge.cli import main; sys.argv = ['ffedge', 'report', {str(tiny_run)!r}, '--out', {str(tmp_path / 'r')!r}]; main()"
+    r = python(code, blocked=("matplotlib",), timeout=120)
+    assert_one_line_error(r, 'pip install "ffedge[report]"')
     assert not (tmp_path / "r").exists()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ffedge.datasets import load_dataset
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 SCRIPTS = ["accuracy.py", "label_ablation.py", "ff_vs_backprop.py", "finetune_shift.py", "default_recipe.py"]
 TINY = "--layers 8x5p,16x3p --head-epochs 2 --eval-samples 10"  # the smallest network and head: the pipeline, not the accuracy

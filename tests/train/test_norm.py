@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import TINY_EXPORT_LAYERS, cli
+from tests.conftest import TINY_EXPORT_LAYERS, cli
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
