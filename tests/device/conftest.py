@@ -1,7 +1,8 @@
 """The device wing's fixtures: the committed golden bundles, never a trained model.
 
-Nothing here (nor in any test under tests/device) imports torch, brevitas or onnx: this folder runs on a
-device-only install (``pip install -e ".[test]"``), as CI does once (``.ci/run``). The bundles under test are
+Nothing here (nor in any test under tests/device) needs torch, brevitas or onnx: this folder runs on a
+device-only install (``pip install -e ".[test]"``), as CI does once (``.ci/run``); only test_onnx_patch.py uses
+the onnx package, where it is installed, as the reference its checks compare with (skipped without it). The bundles under test are
 copies of ``tests/golden/bundle-int8`` and ``tests/golden/bundle-fp32``, real Brevitas-trained exports made by
 ``tests/golden/make_golden.py`` (see tests/golden/README.md); a test that changes a bundle copies it again first.
 """

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from ffedge.bundle import MANIFEST, open_bundle
+from ffedge.bundle.onnx_patch import patch_initializers, read_initializers
 from ffedge.bundle.update import bundle_version, commit_update, logical_name, repoint, rollback, versions
 from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
-from ffedge.bundle.onnx_patch import patch_initializers, read_initializers
 from ffedge.runtime import Runtime
 from tests.conftest import BLOCK, assert_one_line_error, cli
 
@@ -32,6 +32,7 @@ def images() -> np.ndarray:
     return load_dataset("mnist-5k").x_test[:32]
 
 
+# What fine-tuning replaces: the last FF layer (per-layer and fused graphs) and the head.
 @pytest.fixture(scope="module")
 def retrained(golden_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Genuinely different, valid replacements: the last layer's output channels reversed

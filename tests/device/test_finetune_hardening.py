@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, cli
 from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.bundle.update import bundle_version, commit_update
 from ffedge.errors import FFEdgeError
 from ffedge.finetuning import FinetuneConfig, finetune
 from ffedge.progress import QuietReporter
+from tests.conftest import assert_one_line_error, cli
 
 QUICK = ["--epochs", "1", "--max-examples", "60", "--eval-examples", "20", "--head-epochs", "1", "--threads", "1", "--no-replay"]
 LINK = "is a symbolic link; ffedge does not follow links inside a bundle"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import assert_one_line_error, cli
 from PIL import Image
 
 from ffedge.datasets import load_dataset
@@ -27,6 +26,7 @@ from ffedge.datasets.files import MAX_ARRAY_BYTES, NpzArchive, load_npy
 from ffedge.datasets.idx import parse_idx
 from ffedge.datasets.images import MAX_IMAGE_PIXELS, decode_image
 from ffedge.errors import FFEdgeError
+from tests.conftest import assert_one_line_error, cli
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 

@@ -17,10 +17,10 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from tests.conftest import assert_one_line_error, cli, cli_inprocess
 from ffedge.bundle import MANIFEST, open_bundle
 from ffedge.errors import FFEdgeError
 from ffedge.bundle.manifest import Manifest, manifest_json, parse_manifest
+from tests.conftest import assert_one_line_error, cli, cli_inprocess
 
 
 def _sha(path: Path) -> str:
