@@ -10,7 +10,7 @@ import pytest
 from ffedge.cli.inference_cmds import ENCODING_FRAME_KEYS, encoding_params
 from ffedge.labels import ENCODING_NAMES, encoding_class, make_encoding
 
-from conftest import cli_inprocess
+from tests.conftest import cli_inprocess
 
 
 @pytest.mark.parametrize("name", ENCODING_NAMES)
@@ -39,8 +39,8 @@ def test_untrusted_values_stay_short_and_on_one_line() -> None:
     assert "\n" not in text and len(text) < 300 and "n=nan" in text
 
 
-def test_info_command_prints_the_encoding_config(int8_bundle: Path) -> None:
-    r = cli_inprocess("info", str(int8_bundle))
+def test_info_command_prints_the_encoding_config(golden_int8: Path) -> None:
+    r = cli_inprocess("info", str(golden_int8))
     assert r.returncode == 0, r.stderr
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("labels: "))
     assert line.startswith("labels: fourier mode=channel, amplitude=1.0, freqs=") and "frequency" not in line
