@@ -32,8 +32,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ffedge.fsutil import atomic_write_json  # noqa: E402
 
-from common import (SHARED, add_out_option, choices, clean, command, dataset_file, evaluate, export_int8, machine,  # noqa: E402
-                    machine_line, out_stem, pct, subset, train, work_dir, write_results)
+from common import (
+    SHARED,
+    add_out_option,
+    choices,
+    clean,
+    command,
+    dataset_file,
+    evaluate,
+    export_int8,
+    machine,  # noqa: E402
+    machine_line,
+    out_stem,
+    pct,
+    subset,
+    train,
+    work_dir,
+    write_results,
+)
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 # Published test accuracies (%) and this project's goals, per dataset.
@@ -57,7 +73,9 @@ def train_preset(name: str, spec: str, run: Path, epochs: int | None, train_args
     return train(spec, run, epochs, ["--preset", PRESET_OF[name], *train_args], log, resume=resume)
 
 
-def run_dataset(name: str, path: Path, epochs: int | None, work: Path, log: Path, train_args: list[str], presets: bool = False) -> dict:
+def run_dataset(
+    name: str, path: Path, epochs: int | None, work: Path, log: Path, train_args: list[str], presets: bool = False
+) -> dict:
     spec = f"npz:{path}"
     if presets:
         metrics = train_preset(name, spec, work / "runs" / name, epochs, train_args, log)
@@ -66,25 +84,40 @@ def run_dataset(name: str, path: Path, epochs: int | None, work: Path, log: Path
         metrics = train(spec, work / "runs" / name, epochs, train_args, log)
     parity = export_int8(work / "runs" / name, work / "export" / name, log)
     evals = {f"{m}{k or ''}": evaluate(work / "export" / name, spec, m, k, log) for m, k in MODES}
-    return {"dataset": name, "epochs": epochs, "preset": PRESET_OF[name] if presets else None,
-            "float_precision": metrics.get("float_precision", "fp32"), "n_train": metrics["n_train"], "n_test": metrics["n_test"],
-            "train_seconds": metrics["train_seconds"], "train_wall_seconds": metrics["wall_seconds"],
-            "qat_test_accuracy": metrics["test_accuracy"], "per_layer_test_accuracy": metrics["per_layer_test_accuracy"],
-            "parity": parity, "int8_ort": evals, "machine": machine()}
+    return {
+        "dataset": name,
+        "epochs": epochs,
+        "preset": PRESET_OF[name] if presets else None,
+        "float_precision": metrics.get("float_precision", "fp32"),
+        "n_train": metrics["n_train"],
+        "n_test": metrics["n_test"],
+        "train_seconds": metrics["train_seconds"],
+        "train_wall_seconds": metrics["wall_seconds"],
+        "qat_test_accuracy": metrics["test_accuracy"],
+        "per_layer_test_accuracy": metrics["per_layer_test_accuracy"],
+        "parity": parity,
+        "int8_ort": evals,
+        "machine": machine(),
+    }
 
 
 def markdown(rows: list[dict], info: dict, cmd: str) -> str:
-    lines = ["| dataset | epochs | train time | int8 ORT, goodness over all labels | int8 ORT, top-3 | int8 ORT, head | p50 latency (all / top-3 / head) | "
-             + " | ".join(ANCHORS) + " |", "|---" * (7 + len(ANCHORS)) + "|"]
+    lines = [
+        "| dataset | epochs | train time | int8 ORT, goodness over all labels | "
+        "int8 ORT, top-3 | int8 ORT, head | p50 latency (all / top-3 / head) | " + " | ".join(ANCHORS) + " |",
+        "|---" * (7 + len(ANCHORS)) + "|",
+    ]
     for r in rows:
         e = r["int8_ort"]
         lat = " / ".join(f"{e[m]['latency_batch1']['p50_ms']:.2f}" for m in ("all", "topk3", "head")) + " ms"
         anchors = " | ".join(f"{a[r['dataset']]:.2f}%" if r["dataset"] in a else "–" for a in ANCHORS.values())
         recipe = f"`--preset {r['preset']}`, " if r.get("preset") else ""
-        lines.append(f"| {DATASETS[r['dataset']]} ({r['n_train']:,} train / {r['n_test']:,} test) | {recipe}{r['epochs']} "
-                     f"({r.get('float_precision', 'fp32')} float) | "
-                     f"{r['train_seconds'] / 60:.1f} min | **{pct(e['all']['accuracy'])}** | {pct(e['topk3']['accuracy'])} | "
-                     f"{pct(e['head']['accuracy'])} | {lat} | {anchors} |")
+        lines.append(
+            f"| {DATASETS[r['dataset']]} ({r['n_train']:,} train / {r['n_test']:,} test) | {recipe}{r['epochs']} "
+            f"({r.get('float_precision', 'fp32')} float) | "
+            f"{r['train_seconds'] / 60:.1f} min | **{pct(e['all']['accuracy'])}** | {pct(e['topk3']['accuracy'])} | "
+            f"{pct(e['head']['accuracy'])} | {lat} | {anchors} |"
+        )
     # Kept rows may come from another machine than this run: each row names its own where they differ.
     where = {DATASETS[r["dataset"]]: machine_line(r.get("machine", info)) for r in rows}
     if len(set(where.values())) <= 1:
@@ -96,15 +129,33 @@ def markdown(rows: list[dict], info: dict, cmd: str) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Writes OUT.json and OUT.md; logs every ffedge command to OUT.log.")
-    p.add_argument("--datasets", default="mnist,fashion_mnist,cifar10", help="comma-separated: mnist, fashion_mnist, cifar10")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per dataset (default 3; with --presets: the preset's)")
-    p.add_argument("--presets", action="store_true", help="train each dataset with its preset (mnist, fashion, cifar10): the recipes "
-                   "behind the issue-11 bars; results go to benchmarks/results/accuracy-presets.*")
-    p.add_argument("--force", action="store_true", help="train every dataset again, even one whose row is kept in OUT-DATASET.json")
-    p.add_argument("--data-dir", type=Path, default=SHARED, help="folder with mnist.npz, fashion_mnist.npz, cifar10.npz")
-    p.add_argument("--work", type=Path, default=None,
-                   help="where runs and bundles go (default: runs/bench-accuracy; with --quick: runs/bench-accuracy-quick)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Writes OUT.json and OUT.md; logs every ffedge command to OUT.log."
+    )
+    p.add_argument(
+        "--datasets", default="mnist,fashion_mnist,cifar10", help="comma-separated: mnist, fashion_mnist, cifar10"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="training epochs per dataset (default 3; with --presets: the preset's)"
+    )
+    p.add_argument(
+        "--presets",
+        action="store_true",
+        help="train each dataset with its preset (mnist, fashion, cifar10): the recipes "
+        "behind the issue-11 bars; results go to benchmarks/results/accuracy-presets.*",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="train every dataset again, even one whose row is kept in OUT-DATASET.json"
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=SHARED, help="folder with mnist.npz, fashion_mnist.npz, cifar10.npz"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="where runs and bundles go (default: runs/bench-accuracy; with --quick: runs/bench-accuracy-quick)",
+    )
     p.add_argument("--train-args", default="", help="extra ffedge train options, e.g. '--layers 32x5p,64x3p'")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 2,000 training and 1,000 test images")
     add_out_option(p, "accuracy")
@@ -123,7 +174,13 @@ def main() -> int:
     rows = []
     for n in names:
         kept_path = out.with_name(f"{out.name}-{n}.json")
-        settings = {"epochs": a.epochs, "presets": a.presets, "train_args": a.train_args, "quick": a.quick, "data": str(paths[n])}
+        settings = {
+            "epochs": a.epochs,
+            "presets": a.presets,
+            "train_args": a.train_args,
+            "quick": a.quick,
+            "data": str(paths[n]),
+        }
         kept = json.loads(kept_path.read_text()) if kept_path.is_file() else None
         if kept and kept.get("settings") == settings and not a.force:
             print(f"{DATASETS[n]}: kept from {kept_path} (--force trains it again)", flush=True)
@@ -138,8 +195,11 @@ def main() -> int:
         rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets))
         atomic_write_json(kept_path, {"settings": settings, "row": rows[-1]})
         r = rows[-1]
-        print(f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
-              f"train {r['train_seconds']:.0f} s", flush=True)
+        print(
+            f"  int8 ORT all {pct(r['int8_ort']['all']['accuracy'])}, head {pct(r['int8_ort']['head']['accuracy'])}, "
+            f"train {r['train_seconds']:.0f} s",
+            flush=True,
+        )
     info = machine()
     cmd = command("accuracy.py")
     md = markdown(rows, info, cmd)

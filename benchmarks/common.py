@@ -41,8 +41,12 @@ FFEDGE = [sys.executable, "-m", "ffedge.cli"]
 
 def add_out_option(p: argparse.ArgumentParser, name: str) -> None:
     """The --out option every script has (default: see out_stem)."""
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"writes OUT.json and OUT.md (default: benchmarks/results/{name}; with --quick: benchmarks/results/quick/{name})")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"writes OUT.json and OUT.md (default: benchmarks/results/{name}; with --quick: benchmarks/results/quick/{name})",
+    )
 
 
 def out_stem(name: str, out: Path | str | None, quick: bool) -> Path:
@@ -91,21 +95,37 @@ def ffedge(*args: str, log: Path | None = None) -> str:
     r = subprocess.run([*FFEDGE, *args], capture_output=True, text=True, cwd=ROOT)
     if log is not None:
         with log.open("a") as f:
-            f.write(f"$ ffedge {' '.join(args)}   # {time.perf_counter() - t0:.0f} s, exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}\n")
+            f.write(
+                f"$ ffedge {' '.join(args)}   # {time.perf_counter() - t0:.0f} "
+                f"s, exit {r.returncode}\n{r.stdout[-4000:]}{r.stderr[-4000:]}\n"
+            )
     if r.returncode:
         sys.exit(f"error: ffedge {' '.join(args)} failed (exit {r.returncode}):\n{r.stderr.strip()[-2000:]}")
     return r.stdout
 
 
-def train(dataset: str, out: Path, epochs: int | None, extra: list[str], log: Path, resume: bool = False) -> dict[str, Any]:
+def train(
+    dataset: str, out: Path, epochs: int | None, extra: list[str], log: Path, resume: bool = False
+) -> dict[str, Any]:
     """`ffedge train` into out (epochs None: the recipe's own; resume: `--resume` the run cut short in out, with its
     own config); returns the run's metrics.json plus the wall seconds of this command (a resumed run's earlier part is not in it)."""
     t0 = time.perf_counter()
     if resume:
         ffedge("train", "--resume", "--out", str(out), log=log)
     else:
-        ffedge("train", "--dataset", dataset, *(["--epochs", str(epochs)] if epochs is not None else []), "--out", str(out), "--force",
-               "--threads", "2", *extra, log=log)
+        ffedge(
+            "train",
+            "--dataset",
+            dataset,
+            *(["--epochs", str(epochs)] if epochs is not None else []),
+            "--out",
+            str(out),
+            "--force",
+            "--threads",
+            "2",
+            *extra,
+            log=log,
+        )
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["wall_seconds"] = time.perf_counter() - t0
     return metrics
@@ -117,11 +137,24 @@ def export_int8(run: Path, out: Path, log: Path, extra: tuple[str, ...] = ()) ->
     return json.loads((out / "manifest.json").read_text()).get("parity", {})
 
 
-def evaluate(bundle: Path, dataset: str, mode: str, k: int, log: Path, latency_images: int = 100,
-             extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def evaluate(
+    bundle: Path, dataset: str, mode: str, k: int, log: Path, latency_images: int = 100, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """`ffedge eval --json` of a bundle on the dataset's held-out split (extra: more options, e.g. --limit N)."""
-    args = ["eval", str(bundle), "--dataset", dataset, "--mode", mode, "--threads", "2", "--json",
-            "--latency-images", str(latency_images), *extra]
+    args = [
+        "eval",
+        str(bundle),
+        "--dataset",
+        dataset,
+        "--mode",
+        mode,
+        "--threads",
+        "2",
+        "--json",
+        "--latency-images",
+        str(latency_images),
+        *extra,
+    ]
     from ffedge.runtime.modes import mode_spec
 
     if mode_spec(mode).uses_k:
@@ -135,8 +168,12 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     import onnxruntime
 
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+    }
     try:
         import torch
 
@@ -162,8 +199,10 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
 
 def machine_line(info: dict[str, Any]) -> str:
     """One Markdown line naming the machine of a result (CPU, cores, ISA flags, versions)."""
-    return (f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, flags {' '.join(info.get('cpu_flags', [])) or '?'}; "
-            f"Python {info['python']}, torch {info.get('torch', '-')}, onnxruntime {info['onnxruntime']}.")
+    return (
+        f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, flags {' '.join(info.get('cpu_flags', [])) or '?'}; "
+        f"Python {info['python']}, torch {info.get('torch', '-')}, onnxruntime {info['onnxruntime']}."
+    )
 
 
 def write_results(out: Path, result: Any, markdown: str) -> None:
@@ -208,7 +247,9 @@ def clean(path: Path) -> None:
 # ---------------------------------------------------------------- the backprop baseline (torch, imported when called)
 
 
-def backprop_step(net: Any, opt: Any, enc: Any, xb: np.ndarray, yb: np.ndarray, device: str, bf16: bool = False) -> float:
+def backprop_step(
+    net: Any, opt: Any, enc: Any, xb: np.ndarray, yb: np.ndarray, device: str, bf16: bool = False
+) -> float:
     """One end-to-end backprop step on an FFNet: cross-entropy of its softmax head on neutral-label inputs,
     gradients through every layer. Returns the loss (a float: on a GPU this waits for the step, so a clock
     read after it times the step). ``bf16``: the forward pass under bf16 autocast, as FF's float phase

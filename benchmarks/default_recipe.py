@@ -26,7 +26,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    add_out_option, command, evaluate, export_int8, ffedge, fresh_log, machine, machine_line, out_stem, pct, subset, work_dir,
+    add_out_option,
+    command,
+    evaluate,
+    export_int8,
+    ffedge,
+    fresh_log,
+    machine,
+    machine_line,
+    out_stem,
+    pct,
+    subset,
+    work_dir,
     write_results,
 )
 
@@ -40,10 +51,17 @@ def run_seed(seed: int, work: Path, log: Path, train_args: list[str]) -> dict:
     dataset = json.loads((run / "config.json").read_text())["train"]["dataset"]
     parity = export_int8(run, bundle, log)
     ev = evaluate(bundle, dataset, "all", 0, log)
-    return {"seed": seed, "train_seconds": metrics["train_seconds"], "epochs": metrics["epochs"],
-            "torch_test_accuracy": metrics["test_accuracy"], "int8_ort_accuracy": ev["accuracy"],
-            "n_test": metrics["n_test"], "parity": parity, "p50_ms": ev["latency_batch1"]["p50_ms"],
-            "meets_bar": ev["accuracy"] >= BAR_ACCURACY and metrics["train_seconds"] <= BAR_SECONDS}
+    return {
+        "seed": seed,
+        "train_seconds": metrics["train_seconds"],
+        "epochs": metrics["epochs"],
+        "torch_test_accuracy": metrics["test_accuracy"],
+        "int8_ort_accuracy": ev["accuracy"],
+        "n_test": metrics["n_test"],
+        "parity": parity,
+        "p50_ms": ev["latency_batch1"]["p50_ms"],
+        "meets_bar": ev["accuracy"] >= BAR_ACCURACY and metrics["train_seconds"] <= BAR_SECONDS,
+    }
 
 
 def _same_recipe(recorded: dict | None, quick: bool) -> bool:
@@ -60,28 +78,49 @@ def _same_recipe(recorded: dict | None, quick: bool) -> bool:
 
 
 def markdown(rows: list[dict], info: dict, cmd: str, recipe: str) -> str:
-    lines = ["| seed | epochs | training time | torch (QAT) held-out | **int8 ORT held-out** | parity (top-1 agreement) | bar (>= 97.0% in <= 300 s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | epochs | training time | torch (QAT) held-out | **int8 ORT "
+        "held-out** | parity (top-1 agreement) | bar (>= 97.0% in <= 300 s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         agree = r["parity"].get("agreement")
-        lines.append(f"| {r['seed']} | {r['epochs']} | {r['train_seconds']:.0f} s | {pct(r['torch_test_accuracy'])} | "
-                     f"**{pct(r['int8_ort_accuracy'])}** | {pct(agree) if agree is not None else '–'} | "
-                     f"{'met' if r['meets_bar'] else 'missed'} |")
+        lines.append(
+            f"| {r['seed']} | {r['epochs']} | {r['train_seconds']:.0f} s | {pct(r['torch_test_accuracy'])} | "
+            f"**{pct(r['int8_ort_accuracy'])}** | {pct(agree) if agree is not None else '–'} | "
+            f"{'met' if r['meets_bar'] else 'missed'} |"
+        )
     accs = [r["int8_ort_accuracy"] for r in rows]
-    lines += ["", f"Mean int8 ORT accuracy {pct(sum(accs) / len(accs))} over {len(rows)} seed(s), on {rows[0]['n_test']:,} held-out digits "
-              f"(one image is 0.1 pp; the standard error of a 97% figure on 1,000 images is about 0.5 pp).",
-              f"Recipe: {recipe}.", machine_line(info), f"Command: `{cmd}`"]
+    lines += [
+        "",
+        f"Mean int8 ORT accuracy {pct(sum(accs) / len(accs))} over {len(rows)} seed(s), on {rows[0]['n_test']:,} held-out digits "
+        f"(one image is 0.1 pp; the standard error of a 97% figure on 1,000 images is about 0.5 pp).",
+        f"Recipe: {recipe}.",
+        machine_line(info),
+        f"Command: `{cmd}`",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--work", type=Path, default=None, help="runs and bundles (default: runs/bench-default; --quick: runs/bench-default-quick)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="runs and bundles (default: runs/bench-default; --quick: runs/bench-default-quick)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: one seed, 1 epoch on 1,000 digits (never the bar)")
     p.add_argument("--force", action="store_true", help="retrain seeds already in OUT.json")
-    p.add_argument("--data-dir", type=Path, default=None, help="accepted for a uniform command line; unused (mnist-5k is embedded)")
-    p.add_argument("--train-args", default="", help="extra ffedge train options (then it is not the default recipe: for smoke tests)")
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="accepted for a uniform command line; unused (mnist-5k is embedded)"
+    )
+    p.add_argument(
+        "--train-args",
+        default="",
+        help="extra ffedge train options (then it is not the default recipe: for smoke tests)",
+    )
     add_out_option(p, "default_recipe")
     a = p.parse_args()
     try:
@@ -122,9 +161,20 @@ def main() -> int:
             print(f"  int8 ORT {pct(r['int8_ort_accuracy'])} after {r['train_seconds']:.0f} s of training", flush=True)
             info = machine()
             cfg = json.loads((work / f"seed{seed}" / "config.json").read_text())["train"]
-            recipe = shlex.join(f"{k}={v}" for k, v in cfg.items() if k not in ("seed", "data_dir", "threads", "device"))
-            write_results(out, {"rows": rows, "machine": info, "command": command("default_recipe.py"), "quick": a.quick,
-                                "recipe": cfg}, markdown(rows, info, command("default_recipe.py"), recipe))
+            recipe = shlex.join(
+                f"{k}={v}" for k, v in cfg.items() if k not in ("seed", "data_dir", "threads", "device")
+            )
+            write_results(
+                out,
+                {
+                    "rows": rows,
+                    "machine": info,
+                    "command": command("default_recipe.py"),
+                    "quick": a.quick,
+                    "recipe": cfg,
+                },
+                markdown(rows, info, command("default_recipe.py"), recipe),
+            )
     print(out.with_suffix(".md").read_text())
     return 0
 

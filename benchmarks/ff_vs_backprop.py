@@ -93,7 +93,14 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     import torch
 
     from ffedge.ff import wrong_labels
-    from ffedge.train.trainer import LocalTrainer, TrainConfig, build_model, goodness_accuracy, goodness_matrix, prepare_data
+    from ffedge.train.trainer import (
+        LocalTrainer,
+        TrainConfig,
+        build_model,
+        goodness_accuracy,
+        goodness_matrix,
+        prepare_data,
+    )
 
     from common import backprop_step, head_accuracy_neutral
 
@@ -103,7 +110,9 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
     cfg = TrainConfig(dataset=dataset, epochs=epochs, batch_size=batch, device=device, layers=layers, local=local)
     data = prepare_data(cfg)
     x, y = data.x_train[:limit], data.dataset.y_train[:limit]
-    net = build_model(cfg, data.encoding.out_channels, data.dataset.image_shape[1:], data.dataset.num_classes).to(device)
+    net = build_model(cfg, data.encoding.out_channels, data.dataset.image_shape[1:], data.dataset.num_classes).to(
+        device
+    )
     net.train()
     base = _mem(device)
     rng = np.random.default_rng(0)
@@ -122,7 +131,10 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
                 xb, yb = x[idx], y[idx]
                 if method.startswith("ff"):
                     wrong = wrong_labels(yb, k, rng)
-                    trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(device), torch.from_numpy(enc.encode(xb, wrong)).to(device))
+                    trainer.step(
+                        torch.from_numpy(enc.encode(xb, yb)).to(device),
+                        torch.from_numpy(enc.encode(xb, wrong)).to(device),
+                    )
                 else:
                     backprop_step(net, opt, enc, xb, yb, device)
     seconds = time.perf_counter() - t0
@@ -133,8 +145,19 @@ def child(method: str, dataset: str, epochs: int, batch: int, limit: int, device
         acc = goodness_accuracy(goodness_matrix(net, enc, xt, device), yt, [len(net.layers) - 1])
     else:
         acc = head_accuracy_neutral(net, enc, xt, yt, device)
-    return {"method": method, "accuracy": acc, "peak_mb": peak, "base_mb": base, "working_set_mb": peak - base,
-            "saved_for_backward_mb": meter.peak / 2**20, "train_seconds": seconds, "epochs": epochs, "batch": batch, "examples": int(len(y)), "device": device}
+    return {
+        "method": method,
+        "accuracy": acc,
+        "peak_mb": peak,
+        "base_mb": base,
+        "working_set_mb": peak - base,
+        "saved_for_backward_mb": meter.peak / 2**20,
+        "train_seconds": seconds,
+        "epochs": epochs,
+        "batch": batch,
+        "examples": int(len(y)),
+        "device": device,
+    }
 
 
 METHODS = ("ff-layer", "ff-pair", "backprop", "backprop-2x")
@@ -143,9 +166,28 @@ METHODS = ("ff-layer", "ff-pair", "backprop", "backprop-2x")
 def run_child(method: str, a: argparse.Namespace) -> dict:
     """One method in a fresh process; backprop-2x is backprop at twice the batch (as many samples per step as FF)."""
     batch = 2 * a.batch if method == "backprop-2x" else a.batch
-    r = subprocess.run([sys.executable, __file__, "--child", method.removesuffix("-2x"), "--dataset", a.dataset,
-                        "--epochs", str(a.epochs), "--batch", str(batch), "--limit", str(a.limit), "--device", a.device,
-                        "--layers", a.layers], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            method.removesuffix("-2x"),
+            "--dataset",
+            a.dataset,
+            "--epochs",
+            str(a.epochs),
+            "--batch",
+            str(batch),
+            "--limit",
+            str(a.limit),
+            "--device",
+            a.device,
+            "--layers",
+            a.layers,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         sys.exit(f"error: {method} failed:\n{r.stderr.strip()[-2000:]}")
     row = json.loads(r.stdout.strip().splitlines()[-1])
@@ -154,15 +196,30 @@ def run_child(method: str, a: argparse.Namespace) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--dataset", default="mnist-5k", help="any ffedge dataset spec (mnist-5k, npz:PATH, ...), or mnist, fashion_mnist, "
-                   "cifar10 with --data-dir")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder with NAME.npz for --dataset mnist, fashion_mnist or cifar10 "
-                   "(not needed for the embedded mnist-5k)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument(
+        "--dataset",
+        default="mnist-5k",
+        help="any ffedge dataset spec (mnist-5k, npz:PATH, ...), or mnist, fashion_mnist, cifar10 with --data-dir",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with NAME.npz for --dataset mnist, fashion_mnist or cifar10 "
+        "(not needed for the embedded mnist-5k)",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch", type=int, default=64, help="positive examples per step (FF adds one negative each)")
-    p.add_argument("--layers", default="16x5p,64x5p,128x3,128x3", help="network, as ffedge train --layers (default: ffedge's default)")
+    p.add_argument(
+        "--layers",
+        default="16x5p,64x5p,128x3,128x3",
+        help="network, as ffedge train --layers (default: ffedge's default)",
+    )
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     p.add_argument("--limit", type=int, default=100000, help="training examples used at most")
     p.add_argument("--device", default="cpu")
@@ -190,15 +247,25 @@ def main() -> int:
     info = machine()
     cmd = command("ff_vs_backprop.py")
     mem = "torch.cuda.max_memory_allocated" if a.device.startswith("cuda") else "peak RSS (VmHWM) of a fresh process"
-    lines = ["| method | batch (positives) | held-out accuracy | peak memory (MB) | x backprop | training working set (MB) | x backprop "
-             "| saved for backward, peak (MB) | x backprop | train seconds |", "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['method']} | {r['batch']} | {r['accuracy']:.2%} | {r['peak_mb']:.0f} | {r['peak_ratio']:.2f} | "
-              f"{r['working_set_mb']:.0f} | {r['working_set_ratio']:.2f} | {r['saved_for_backward_mb']:.1f} | {r['saved_ratio']:.2f} | "
-              f"{r['train_seconds']:.0f} |" for r in rows]
-    lines += ["", f"{a.dataset}, {a.epochs} epoch(s), {rows[0]['examples']:,} training examples, layers {a.layers}, {a.device}; "
-              f"memory: {mem}; working set = peak minus the memory after imports, data and model; "
-              "saved for backward = peak bytes held by autograd graphs.",
-              f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}.", f"Command: `{cmd}`"]
+    lines = [
+        "| method | batch (positives) | held-out accuracy | peak memory (MB) | x backprop | training working set (MB) | x backprop "
+        "| saved for backward, peak (MB) | x backprop | train seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['batch']} | {r['accuracy']:.2%} | {r['peak_mb']:.0f} | {r['peak_ratio']:.2f} | "
+        f"{r['working_set_mb']:.0f} | {r['working_set_ratio']:.2f} | {r['saved_for_backward_mb']:.1f} | {r['saved_ratio']:.2f} | "
+        f"{r['train_seconds']:.0f} |"
+        for r in rows
+    ]
+    lines += [
+        "",
+        f"{a.dataset}, {a.epochs} epoch(s), {rows[0]['examples']:,} training examples, layers {a.layers}, {a.device}; "
+        f"memory: {mem}; working set = peak minus the memory after imports, data and model; "
+        "saved for backward = peak bytes held by autograd graphs.",
+        f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}.",
+        f"Command: `{cmd}`",
+    ]
     md = "\n".join(lines) + "\n"
     write_results(out, {"rows": rows, "machine": info, "command": cmd, "layers": a.layers, "quick": a.quick}, md)
     print(md)

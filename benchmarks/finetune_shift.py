@@ -30,7 +30,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_out_option, command, export_int8, ffedge, fresh_log, out_stem, subset, train, work_dir, write_results  # noqa: E402
+from common import (
+    add_out_option,
+    command,
+    export_int8,
+    ffedge,
+    fresh_log,
+    out_stem,
+    subset,
+    train,
+    work_dir,
+    write_results,
+)  # noqa: E402
 
 RAMP_MAX = 120
 
@@ -45,7 +56,9 @@ def make_data(path: Path) -> None:
     from ffedge.datasets import load_dataset
 
     ds = load_dataset("mnist-5k")
-    np.savez(path, x_train=shift(ds.x_train[..., 0]), y_train=ds.y_train, x_test=shift(ds.x_test[..., 0]), y_test=ds.y_test)
+    np.savez(
+        path, x_train=shift(ds.x_train[..., 0]), y_train=ds.y_train, x_test=shift(ds.x_test[..., 0]), y_test=ds.y_test
+    )
 
 
 def accuracies(bundle: Path, shifted: Path) -> dict[str, float]:
@@ -110,8 +123,11 @@ def torch_child(run: str, data: str, examples: int, epochs: int, lr: float, seed
 
     orig = load_dataset("mnist-5k")
     with torch.no_grad():
+
         def head_acc(x: np.ndarray, y: np.ndarray) -> float:
-            return float((net.head_logits(torch.from_numpy(enc.neutral(normalize(x, mean, std)))).argmax(1).numpy() == y).mean())
+            return float(
+                (net.head_logits(torch.from_numpy(enc.neutral(normalize(x, mean, std)))).argmax(1).numpy() == y).mean()
+            )
 
         res = {"shifted_head": head_acc(x_te, y_te), "original_head": head_acc(orig.x_test, orig.y_test)}
     res.update(peak_rss_mb=peak_rss_mb(), seconds=time.perf_counter() - t0, examples=int(len(y_tr)), epochs=epochs)
@@ -119,24 +135,57 @@ def torch_child(run: str, data: str, examples: int, epochs: int, lr: float, seed
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--bundle", type=Path, default=None,
-                   help="an int8 bundle exported with --master to fine-tune (default: train one on mnist-5k and export it into --work)")
-    p.add_argument("--run", type=Path, default=None, help="with --bundle: its training run, for the torch comparison (skipped without it)")
-    p.add_argument("--train-epochs", type=int, default=None,
-                   help="epochs of the run trained without --bundle (default 40, ffedge's; --quick: 1)")
-    p.add_argument("--train-images", type=int, default=None,
-                   help="mnist-5k training images that run uses (default: all 4,000; --quick: 1,000)")
-    p.add_argument("--train-args", default="", help="extra ffedge train options, e.g. '--layers 16x5p,64x3p' or '--device cuda'")
-    p.add_argument("--work", type=Path, default=None,
-                   help="where that run and its bundle go (default: runs/bench-finetune; with --quick: runs/bench-finetune-quick)")
-    p.add_argument("--data-dir", type=Path, default=None, help="not needed: mnist-5k is embedded in ffedge (accepted like the other scripts')")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="an int8 bundle exported with --master to fine-tune (default: train one on mnist-5k and export it into --work)",
+    )
+    p.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        help="with --bundle: its training run, for the torch comparison (skipped without it)",
+    )
+    p.add_argument(
+        "--train-epochs",
+        type=int,
+        default=None,
+        help="epochs of the run trained without --bundle (default 40, ffedge's; --quick: 1)",
+    )
+    p.add_argument(
+        "--train-images",
+        type=int,
+        default=None,
+        help="mnist-5k training images that run uses (default: all 4,000; --quick: 1,000)",
+    )
+    p.add_argument(
+        "--train-args", default="", help="extra ffedge train options, e.g. '--layers 16x5p,64x3p' or '--device cuda'"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="where that run and its bundle go (default: runs/bench-finetune; with --quick: runs/bench-finetune-quick)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="not needed: mnist-5k is embedded in ffedge (accepted like the other scripts')",
+    )
     p.add_argument("--anchors", default="0.005", help="comma-separated --anchor values to try")
     p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs")
     p.add_argument("--examples", type=int, default=500, help="shifted training digits fine-tuned on")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--quick", action="store_true", help="a 1-epoch run on 1,000 digits; fine-tune on 100 examples, 2 epochs")
+    p.add_argument(
+        "--quick", action="store_true", help="a 1-epoch run on 1,000 digits; fine-tune on 100 examples, 2 epochs"
+    )
     add_out_option(p, "finetune_shift")
     p.add_argument("--torch-child", nargs=6, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -152,7 +201,9 @@ def main() -> int:
     if a.bundle is not None:
         bundle, run = a.bundle.absolute(), a.run
         if not (bundle / "manifest.json").is_file():
-            sys.exit(f"error: --bundle {a.bundle}: no bundle there (no manifest.json); omit --bundle to train and export one")
+            sys.exit(
+                f"error: --bundle {a.bundle}: no bundle there (no manifest.json); omit --bundle to train and export one"
+            )
         if run is not None and not (run / "weights.pt").is_file():
             sys.exit(f"error: --run {run}: no trained run there (no weights.pt)")
     elif a.run is not None:
@@ -165,33 +216,81 @@ def main() -> int:
         make_data(data)
         if a.bundle is None:
             dataset = "mnist-5k"
-            if train_images is not None:  # the subset stays next to the run, which export --master (and later exports) read
+            if (
+                train_images is not None
+            ):  # the subset stays next to the run, which export --master (and later exports) read
                 dataset = f"npz:{subset(_mnist_5k_npz(work / 'mnist-5k.npz'), work / f'mnist-5k-{train_images}.npz', train_images, None)}"
             run, bundle = work / "run", work / "bundle-int8-master"
-            print(f"train mnist-5k{'' if train_images is None else f' ({train_images:,} digits)'}, {train_epochs} epoch(s), "
-                  "export --int8 --master ...", flush=True)
+            print(
+                f"train mnist-5k{'' if train_images is None else f' ({train_images:,} digits)'}, {train_epochs} epoch(s), "
+                "export --int8 --master ...",
+                flush=True,
+            )
             train(dataset, run, train_epochs, a.train_args.split(), log)
             export_int8(run, bundle, log, ("--master",))
         rows = [{"name": "bundle before", **accuracies(bundle, data)}]
         for anchor in anchors:
             ft_out = Path(tmp) / f"ft-{anchor}"
-            args = ["finetune", str(bundle), "--data", f"npz:{data}", "--out", str(ft_out), "--json", "--epochs", str(a.epochs),
-                    "--max-examples", str(a.examples), "--lr", str(a.lr), "--anchor", str(anchor), "--threads", "2"]
+            args = [
+                "finetune",
+                str(bundle),
+                "--data",
+                f"npz:{data}",
+                "--out",
+                str(ft_out),
+                "--json",
+                "--epochs",
+                str(a.epochs),
+                "--max-examples",
+                str(a.examples),
+                "--lr",
+                str(a.lr),
+                "--anchor",
+                str(anchor),
+                "--threads",
+                "2",
+            ]
             print(f"ffedge finetune --anchor {anchor} ...", flush=True)
             ft = json.loads(ffedge(*args, log=log))
-            rows.append({"name": f"ffedge finetune, anchor {anchor}", **accuracies(ft_out, data), "seconds": ft["seconds"],
-                         "peak_rss_mb": ft["peak_rss_mb"], "examples": ft["examples"], "command": "ffedge " + " ".join(args)})
+            rows.append(
+                {
+                    "name": f"ffedge finetune, anchor {anchor}",
+                    **accuracies(ft_out, data),
+                    "seconds": ft["seconds"],
+                    "peak_rss_mb": ft["peak_rss_mb"],
+                    "examples": ft["examples"],
+                    "command": "ffedge " + " ".join(args),
+                }
+            )
         if run is not None:
             print("torch backprop fine-tune ...", flush=True)
-            r = subprocess.run([sys.executable, __file__, "--torch-child", str(run), str(data), str(a.examples), str(a.epochs), str(a.lr), "0"],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--torch-child",
+                    str(run),
+                    str(data),
+                    str(a.examples),
+                    str(a.epochs),
+                    str(a.lr),
+                    "0",
+                ],
+                capture_output=True,
+                text=True,
+            )
             if r.returncode:
                 sys.exit(f"error: the torch fine-tune failed (exit {r.returncode}):\n{r.stderr.strip()[-2000:]}")
             rows.append({"name": "torch backprop (last layer + head)", **json.loads(r.stdout.strip().splitlines()[-1])})
     cols = ["shifted_all", "original_all", "shifted_head", "original_head", "seconds", "peak_rss_mb"]
     lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in rows:
-        cells = [f"{row[c]:.2%}" if c.startswith(("shifted", "original")) and c in row else (f"{row[c]:.1f}" if c in row else "") for c in cols]
+        cells = [
+            f"{row[c]:.2%}"
+            if c.startswith(("shifted", "original")) and c in row
+            else (f"{row[c]:.1f}" if c in row else "")
+            for c in cols
+        ]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{command('finetune_shift.py')}`"]
     md = "\n".join(lines) + "\n"

@@ -21,8 +21,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (SHARED, add_out_option, choices, command, dataset_file, fresh_log, machine, out_stem, pct, subset, train,  # noqa: E402
-                    work_dir, write_results)
+from common import (
+    SHARED,
+    add_out_option,
+    choices,
+    command,
+    dataset_file,
+    fresh_log,
+    machine,
+    out_stem,
+    pct,
+    subset,
+    train,  # noqa: E402
+    work_dir,
+    write_results,
+)
 
 from ffedge.labels import ENCODING_NAMES  # noqa: E402
 
@@ -31,29 +44,48 @@ ENCODINGS = ENCODING_NAMES  # every registered label encoding
 
 
 def markdown(rows: list[dict], info: dict, cmd: str) -> str:
-    lines = ["| dataset | labels | epochs | train images | held-out accuracy (goodness, all labels) | per layer | head | train time |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | labels | epochs | train images | held-out accuracy (goodness, all labels) | per layer | head | train time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         per_layer = " / ".join(f"{100 * v:.1f}" for v in r["per_layer_test_accuracy"])
-        lines.append(f"| {DATASETS[r['dataset']]} | {r['labels']} | {r['epochs']} | {r['n_train']:,} | **{pct(r['test_accuracy'])}** | "
-                     f"{per_layer} | {pct(r['head_test_accuracy'])} | {r['train_seconds'] / 60:.1f} min |")
-    lines += ["", f"Held-out: {rows[0]['n_test']:,} test images per dataset (the same for every encoding). "
-              f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}.", f"Command: `{cmd}`"]
+        lines.append(
+            f"| {DATASETS[r['dataset']]} | {r['labels']} | {r['epochs']} | {r['n_train']:,} | **{pct(r['test_accuracy'])}** | "
+            f"{per_layer} | {pct(r['head_test_accuracy'])} | {r['train_seconds'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        f"Held-out: {rows[0]['n_test']:,} test images per dataset (the same for every encoding). "
+        f"Machine: {info.get('cpu', '?')}, {info['cpus']} cores, torch {info.get('torch', '-')}.",
+        f"Command: `{cmd}`",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     p.add_argument("--datasets", default="mnist,cifar10", help="comma-separated: mnist, cifar10")
     p.add_argument("--encodings", default=",".join(ENCODINGS), help=f"comma-separated: {', '.join(ENCODINGS)}")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-images", type=int, default=10000, help="class-mixed training subset (same for every encoding)")
+    p.add_argument(
+        "--train-images", type=int, default=10000, help="class-mixed training subset (same for every encoding)"
+    )
     p.add_argument("--test-images", type=int, default=2000, help="held-out test subset")
     p.add_argument("--data-dir", type=Path, default=SHARED, help="folder with mnist.npz and cifar10.npz")
-    p.add_argument("--work", type=Path, default=None,
-                   help="where the runs go (default: runs/bench-labels; with --quick: runs/bench-labels-quick)")
-    p.add_argument("--train-args", default="", help="extra ffedge train options for every encoding, e.g. '--layers 32x5p,64x3p'")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="where the runs go (default: runs/bench-labels; with --quick: runs/bench-labels-quick)",
+    )
+    p.add_argument(
+        "--train-args", default="", help="extra ffedge train options for every encoding, e.g. '--layers 32x5p,64x3p'"
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 1,000 training and 500 test images")
     add_out_option(p, "label_ablation")
     a = p.parse_args()
@@ -71,8 +103,24 @@ def main() -> int:
             for enc in encodings:
                 print(f"{DATASETS[n]}, {enc} labels: train {a.epochs} epoch(s) ...", flush=True)
                 m = train(f"npz:{data}", work / f"{n}-{enc}", a.epochs, ["--labels", enc, *a.train_args.split()], log)
-                rows.append({"dataset": n, "labels": enc, "epochs": a.epochs, **{k: m[k] for k in (
-                    "n_train", "n_test", "test_accuracy", "per_layer_test_accuracy", "head_test_accuracy", "train_seconds")}})
+                rows.append(
+                    {
+                        "dataset": n,
+                        "labels": enc,
+                        "epochs": a.epochs,
+                        **{
+                            k: m[k]
+                            for k in (
+                                "n_train",
+                                "n_test",
+                                "test_accuracy",
+                                "per_layer_test_accuracy",
+                                "head_test_accuracy",
+                                "train_seconds",
+                            )
+                        },
+                    }
+                )
                 print(f"  held-out {pct(m['test_accuracy'])}, head {pct(m['head_test_accuracy'])}", flush=True)
     info = machine()
     cmd = command("label_ablation.py")

@@ -85,7 +85,18 @@ THRESHOLDS = (0.90, 0.95, 0.97, 0.98, 0.99)
 LABELS = {"ff": "FF, ffedge default (int8 QAT)", "paper": "FF, `paper` preset", "backprop": "backprop"}
 NPZ_NAMES = ("mnist", "fashion_mnist", "cifar10")
 # Settings a method's result depends on: a kept result made with others is not reused.
-SETTINGS = ("dataset", "data_dir", "budget_s", "every_s", "eval_images", "seed", "threads", "epochs", "backprop_quant", "device")
+SETTINGS = (
+    "dataset",
+    "data_dir",
+    "budget_s",
+    "every_s",
+    "eval_images",
+    "seed",
+    "threads",
+    "epochs",
+    "backprop_quant",
+    "device",
+)
 
 
 class NoPreset(Exception):
@@ -95,8 +106,10 @@ class NoPreset(Exception):
 def paper_config(explicit: dict[str, Any]) -> Any:
     """The `paper` preset's TrainConfig with the benchmark's options on top; NoPreset if this ffedge has none."""
     if importlib.util.find_spec("ffedge.train.presets") is None:
-        raise NoPreset("preset 'paper' not available in this ffedge (it has no ffedge.train.presets); "
-                       "run with --methods ff,backprop")
+        raise NoPreset(
+            "preset 'paper' not available in this ffedge (it has no ffedge.train.presets); "
+            "run with --methods ff,backprop"
+        )
     from ffedge.errors import FFEdgeError
     from ffedge.train.presets import resolve
 
@@ -118,8 +131,14 @@ def _ff_child(s: dict[str, Any]) -> dict[str, Any]:
     from ffedge.train.trainer import TrainConfig, goodness_accuracy, goodness_matrix
 
     # eval_samples=1: the trainer's own end-of-epoch score (inside its clock) shrinks to one image; it changes no weight.
-    explicit: dict[str, Any] = {"dataset": s["dataset"], "data_dir": s["data_dir"], "seed": s["seed"],
-                                "threads": s["threads"], "device": s["device"], "eval_samples": 1}
+    explicit: dict[str, Any] = {
+        "dataset": s["dataset"],
+        "data_dir": s["data_dir"],
+        "seed": s["seed"],
+        "threads": s["threads"],
+        "device": s["device"],
+        "eval_samples": 1,
+    }
     if s["epochs"] is not None:
         explicit["epochs"] = s["epochs"]
     cfg = paper_config(explicit) if s["method"] == "paper" else TrainConfig(**explicit)
@@ -136,9 +155,19 @@ def _ff_child(s: dict[str, Any]) -> dict[str, Any]:
     def probe(t: float, net: Any, data: Any) -> bool:
         p0 = time.perf_counter()
         acc = score(t, net, data)
-        points.append({"train_seconds": round(t, 3), "accuracy": acc, "probe_seconds": round(time.perf_counter() - p0, 3),
-                       "fake_quant": bool(net.quant.enabled)})
-        print(f"{s['method']}: {t:7.1f} s  {acc:.2%}  (scored in {points[-1]['probe_seconds']:.1f} s)", file=sys.stderr, flush=True)
+        points.append(
+            {
+                "train_seconds": round(t, 3),
+                "accuracy": acc,
+                "probe_seconds": round(time.perf_counter() - p0, 3),
+                "fake_quant": bool(net.quant.enabled),
+            }
+        )
+        print(
+            f"{s['method']}: {t:7.1f} s  {acc:.2%}  (scored in {points[-1]['probe_seconds']:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         return t >= budget
 
     run, bundle = Path(s["work"]) / s["method"], Path(s["work"]) / f"{s['method']}-int8"
@@ -151,8 +180,15 @@ def _ff_child(s: dict[str, Any]) -> dict[str, Any]:
         _, net = load_run(run)
         p0 = time.perf_counter()
         acc = score(metrics["train_seconds"], net, prepare_data(cfg))
-        points.append({"train_seconds": metrics["train_seconds"], "accuracy": acc, "probe_seconds": round(time.perf_counter() - p0, 3),
-                       "fake_quant": bool(net.quant.enabled), "end_of_training": True})
+        points.append(
+            {
+                "train_seconds": metrics["train_seconds"],
+                "accuracy": acc,
+                "probe_seconds": round(time.perf_counter() - p0, 3),
+                "fake_quant": bool(net.quant.enabled),
+                "end_of_training": True,
+            }
+        )
         steps_done = metrics["epochs"] * _steps_per_epoch(metrics, cfg.batch_size)
     else:
         steps_done = (stopped["epoch"] - 1) * stopped["steps_per_epoch"] + stopped["step"]
@@ -162,14 +198,27 @@ def _ff_child(s: dict[str, Any]) -> dict[str, Any]:
     ev = evaluate(bundle, s["dataset"], "all", 3, log, latency_images=0, extra=_eval_extra(s))
     # Stopped by the budget: training ended at the last point (the run's own clock adds its end-of-epoch score after it).
     train_seconds = points[-1]["train_seconds"] if stopped else metrics["train_seconds"]
-    return {"method": s["method"], "points": points, "train_seconds": train_seconds, "run_train_seconds": metrics["train_seconds"],
-            "stopped_by": "budget" if stopped else "epochs", "steps": int(steps_done),
-            "epochs_done": steps_done / steps_per_epoch, "epochs_planned": cfg.epochs,
-            "schedule_done": steps_done / (steps_per_epoch * cfg.epochs),
-            "predict_layers": pred_layers, "batch_size": cfg.batch_size, "lr": cfg.lr, "layers": cfg.layers,
-            "config": asdict(cfg), "head_seconds": metrics["head_seconds"], "wall_seconds": time.perf_counter() - t_wall,
-            "int8": {"accuracy": ev["accuracy"], "images": ev["images"], "parity": parity, "bundle": str(bundle)},
-            "n_train": metrics["n_train"], "float_precision": metrics.get("float_precision", "fp32")}
+    return {
+        "method": s["method"],
+        "points": points,
+        "train_seconds": train_seconds,
+        "run_train_seconds": metrics["train_seconds"],
+        "stopped_by": "budget" if stopped else "epochs",
+        "steps": int(steps_done),
+        "epochs_done": steps_done / steps_per_epoch,
+        "epochs_planned": cfg.epochs,
+        "schedule_done": steps_done / (steps_per_epoch * cfg.epochs),
+        "predict_layers": pred_layers,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "layers": cfg.layers,
+        "config": asdict(cfg),
+        "head_seconds": metrics["head_seconds"],
+        "wall_seconds": time.perf_counter() - t_wall,
+        "int8": {"accuracy": ev["accuracy"], "images": ev["images"], "parity": parity, "bundle": str(bundle)},
+        "n_train": metrics["n_train"],
+        "float_precision": metrics.get("float_precision", "fp32"),
+    }
 
 
 def _steps_per_epoch(metrics: dict[str, Any], batch: int) -> int:
@@ -187,7 +236,9 @@ def _backprop_child(s: dict[str, Any]) -> dict[str, Any]:
 
     from ffedge.train.trainer import TrainConfig, build_model, prepare_data
 
-    cfg = TrainConfig(dataset=s["dataset"], data_dir=s["data_dir"], seed=s["seed"], threads=s["threads"], device=s["device"])
+    cfg = TrainConfig(
+        dataset=s["dataset"], data_dir=s["data_dir"], seed=s["seed"], threads=s["threads"], device=s["device"]
+    )
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = prepare_data(cfg)
@@ -220,9 +271,19 @@ def _backprop_child(s: dict[str, Any]) -> dict[str, Any]:
             if t >= next_probe:
                 p0 = time.perf_counter()
                 acc = head_accuracy_neutral(net, enc, xt, yt, dev)
-                points.append({"train_seconds": round(t, 3), "accuracy": acc, "probe_seconds": round(time.perf_counter() - p0, 3),
-                               "fake_quant": bool(s["backprop_quant"])})
-                print(f"backprop: {t:7.1f} s  {acc:.2%}  (scored in {points[-1]['probe_seconds']:.1f} s)", file=sys.stderr, flush=True)
+                points.append(
+                    {
+                        "train_seconds": round(t, 3),
+                        "accuracy": acc,
+                        "probe_seconds": round(time.perf_counter() - p0, 3),
+                        "fake_quant": bool(s["backprop_quant"]),
+                    }
+                )
+                print(
+                    f"backprop: {t:7.1f} s  {acc:.2%}  (scored in {points[-1]['probe_seconds']:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 paused += time.perf_counter() - p0  # scoring is not training time
                 next_probe += s["every_s"]
                 if t >= s["budget_s"]:
@@ -230,16 +291,37 @@ def _backprop_child(s: dict[str, Any]) -> dict[str, Any]:
                     break
         epoch += 1
     # Stopped by the budget: training ended at the last point.
-    train_seconds = points[-1]["train_seconds"] if stopped_by == "budget" else round(time.perf_counter() - start - paused, 3)
+    train_seconds = (
+        points[-1]["train_seconds"] if stopped_by == "budget" else round(time.perf_counter() - start - paused, 3)
+    )
     if stopped_by == "epochs":
         p0 = time.perf_counter()
-        points.append({"train_seconds": round(train_seconds, 3), "accuracy": head_accuracy_neutral(net, enc, xt, yt, dev),
-                       "probe_seconds": round(time.perf_counter() - p0, 3), "fake_quant": bool(s["backprop_quant"]),
-                       "end_of_training": True})
-    return {"method": "backprop", "points": points, "train_seconds": train_seconds, "stopped_by": stopped_by,
-            "steps": steps, "epochs_done": steps / steps_per_epoch, "epochs_planned": s["epochs"], "batch_size": bs, "lr": cfg.lr,
-            "layers": cfg.layers, "float": not s["backprop_quant"], "float_precision": "bf16" if bf16 else "fp32", "wall_seconds": time.perf_counter() - t_wall, "int8": None,
-            "n_train": int(n_train)}
+        points.append(
+            {
+                "train_seconds": round(train_seconds, 3),
+                "accuracy": head_accuracy_neutral(net, enc, xt, yt, dev),
+                "probe_seconds": round(time.perf_counter() - p0, 3),
+                "fake_quant": bool(s["backprop_quant"]),
+                "end_of_training": True,
+            }
+        )
+    return {
+        "method": "backprop",
+        "points": points,
+        "train_seconds": train_seconds,
+        "stopped_by": stopped_by,
+        "steps": steps,
+        "epochs_done": steps / steps_per_epoch,
+        "epochs_planned": s["epochs"],
+        "batch_size": bs,
+        "lr": cfg.lr,
+        "layers": cfg.layers,
+        "float": not s["backprop_quant"],
+        "float_precision": "bf16" if bf16 else "fp32",
+        "wall_seconds": time.perf_counter() - t_wall,
+        "int8": None,
+        "n_train": int(n_train),
+    }
 
 
 def child(s: dict[str, Any]) -> int:
@@ -264,7 +346,9 @@ def time_to(points: list[dict[str, Any]], threshold: float) -> float | None:
 
 def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, info: dict[str, Any], cmd: str, dataset: str) -> str:
     bp = next((r for r in rows if r["method"] == "backprop"), None)
-    head = "| method | trained | final accuracy, torch | int8 ORT | " + " | ".join(f"{t:.0%}" for t in THRESHOLDS) + " |"
+    head = (
+        "| method | trained | final accuracy, torch | int8 ORT | " + " | ".join(f"{t:.0%}" for t in THRESHOLDS) + " |"
+    )
     lines = [head, "|---" * (4 + len(THRESHOLDS)) + "|"]
     for r in rows:
         cells = []
@@ -276,10 +360,16 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, info: dict[str, 
             cells.append(cell)
         last = r["points"][-1] if r["points"] else None
         int8 = pct(r["int8"]["accuracy"]) if r.get("int8") else "–"
-        lines.append(f"| {LABELS[r['method']]} | {r['train_seconds']:.0f} s, {r['epochs_done']:.2f} epochs | "
-                     f"{pct(last['accuracy']) if last else '–'} | {int8} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | points | scoring time (s, total / per point, not in the clock) | stopped by | steps, batch | "
-              "lr schedule done | net scored |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {LABELS[r['method']]} | {r['train_seconds']:.0f} s, {r['epochs_done']:.2f} epochs | "
+            f"{pct(last['accuracy']) if last else '–'} | {int8} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        "| method | points | scoring time (s, total / per point, not in the clock) | stopped by | steps, batch | "
+        "lr schedule done | net scored |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         probe = sum(p["probe_seconds"] for p in r["points"])
         per = probe / len(r["points"]) if r["points"] else 0.0
@@ -289,15 +379,28 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, info: dict[str, 
         else:
             sched = f"{r['schedule_done']:.0%} of cosine over {r['epochs_planned']} epochs"
             kinds = {p["fake_quant"] for p in r["points"]}
-            scored = "fake-quant int8 (QAT)" if kinds == {True} else "float" if kinds == {False} else "float, then fake-quant (QAT)"
-        lines.append(f"| {LABELS[r['method']]} | {len(r['points'])} | {probe:.1f} / {per:.2f} | {r['stopped_by']} | {r['steps']}, {r['batch_size']} | "
-                     f"{sched} | {scored} |")
+            scored = (
+                "fake-quant int8 (QAT)"
+                if kinds == {True}
+                else "float"
+                if kinds == {False}
+                else "float, then fake-quant (QAT)"
+            )
+        lines.append(
+            f"| {LABELS[r['method']]} | {len(r['points'])} | {probe:.1f} / "
+            f"{per:.2f} | {r['stopped_by']} | {r['steps']}, {r['batch_size']} | "
+            f"{sched} | {scored} |"
+        )
     n_train = rows[0]["n_train"] if rows else 0
     lines += [
         "",
         f"{dataset}: {n_train:,} training images; every method scored on the same first {a.eval_images:,} held-out images "
-        f"every {a.every_s:g} s of training wall time" + (f" (the paper preset every {a.paper_every_s:g} s)"
-                                                            if any(r["method"] == "paper" for r in rows) and a.paper_every_s != a.every_s else "")
+        f"every {a.every_s:g} s of training wall time"
+        + (
+            f" (the paper preset every {a.paper_every_s:g} s)"
+            if any(r["method"] == "paper" for r in rows) and a.paper_every_s != a.every_s
+            else ""
+        )
         + f", budget {a.budget_s:g} s per method, seed {a.seed}, {a.threads} torch thread(s), {a.device}.",
         "",
         f"- A time is the training seconds of the first scoring point at or above the threshold (resolution {a.every_s:g} s); "
@@ -308,15 +411,24 @@ def markdown(rows: list[dict[str, Any]], a: argparse.Namespace, info: dict[str, 
         "which needs no head); it holds the trainer's end-of-epoch score, cut here to one image (`eval_samples=1`, which "
         "changes no weight; the recipe's 100 images would add seconds per epoch).",
         "- The curve points score the torch model: float during any float phase before QAT, fake-quant after. "
-        "\"int8 ORT\" is the exported int8 ONNX bundle (`ffedge export --int8`, then `ffedge eval` under onnxruntime, "
+        '"int8 ORT" is the exported int8 ONNX bundle (`ffedge export --int8`, then `ffedge eval` under onnxruntime, '
         "goodness over all labels) on the same images, next to the last torch point.",
         "- FF predicts by goodness over all labels (one pass per label); backprop by one pass through its softmax head.",
     ]
     if bp is not None:
-        lines.append("- Backprop trains the " + ("int8 QAT network (`--backprop-quant`)." if not bp["float"] else
-                     "float network (no fake quantization; `--backprop-quant` for QAT): the faster, stronger baseline."))
-    lines.append("- Float arithmetic (`--precision auto`: bf16 autocast on CPUs with AMX or AVX512-BF16, else fp32; QAT is fp32): "
-                 + ", ".join(f"{LABELS[r['method']]} {r.get('float_precision', 'fp32')}" for r in rows) + ".")
+        lines.append(
+            "- Backprop trains the "
+            + (
+                "int8 QAT network (`--backprop-quant`)."
+                if not bp["float"]
+                else "float network (no fake quantization; `--backprop-quant` for QAT): the faster, stronger baseline."
+            )
+        )
+    lines.append(
+        "- Float arithmetic (`--precision auto`: bf16 autocast on CPUs with AMX or AVX512-BF16, else fp32; QAT is fp32): "
+        + ", ".join(f"{LABELS[r['method']]} {r.get('float_precision', 'fp32')}" for r in rows)
+        + "."
+    )
     lines += ["", machine_line(info), f"Command: `{cmd}`"]
     return "\n".join(lines) + "\n"
 
@@ -335,8 +447,15 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> bool:
         xs, ys = [p["train_seconds"] for p in r["points"]], [100 * p["accuracy"] for p in r["points"]]
         (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=LABELS[r["method"]].replace("`", ""))
         if r.get("int8") and xs:
-            ax.plot([xs[-1]], [100 * r["int8"]["accuracy"]], marker="*", markersize=12, color=line.get_color(), linestyle="none",
-                    label=f"{LABELS[r['method']].replace('`', '')}: int8 ONNX (onnxruntime)")
+            ax.plot(
+                [xs[-1]],
+                [100 * r["int8"]["accuracy"]],
+                marker="*",
+                markersize=12,
+                color=line.get_color(),
+                linestyle="none",
+                label=f"{LABELS[r['method']].replace('`', '')}: int8 ONNX (onnxruntime)",
+            )
     for t in THRESHOLDS:
         ax.axhline(100 * t, color="0.85", linewidth=0.8, zorder=0)
     ax.set_xlabel("training wall time (s), scoring excluded")
@@ -363,28 +482,77 @@ def resolve_dataset(a: argparse.Namespace) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--dataset", default="mnist-5k", help="any ffedge dataset (mnist-5k, mnist, fashion-mnist, cifar10, cifar100, "
-                   "folder:PATH, npz:PATH); mnist, fashion_mnist, cifar10 are read from DATA_DIR/NAME.npz when --data-dir holds it")
-    p.add_argument("--data-dir", type=Path, default=None, help="folder of the dataset files (the benchmarks' NAME.npz, or ffedge's own layout)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
-    p.add_argument("--budget-s", type=float, default=None, help="training seconds per method (default 300; --quick: 20)")
-    p.add_argument("--every-s", type=float, default=None, help="score every this many training seconds (default 15; --quick: 10)")
-    p.add_argument("--paper-every-s", type=float, default=None, help="the paper method's scoring interval (default: --every-s); its "
-                   "3x128 7x7 net takes minutes to score 1,000 images on a CPU")
-    p.add_argument("--eval-images", type=int, default=1000, help="held-out images scored (the first N; at least 1,000 unless --quick)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs at most, every method (default: the FF recipe's own, which sets its "
-                   "cosine schedule; backprop, at a constant lr, trains until the budget)")
-    p.add_argument("--backprop-quant", action="store_true", help="backprop trains the int8 QAT network (default: float)")
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument(
+        "--dataset",
+        default="mnist-5k",
+        help="any ffedge dataset (mnist-5k, mnist, fashion-mnist, cifar10, cifar100, "
+        "folder:PATH, npz:PATH); mnist, fashion_mnist, cifar10 are read from DATA_DIR/NAME.npz when --data-dir holds it",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder of the dataset files (the benchmarks' NAME.npz, or ffedge's own layout)",
+    )
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)} (default: all)"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=None, help="training seconds per method (default 300; --quick: 20)"
+    )
+    p.add_argument(
+        "--every-s", type=float, default=None, help="score every this many training seconds (default 15; --quick: 10)"
+    )
+    p.add_argument(
+        "--paper-every-s",
+        type=float,
+        default=None,
+        help="the paper method's scoring interval (default: --every-s); its "
+        "3x128 7x7 net takes minutes to score 1,000 images on a CPU",
+    )
+    p.add_argument(
+        "--eval-images",
+        type=int,
+        default=1000,
+        help="held-out images scored (the first N; at least 1,000 unless --quick)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="epochs at most, every method (default: the FF recipe's own, which sets its "
+        "cosine schedule; backprop, at a constant lr, trains until the budget)",
+    )
+    p.add_argument(
+        "--backprop-quant", action="store_true", help="backprop trains the int8 QAT network (default: float)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads per training")
     p.add_argument("--device", default="cpu", help="torch device of the trainings (cpu, cuda, ...)")
     p.add_argument("--quick", action="store_true", help="smoke run: 20 s per method, scored every 10 s")
-    p.add_argument("--force", action="store_true", help="train every method again, even one whose result is kept in OUT-METHOD.json")
-    p.add_argument("--out", type=Path, default=None, help=f"writes OUT.json, OUT.md, OUT.png, OUT.log, OUT-METHOD.json (default: "
-                   f"benchmarks/results/{NAME}; with --quick: benchmarks/results/quick/{NAME})")
-    p.add_argument("--work", type=Path, default=None, help=f"runs and bundles (default: runs/bench-{NAME}, with --quick runs/bench-{NAME}-quick)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="train every method again, even one whose result is kept in OUT-METHOD.json",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"writes OUT.json, OUT.md, OUT.png, OUT.log, OUT-METHOD.json (default: "
+        f"benchmarks/results/{NAME}; with --quick: benchmarks/results/quick/{NAME})",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help=f"runs and bundles (default: runs/bench-{NAME}, with --quick runs/bench-{NAME}-quick)",
+    )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -421,9 +589,18 @@ def main() -> int:
     cmd = command(f"{NAME}.py")
     with log.open("a") as f:
         f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  {cmd}\n")
-    settings = {"dataset": dataset, "data_dir": str(a.data_dir.absolute()) if a.data_dir else None, "budget_s": a.budget_s,
-                "every_s": a.every_s, "eval_images": a.eval_images, "seed": a.seed, "threads": a.threads, "epochs": a.epochs,
-                "backprop_quant": a.backprop_quant, "device": a.device}
+    settings = {
+        "dataset": dataset,
+        "data_dir": str(a.data_dir.absolute()) if a.data_dir else None,
+        "budget_s": a.budget_s,
+        "every_s": a.every_s,
+        "eval_images": a.eval_images,
+        "seed": a.seed,
+        "threads": a.threads,
+        "epochs": a.epochs,
+        "backprop_quant": a.backprop_quant,
+        "device": a.device,
+    }
     rows = []
     for m in methods:
         part = out.with_name(f"{out.name}-{m}.json")
@@ -432,7 +609,9 @@ def main() -> int:
             kept = json.loads(part.read_text())
             differ = [k for k in SETTINGS if kept.get("settings", {}).get(k) != mine[k]]
             if differ:
-                sys.exit(f"error: {part} was made with other settings ({', '.join(differ)}): pass --force to train {m} again, or another --out")
+                sys.exit(
+                    f"error: {part} was made with other settings ({', '.join(differ)}): pass --force to train {m} again, or another --out"
+                )
             print(f"{m}: kept from {part} (--force trains it again)", flush=True)
             rows.append(kept)
             continue
@@ -440,7 +619,9 @@ def main() -> int:
         t0 = time.perf_counter()
         spec = {**mine, "method": m, "work": str(work), "log": str(log), "result": str(part)}
         with log.open("a") as f:
-            r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+            r = subprocess.run(
+                [sys.executable, __file__, "--child", json.dumps(spec)], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         if r.returncode:
             tail = log.read_text().strip().splitlines()[-15:]
             sys.exit(f"error: {m} failed (exit {r.returncode}); the end of {log}:\n" + "\n".join(tail))
@@ -448,8 +629,18 @@ def main() -> int:
         print(f"{m}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     info = machine()
     md = markdown(rows, a, info, cmd, dataset)
-    write_results(out, {"rows": rows, "settings": settings, "thresholds": list(THRESHOLDS), "machine": info, "command": cmd,
-                        "quick": a.quick}, md)
+    write_results(
+        out,
+        {
+            "rows": rows,
+            "settings": settings,
+            "thresholds": list(THRESHOLDS),
+            "machine": info,
+            "command": cmd,
+            "quick": a.quick,
+        },
+        md,
+    )
     if not plot(rows, out.with_suffix(".png"), f"{dataset}: held-out accuracy vs training time"):
         print("note: matplotlib is not installed (pip install 'ffedge[report]'): no PNG", file=sys.stderr)
     print(md)

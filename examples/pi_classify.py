@@ -42,7 +42,9 @@ def camera(rt: Runtime, index: int, frames: int, mode: str) -> None:
             ok, frame = cap.read()
             if not ok:
                 raise FFEdgeError("the camera returned no frame")
-            img = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[..., None] if c == 1 else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            img = (
+                cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)[..., None] if c == 1 else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            )
             show(rt, [f"frame {n}"], resize_images(img[None], (h, w)), mode)
     finally:
         cap.release()

@@ -1,7 +1,7 @@
 """Train, export to int8 and classify with ffedge's Python API (the CLI calls the same functions).
 
-    python examples/quickstart.py               # 40 epochs on the embedded mnist-5k, about 8 min on 2 cores
-    python examples/quickstart.py --epochs 2    # a quick look
+python examples/quickstart.py               # 40 epochs on the embedded mnist-5k, about 8 min on 2 cores
+python examples/quickstart.py --epochs 2    # a quick look
 """
 
 import argparse
@@ -20,5 +20,7 @@ manifest = export_bundle(args.out, args.out + "-int8", precision="int8", force=T
 runtime = Runtime(args.out + "-int8")  # device side: numpy + onnxruntime only
 digits = load_dataset("mnist-5k")
 labels, goodness = runtime.predict(digits.x_test[:500])
-print(f"torch {metrics['test_accuracy']:.2%}, int8 bundle {(labels == digits.y_test[:500]).mean():.2%} "
-      f"on 500 held-out digits; parity agreement {manifest['parity']['agreement']:.2%}")
+print(
+    f"torch {metrics['test_accuracy']:.2%}, int8 bundle {(labels == digits.y_test[:500]).mean():.2%} "
+    f"on 500 held-out digits; parity agreement {manifest['parity']['agreement']:.2%}"
+)

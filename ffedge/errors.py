@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 
-
 class FFEdgeError(Exception):
     """A problem the user can fix (bad input, missing file, wrong option).
 

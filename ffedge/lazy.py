@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 
-def lazy_names(package: dict[str, Any], source: str, names: Iterable[str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_names(
+    package: dict[str, Any], source: str, names: Iterable[str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """``(__getattr__, __dir__)`` for a package whose ``names`` come from module ``source`` on first use.
 
     ``package`` is the package's ``globals()``: a name, once imported, is cached there.

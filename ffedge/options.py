@@ -23,14 +23,25 @@ def check_int(value: int | None, option: str, minimum: int = 0, maximum: int | N
     """``None`` or an integer in ``minimum..maximum`` (inclusive)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
         rng = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise FFEdgeError(f"{option} must be {rng}, got {value!r}")
     return value
 
 
-def check_float(value: float | None, option: str, minimum: float | None = None, maximum: float | None = None,
-                strict_min: bool = False, strict_max: bool = False) -> float | None:
+def check_float(
+    value: float | None,
+    option: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_min: bool = False,
+    strict_max: bool = False,
+) -> float | None:
     """``None`` or a finite float within the bounds (``strict_min``/``strict_max``: excluding the bound)."""
     if value is None:
         return None

@@ -42,7 +42,9 @@ def installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-needs_train = pytest.mark.skipif(not installed("torch", "brevitas"), reason='needs the [train] extra (pip install "ffedge[train]")')
+needs_train = pytest.mark.skipif(
+    not installed("torch", "brevitas"), reason='needs the [train] extra (pip install "ffedge[train]")'
+)
 
 
 # ---------------------------------------------------------------- processes with packages blocked
@@ -57,11 +59,13 @@ def block(modules: Iterable[str] = TRAIN_ONLY) -> str:
 BLOCK = block()  # the training extra blocked
 
 
-def python(code: str, *args: str, blocked: Iterable[str] = TRAIN_ONLY, timeout: float = 300,
-           **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+def python(
+    code: str, *args: str, blocked: Iterable[str] = TRAIN_ONLY, timeout: float = 300, **kwargs
+) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     """Run ``python -c CODE ARGS`` in a fresh interpreter where ``blocked`` cannot be imported, capturing its output."""
-    return subprocess.run([sys.executable, "-c", block(blocked) + code, *args], capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", block(blocked) + code, *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 CLI_MAIN = "from ffedge.cli import main\nsys.argv = ['ffedge'] + sys.argv[1:]\nmain()\n"
@@ -72,7 +76,9 @@ def cli(*args: str, timeout: float = 300, torch_free: bool = False, **kwargs) ->
     with the training extra (:data:`TRAIN_ONLY`) blocked."""
     if torch_free:
         return python(CLI_MAIN, *args, timeout=timeout, **kwargs)
-    return subprocess.run([sys.executable, "-m", "ffedge.cli", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "ffedge.cli", *args], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def device_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
@@ -94,7 +100,9 @@ def cli_inprocess(*args: str) -> subprocess.CompletedProcess:
 # ---------------------------------------------------------------- one-line errors
 
 
-def assert_one_line_error(r: subprocess.CompletedProcess, needle: str = "", code: int | None = 2, prefix: str = "error:") -> str:
+def assert_one_line_error(
+    r: subprocess.CompletedProcess, needle: str = "", code: int | None = 2, prefix: str = "error:"
+) -> str:
     """The process failed with exit ``code`` (None: any non-zero code) and printed exactly one line on stderr,
     starting with ``prefix`` ("": any) and containing ``needle``, and no traceback. Returns that line."""
     if code is None:
@@ -125,7 +133,13 @@ def small_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 600/200 slice of the embedded mnist-5k as an npz dataset."""
     ds = load_dataset("mnist-5k")
     path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(path, x_train=ds.x_train[:600, :, :, 0], y_train=ds.y_train[:600], x_test=ds.x_test[:200, :, :, 0], y_test=ds.y_test[:200])
+    np.savez(
+        path,
+        x_train=ds.x_train[:600, :, :, 0],
+        y_train=ds.y_train[:600],
+        x_test=ds.x_test[:200, :, :, 0],
+        y_test=ds.y_test[:200],
+    )
     return f"npz:{path}"
 
 
@@ -138,7 +152,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_npz: str) -> Path:
     from ffedge.train import TrainConfig, train_run
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = TrainConfig(dataset=small_npz, layers=TINY_EXPORT_LAYERS, epochs=4, batch_size=32, head_epochs=20, eval_samples=100, threads=1)
+    cfg = TrainConfig(
+        dataset=small_npz,
+        layers=TINY_EXPORT_LAYERS,
+        epochs=4,
+        batch_size=32,
+        head_epochs=20,
+        eval_samples=100,
+        threads=1,
+    )
     train_run(cfg, out)
     return out
 

@@ -98,7 +98,9 @@ def confined(bundle_dir: str | Path, name: str) -> Path:
     for part in Path(name).parts:
         cur = cur / part
         if cur.is_symlink():
-            raise _fail(root, f"{quoted(name)} is or passes through a symbolic link: a bundle holds its own files, not links")
+            raise _fail(
+                root, f"{quoted(name)} is or passes through a symbolic link: a bundle holds its own files, not links"
+            )
     try:
         cur.resolve().relative_to(root.resolve())
     except ValueError:
@@ -138,12 +140,16 @@ def check_files(bundle_dir: str | Path, manifest: Manifest) -> None:
         if sha256_file(f) != digest:
             raise _fail(path, f"{quoted(name)} is corrupt or changed: its sha256 does not match {MANIFEST}")
     listed = {Path(n).parts[0] for n in manifest.files}
-    extra = sorted(p.name for p in path.iterdir() if p.name not in listed and p.name not in RESERVED and not p.name.startswith("."))
+    extra = sorted(
+        p.name for p in path.iterdir() if p.name not in listed and p.name not in RESERVED and not p.name.startswith(".")
+    )
     if extra and (path / VERSIONS).is_dir():
         earlier: set[str] = set()
         for saved in (path / VERSIONS).glob(SAVED_MANIFEST_GLOB):
             try:
-                earlier.update(Path(n).parts[0] for n in json.loads(saved.read_text())["files"] if isinstance(n, str) and n)
+                earlier.update(
+                    Path(n).parts[0] for n in json.loads(saved.read_text())["files"] if isinstance(n, str) and n
+                )
             except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):
                 continue  # an unreadable saved manifest vouches for nothing
         extra = [n for n in extra if n not in earlier]
@@ -206,8 +212,14 @@ def load_replay(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
     c, h, w = b.input_shape
     x, y = z.get(REPLAY_IMAGES), z.get(REPLAY_LABELS)
     ok = (
-        x is not None and y is not None and x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (h, w, c)
-        and y.ndim == 1 and len(x) == len(y) and np.issubdtype(y.dtype, np.integer)
+        x is not None
+        and y is not None
+        and x.dtype == np.uint8
+        and x.ndim == 4
+        and x.shape[1:] == (h, w, c)
+        and y.ndim == 1
+        and len(x) == len(y)
+        and np.issubdtype(y.dtype, np.integer)
         and (len(y) == 0 or 0 <= y.min() <= y.max() < len(b.classes))
     )
     if not ok:

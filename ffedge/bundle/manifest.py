@@ -134,7 +134,9 @@ def _shape(where: str, key: str, v: Any, max_channels: int) -> tuple[int, int, i
 
 
 def _indices(where: str, key: str, v: Any, n: int) -> list[int]:
-    ok = isinstance(v, list) and 1 <= len(v) <= n and all(_is_int(i) and 0 <= i < n for i in v) and len(set(v)) == len(v)
+    ok = (
+        isinstance(v, list) and 1 <= len(v) <= n and all(_is_int(i) and 0 <= i < n for i in v) and len(set(v)) == len(v)
+    )
     if not ok:
         raise _fail(where, key, f"list distinct layer numbers in 0..{n - 1}", v)
     return list(v)
@@ -146,12 +148,17 @@ def check_file_name(where: str, key: str, name: Any) -> str:
         raise _fail(where, key, "be a file name inside the bundle", name)
     parts = name.split("/")
     bad = (
-        name.startswith("/") or "\\" in name or not name.isprintable()
+        name.startswith("/")
+        or "\\" in name
+        or not name.isprintable()
         or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
-        or parts[0] == MANIFEST or (parts[0] == VERSIONS and len(parts) == 1)
+        or parts[0] == MANIFEST
+        or (parts[0] == VERSIONS and len(parts) == 1)
     )
     if bad:
-        raise _fail(where, key, "be a plain relative path inside the bundle (no '..', no absolute or hidden parts)", name)
+        raise _fail(
+            where, key, "be a plain relative path inside the bundle (no '..', no absolute or hidden parts)", name
+        )
     return name
 
 
@@ -303,8 +310,16 @@ class Objective(_Entry):
 
     def options(self) -> dict[str, Any]:
         """The set values only (fine-tuning's defaults apply to the others)."""
-        return {k: v for k, v in (("loss", self.loss), ("alpha", self.alpha), ("threshold", self.threshold),
-                                  ("negatives", self.negatives)) if v is not None}
+        return {
+            k: v
+            for k, v in (
+                ("loss", self.loss),
+                ("alpha", self.alpha),
+                ("threshold", self.threshold),
+                ("negatives", self.negatives),
+            )
+            if v is not None
+        }
 
 
 @dataclass
@@ -372,8 +387,12 @@ class Manifest(_Entry):
         refs: dict[str, str] = {}
         for i, layer in enumerate(self.layers):
             refs.setdefault(layer.file, f"layer {i}")
-        for what, entry in (("fused graph", self.fused), ("head", self.head), ("master weights", self.master),
-                            ("replay examples", self.replay)):
+        for what, entry in (
+            ("fused graph", self.fused),
+            ("head", self.head),
+            ("master weights", self.master),
+            ("replay examples", self.replay),
+        ):
             if entry is not None:
                 refs.setdefault(entry.file, what)
         for name, ref in (self.label_arrays or {}).items():
@@ -395,9 +414,13 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
     if obj["format"] != BUNDLE_FORMAT:
         raise FFEdgeError(f"{w}: format {quoted(obj['format'])} is not '{BUNDLE_FORMAT}'")
     if not _is_int(obj["version"]) or obj["version"] != BUNDLE_VERSION:
-        raise FFEdgeError(f"{w}: bundle format version {quoted(obj['version'])} is not supported (this ffedge reads version {BUNDLE_VERSION})")
+        raise FFEdgeError(
+            f"{w}: bundle format version {quoted(obj['version'])} is not supported (this ffedge reads version {BUNDLE_VERSION})"
+        )
     if obj["precision"] not in PRECISIONS:
-        raise FFEdgeError(f"{w}: unknown precision {quoted(obj['precision'])} (expected one of {', '.join(PRECISIONS)})")
+        raise FFEdgeError(
+            f"{w}: unknown precision {quoted(obj['precision'])} (expected one of {', '.join(PRECISIONS)})"
+        )
     files = _files(w, obj["files"])
     classes = _classes(w, obj["classes"])
     inp = _input(w, obj["input"])
@@ -406,8 +429,15 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
     n = len(layers)
     label_arrays = _opt(obj, "label_arrays", lambda v: _label_arrays(w, v, files))
     m = Manifest(
-        format=obj["format"], version=obj["version"], precision=obj["precision"], classes=classes, input=inp,
-        encoding=encoding, layers=layers, predict_layers=_indices(w, "predict_layers", obj["predict_layers"], n), files=files,
+        format=obj["format"],
+        version=obj["version"],
+        precision=obj["precision"],
+        classes=classes,
+        input=inp,
+        encoding=encoding,
+        layers=layers,
+        predict_layers=_indices(w, "predict_layers", obj["predict_layers"], n),
+        files=files,
         created=_opt(obj, "created", lambda v: _str(w, "created", v)),
         ffedge_version=_opt(obj, "ffedge_version", lambda v: _str(w, "ffedge_version", v)),
         source=_opt(obj, "source", lambda v: _source(w, v)),
@@ -420,7 +450,9 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
         master=_opt(obj, "master", lambda v: _file_entry(w, "master", v, files, ".npz", FileEntry)),
         replay=_opt(obj, "replay", lambda v: _replay(w, v, files)),
         history=_opt(obj, "history", lambda v: _history(w, v)),
-        bundle_version=_int(w, "bundle_version", obj["bundle_version"], 1, MAX_VERSION) if "bundle_version" in obj else None,
+        bundle_version=_int(w, "bundle_version", obj["bundle_version"], 1, MAX_VERSION)
+        if "bundle_version" in obj
+        else None,
         rolled_back=_opt(obj, "rolled_back", lambda v: _rolled_back(w, v)),
         **_split(obj, Manifest),
     )
@@ -434,12 +466,21 @@ def _check_versions(w: str, m: Manifest) -> None:
     last = 0
     for i, h in enumerate(m.history or []):
         if not last < h.version <= n or (h.previous is not None and h.previous >= h.version):
-            raise _fail(w, f"history[{i}].version", f"increase along the history, up to 'bundle_version' ({n}), "
-                        "each above its 'previous'", h.version)
+            raise _fail(
+                w,
+                f"history[{i}].version",
+                f"increase along the history, up to 'bundle_version' ({n}), each above its 'previous'",
+                h.version,
+            )
         last = h.version
     for name in m.files:
         parts = name.split("/")
-        if len(parts) == 3 and parts[0] == VERSIONS and re.fullmatch(VERSION_DIR_PATTERN, parts[1]) and int(parts[1][1:]) > n:
+        if (
+            len(parts) == 3
+            and parts[0] == VERSIONS
+            and re.fullmatch(VERSION_DIR_PATTERN, parts[1])
+            and int(parts[1][1:]) > n
+        ):
             raise _fail(w, "files", f"list only files of versions up to 'bundle_version' ({n})", name)
 
 
@@ -489,12 +530,16 @@ def _encoding(w: str, v: Any, classes: list[str], inp: InputSpec) -> dict[str, A
     if d.get("num_classes") != len(classes) or not _is_int(d.get("num_classes")):
         raise _fail(w, "encoding.num_classes", f"be the number of classes ({len(classes)})", d.get("num_classes"))
     shape = d.get("image_shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) for s in shape) and tuple(shape) == inp.shape):
+    if not (
+        isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) for s in shape) and tuple(shape) == inp.shape
+    ):
         raise _fail(w, "encoding.image_shape", f"be the input shape {list(inp.shape)}", shape)
     c, h, wd = inp.shape
     if len(classes) * c * h * wd > MAX_ENCODED_VALUES:
-        raise FFEdgeError(f"{w}: {len(classes)} classes of {c}x{h}x{wd} images are more than this ffedge encodes "
-                          f"({MAX_ENCODED_VALUES} values)")
+        raise FFEdgeError(
+            f"{w}: {len(classes)} classes of {c}x{h}x{wd} images are more than this ffedge encodes "
+            f"({MAX_ENCODED_VALUES} values)"
+        )
     return copy.deepcopy(d)
 
 
@@ -521,15 +566,24 @@ def _layers(w: str, v: Any, files: Mapping[str, str], inp: InputSpec) -> list[La
         )
         want_in = (inp.shape[1], inp.shape[2]) if i == 0 else out[-1].out_shape
         if (i == 0 and layer.in_shape[1:] != want_in) or (i > 0 and layer.in_shape != want_in):
-            raise _fail(w, f"{k}.in_shape", "continue from the input (H, W)" if i == 0 else f"be layer {i - 1}'s out_shape {list(want_in)}",
-                        list(layer.in_shape))
+            raise _fail(
+                w,
+                f"{k}.in_shape",
+                "continue from the input (H, W)" if i == 0 else f"be layer {i - 1}'s out_shape {list(want_in)}",
+                list(layer.in_shape),
+            )
         if layer.channels is not None and layer.channels != layer.out_shape[0]:
             raise _fail(w, f"{k}.channels", f"be out_shape's channel count {layer.out_shape[0]}", layer.channels)
         if layer.pool is not None:
             h, wd = layer.in_shape[1:]
             want = (h // 2, wd // 2) if layer.pool else (h, wd)
             if layer.out_shape[1:] != want:
-                raise _fail(w, f"{k}.out_shape", f"have H, W = {list(want)} ({'with' if layer.pool else 'without'} pooling)", list(layer.out_shape))
+                raise _fail(
+                    w,
+                    f"{k}.out_shape",
+                    f"have H, W = {list(want)} ({'with' if layer.pool else 'without'} pooling)",
+                    list(layer.out_shape),
+                )
         out.append(layer)
     return out
 
@@ -558,8 +612,10 @@ def _quant(w: str, key: str, v: Any) -> Quant:
 
 def _label_arrays(w: str, v: Any, files: Mapping[str, str]) -> dict[str, str]:
     d = _obj(w, "label_arrays", v, "an object mapping array names to .npy files")
-    return {name: _ref(w, f"label_arrays.{name}" if name.isidentifier() else "label_arrays", ref, files, ".npy")
-            for name, ref in d.items()}
+    return {
+        name: _ref(w, f"label_arrays.{name}" if name.isidentifier() else "label_arrays", ref, files, ".npy")
+        for name, ref in d.items()
+    }
 
 
 def _file_entry(w: str, key: str, v: Any, files: Mapping[str, str], suffix: str, cls: type) -> Any:
@@ -569,20 +625,29 @@ def _file_entry(w: str, key: str, v: Any, files: Mapping[str, str], suffix: str,
 
 def _head(w: str, v: Any, files: Mapping[str, str], n: int) -> HeadEntry:
     d = _obj(w, "head", v, "an object with a 'file' and its input 'layers'")
-    return HeadEntry(file=_ref(w, "head.file", d.get("file"), files, ".onnx"),
-                     layers=_indices(w, "head.layers", d.get("layers"), n), **_split(d, HeadEntry))
+    return HeadEntry(
+        file=_ref(w, "head.file", d.get("file"), files, ".onnx"),
+        layers=_indices(w, "head.layers", d.get("layers"), n),
+        **_split(d, HeadEntry),
+    )
 
 
 def _fused(w: str, v: Any, files: Mapping[str, str]) -> FusedEntry:
     d = _obj(w, "fused", v, "an object with a 'file'")
-    return FusedEntry(file=_ref(w, "fused.file", d.get("file"), files, ".onnx"),
-                      ort_ops=_opt(d, "ort_ops", lambda x: _op_counts(w, "fused.ort_ops", x)), **_split(d, FusedEntry))
+    return FusedEntry(
+        file=_ref(w, "fused.file", d.get("file"), files, ".onnx"),
+        ort_ops=_opt(d, "ort_ops", lambda x: _op_counts(w, "fused.ort_ops", x)),
+        **_split(d, FusedEntry),
+    )
 
 
 def _replay(w: str, v: Any, files: Mapping[str, str]) -> ReplayEntry:
     d = _obj(w, "replay", v, "an object with a 'file'")
-    return ReplayEntry(file=_ref(w, "replay.file", d.get("file"), files, ".npz"),
-                       examples=_opt(d, "examples", lambda x: _int(w, "replay.examples", x, 0, 10**9)), **_split(d, ReplayEntry))
+    return ReplayEntry(
+        file=_ref(w, "replay.file", d.get("file"), files, ".npz"),
+        examples=_opt(d, "examples", lambda x: _int(w, "replay.examples", x, 0, 10**9)),
+        **_split(d, ReplayEntry),
+    )
 
 
 def _source(w: str, v: Any) -> Source:
@@ -628,20 +693,25 @@ def _history(w: str, v: Any) -> list[HistoryEntry]:
         files = _opt(d, "files", lambda x: _list(w, f"{k}.files", x, "a list of file names"))
         if files is not None and not all(isinstance(f, str) for f in files):
             raise _fail(w, f"{k}.files", "be a list of file names", files)
-        out.append(HistoryEntry(
-            version=_int(w, f"{k}.version", d["version"], 1, MAX_VERSION),
-            previous=_opt(d, "previous", lambda x: _int(w, f"{k}.previous", x, 1, MAX_VERSION)),
-            time=_opt(d, "time", lambda x: _str(w, f"{k}.time", x)),
-            files=None if files is None else list(files),
-            **_split(d, HistoryEntry),
-        ))
+        out.append(
+            HistoryEntry(
+                version=_int(w, f"{k}.version", d["version"], 1, MAX_VERSION),
+                previous=_opt(d, "previous", lambda x: _int(w, f"{k}.previous", x, 1, MAX_VERSION)),
+                time=_opt(d, "time", lambda x: _str(w, f"{k}.time", x)),
+                files=None if files is None else list(files),
+                **_split(d, HistoryEntry),
+            )
+        )
     return out
 
 
 def _rolled_back(w: str, v: Any) -> RolledBack:
     d = _obj(w, "rolled_back", v)
-    return RolledBack(time=_opt(d, "time", lambda x: _str(w, "rolled_back.time", x)),
-                      to=_opt(d, "to", lambda x: _int(w, "rolled_back.to", x, 1, MAX_VERSION)), **_split(d, RolledBack))
+    return RolledBack(
+        time=_opt(d, "time", lambda x: _str(w, "rolled_back.time", x)),
+        to=_opt(d, "to", lambda x: _int(w, "rolled_back.to", x, 1, MAX_VERSION)),
+        **_split(d, RolledBack),
+    )
 
 
 # ---------------------------------------------------------------- JSON in and out

@@ -23,7 +23,17 @@ from ffedge.errors import FFEdgeError
 from ffedge.fsutil import atomic_path
 
 # TensorProto.data_type -> numpy dtype (stored little-endian)
-_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 10: "float16", 11: "float64"}
+_DTYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    10: "float16",
+    11: "float64",
+}
 _TYPED_FIELD = {1: 4, 7: 7, 11: 10}  # float_data, int64_data, double_data; every other type uses int32_data (5)
 _DATA_FIELDS = {4, 5, 6, 7, 9, 10, 11}  # float/int32/string/int64/raw/double/uint64 data: dropped on re-encode
 _RAW_DATA = 9
@@ -143,7 +153,7 @@ def _tensors(buf: bytes, graph: _Field) -> Iterator[_Tensor]:
         name, data_type, dims = "", 0, []
         for t in fields:
             if t.num == 8:
-                name = buf[_expect(t, 2).vstart:t.end].decode("utf-8", errors="replace")
+                name = buf[_expect(t, 2).vstart : t.end].decode("utf-8", errors="replace")
             elif t.num == 2:
                 data_type = _varint(buf, _expect(t, 0).key_end, t.end)[0]
             elif t.num == 1:
@@ -166,13 +176,13 @@ def _array(buf: bytes, t: _Tensor) -> np.ndarray:
     raw = [f for f in t.fields if f.num == _RAW_DATA]
     want = _TYPED_FIELD.get(t.data_type, 5)
     if raw:
-        data = buf[_expect(raw[-1], 2).vstart:raw[-1].end]
+        data = buf[_expect(raw[-1], 2).vstart : raw[-1].end]
         if len(data) % dtype.itemsize:
             raise _Bad(f"raw_data of '{t.name}' is not a whole number of {dtype.name}")
         arr = np.frombuffer(data, dtype).copy()
     elif want in (4, 10):  # float_data / double_data: packed or fixed-width, little-endian
         fmt = np.dtype("<f4" if want == 4 else "<f8")
-        chunks = [buf[_expect(f, 2, 5 if want == 4 else 1).vstart:f.end] for f in t.fields if f.num == want]
+        chunks = [buf[_expect(f, 2, 5 if want == 4 else 1).vstart : f.end] for f in t.fields if f.num == want]
         data = b"".join(chunks)
         if len(data) % fmt.itemsize:
             raise _Bad(f"float data of '{t.name}' is truncated")
@@ -230,13 +240,13 @@ def _encode_tensor(buf: bytes, t: _Tensor, data: bytes) -> bytes:
     keep = [f for f in t.fields if f.num not in _DATA_FIELDS]
     at = next((i for i, f in enumerate(keep) if f.num > _RAW_DATA), len(keep))
     raw = _encode_varint(_RAW_DATA << 3 | 2) + _encode_varint(len(data)) + data
-    parts = [buf[f.start:f.end] for f in keep]
+    parts = [buf[f.start : f.end] for f in keep]
     return b"".join(parts[:at] + [raw] + parts[at:])
 
 
 def _with_value(buf: bytes, f: _Field, value: bytes) -> bytes:
     """Field ``f`` (wire type 2) re-encoded around a new value: same key, fresh length prefix."""
-    return buf[f.start:f.key_end] + _encode_varint(len(value)) + value
+    return buf[f.start : f.key_end] + _encode_varint(len(value)) + value
 
 
 def patch_initializers(src: str | Path, dst: str | Path, values: dict[str, np.ndarray]) -> None:
@@ -251,7 +261,9 @@ def patch_initializers(src: str | Path, dst: str | Path, values: dict[str, np.nd
     by_name = {t.name: t for t in tensors}
     unknown = sorted(set(values) - set(by_name))
     if unknown:
-        raise FFEdgeError(f"{src}: no initializer named {', '.join(map(repr, unknown))} (has {', '.join(sorted(by_name))})")
+        raise FFEdgeError(
+            f"{src}: no initializer named {', '.join(map(repr, unknown))} (has {', '.join(sorted(by_name))})"
+        )
     parts, pos = [], graph.vstart
     for t in tensors:
         if t.name not in values:
@@ -259,9 +271,9 @@ def patch_initializers(src: str | Path, dst: str | Path, values: dict[str, np.nd
         with _reporting(src):
             dtype = _dtype(t)
         data = _coerce(f"{src}: initializer '{t.name}'", values[t.name], dtype, t.dims).tobytes()
-        parts += [buf[pos:t.field.start], _with_value(buf, t.field, _encode_tensor(buf, t, data))]
+        parts += [buf[pos : t.field.start], _with_value(buf, t.field, _encode_tensor(buf, t, data))]
         pos = t.field.end
-    parts.append(buf[pos:graph.end])
-    out = buf[:graph.start] + _with_value(buf, graph, b"".join(parts)) + buf[graph.end:]
+    parts.append(buf[pos : graph.end])
+    out = buf[: graph.start] + _with_value(buf, graph, b"".join(parts)) + buf[graph.end :]
     with atomic_path(dst) as tmp:
         tmp.write_bytes(out)

@@ -163,7 +163,9 @@ def os_reason(e: OSError) -> str:
 def _os_error(bundle_dir: Path, action: str, e: OSError, version: int) -> FFEdgeError:
     why = os_reason(e)
     where = f" ({e.filename})" if e.filename else ""
-    return FFEdgeError(f"{bundle_dir}: cannot {action}: {why}{where}; the bundle is unchanged (still version {version})")
+    return FFEdgeError(
+        f"{bundle_dir}: cannot {action}: {why}{where}; the bundle is unchanged (still version {version})"
+    )
 
 
 def _link_error(path: Path) -> FFEdgeError:
@@ -249,7 +251,10 @@ def update_lock(bundle_dir: str | Path) -> Iterator[None]:
 
 def _clear_temp_files(bundle_dir: Path) -> None:
     """Remove temp manifests an interrupted update or rollback left (only updates write them; we hold the lock)."""
-    for folder, pattern in ((bundle_dir, f".{MANIFEST}.*.tmp"), (bundle_dir / VERSIONS, f".{SAVED_MANIFEST_GLOB}.*.tmp")):
+    for folder, pattern in (
+        (bundle_dir, f".{MANIFEST}.*.tmp"),
+        (bundle_dir / VERSIONS, f".{SAVED_MANIFEST_GLOB}.*.tmp"),
+    ):
         for tmp in folder.glob(pattern):
             tmp.unlink(missing_ok=True)
 
@@ -316,16 +321,23 @@ def commit_update(
                 current = open_bundle(bundle_dir).manifest
             n = bundle_version(current)
             if base_version is not None and n != base_version:
-                raise FFEdgeError(f"{bundle_dir}: version {n} became current while this update was made from version {base_version}; "
-                                  f"nothing was committed (the bundle is still version {n})")
+                raise FFEdgeError(
+                    f"{bundle_dir}: version {n} became current while this update was made from version {base_version}; "
+                    f"nothing was committed (the bundle is still version {n})"
+                )
             check_no_links(bundle_dir, current.files)
             return _commit(bundle_dir, current, new_files, manifest_changes, dict(history_entry or {}))
     except OSError as e:
         raise _os_error(bundle_dir, "update the bundle", e, n) from None
 
 
-def _commit(bundle_dir: Path, current: Manifest, new_files: Mapping[str, bytes | str | Path],
-            changes: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+def _commit(
+    bundle_dir: Path,
+    current: Manifest,
+    new_files: Mapping[str, bytes | str | Path],
+    changes: dict[str, Any],
+    entry: dict[str, Any],
+) -> dict[str, Any]:
     n = bundle_version(current)
     k = max([n, *_saved_versions(bundle_dir)]) + 1
     vdir = bundle_dir / VERSIONS
@@ -371,8 +383,9 @@ def _is_current(bundle_dir: Path, version: int) -> bool:
         return False
 
 
-def _next_manifest(current: dict[str, Any], k: int, digests: Mapping[str, str],
-                   changes: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
+def _next_manifest(
+    current: dict[str, Any], k: int, digests: Mapping[str, str], changes: Mapping[str, Any], entry: Mapping[str, Any]
+) -> dict[str, Any]:
     """Version ``k``'s manifest: ``current`` with ``changes``, the new files (``digests``) and a history entry."""
     new_path = {name: version_path(k, name) for name in digests}
     mapping: dict[str, str] = {}
@@ -437,7 +450,9 @@ def rollback(bundle_dir: str | Path) -> dict[str, Any]:
                 check_files(bundle_dir, target)
             except FFEdgeError as e:
                 raise FFEdgeError(f"cannot roll back to version {p}, it is damaged: {e}") from None
-            write_manifest(saved_manifest_path(bundle_dir, n), {**current.to_dict(), "rolled_back": {"time": _now(), "to": p}})
+            write_manifest(
+                saved_manifest_path(bundle_dir, n), {**current.to_dict(), "rolled_back": {"time": _now(), "to": p}}
+            )
             write_manifest(bundle_dir / MANIFEST, target)  # the commit point
             fsync_dir(bundle_dir)
             return target.to_dict()

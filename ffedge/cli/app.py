@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 @app.callback()
 def _root() -> None:
     """Train quantization-aware Forward-Forward CNNs, export them to int8 ONNX, run and fine-tune them on edge devices."""

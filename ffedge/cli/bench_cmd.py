@@ -21,14 +21,26 @@ def _fmt(v: Any, spec: str, none: str = "-") -> str:
 @app.command("bench")
 def bench(
     bundle: Path = typer.Argument(..., help="The (int8) bundle to benchmark."),
-    fp32: Optional[Path] = typer.Option(None, "--fp32", help="fp32 bundle to compare with (default: exported from the run on the fly, when torch is installed)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="Training run for the torch fp32 eager baseline (default: the run the manifest names, if it exists)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset whose held-out split is used (default: the one the bundle was trained on)."),
+    fp32: Optional[Path] = typer.Option(
+        None,
+        "--fp32",
+        help="fp32 bundle to compare with (default: exported from the run on the fly, when torch is installed).",
+    ),
+    run_dir: Optional[Path] = typer.Option(
+        None,
+        "--run",
+        help="Training run for the torch fp32 eager baseline (default: the run the manifest names, if it exists).",
+    ),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", help="Dataset whose held-out split is used (default: the one the bundle was trained on)."
+    ),
     limit: int = typer.Option(1000, "--limit", help="Held-out images scored for accuracy."),
     threads: int = typer.Option(2, "--threads", help="Threads for onnxruntime and torch."),
     warmup: int = typer.Option(20, "--warmup", help="Untimed single-image calls before timing."),
     iters: int = typer.Option(200, "--iters", help="Timed single-image calls (p50/p90 latency)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Accuracy, size and batch-1 latency (goodness over all labels) of int8 vs fp32 vs torch eager, with ratios."""
@@ -47,7 +59,9 @@ def bench(
     named_run = src.run if src is not None else None
     run = run_dir or (Path(named_run) if named_run and (Path(named_run) / "weights.pt").exists() else None)
     named_data = src.dataset if src is not None else None
-    x, y = first_held_out_for_bundle(rt, dataset or named_data or "mnist-5k", data_dir=str(data_dir) if data_dir else None, limit=limit)
+    x, y = first_held_out_for_bundle(
+        rt, dataset or named_data or "mnist-5k", data_dir=str(data_dir) if data_dir else None, limit=limit
+    )
     try:
         import ffedge.train  # noqa: F401
 
@@ -74,18 +88,49 @@ def bench(
 
                 rows.append(bench_torch_eager(run, rt.encoding, x, y, warmup, iters, threads))
                 advance(1)
-    table = ratios(rows, accuracy_base="fp32 ORT" if fp32_dir is not None else rows[0].name, speed_base="torch fp32 eager")
-    result = {"bundle": str(bundle), "images": int(len(y)), "threads": threads, "iters": iters, "warmup": warmup, "rows": table}
+    table = ratios(
+        rows, accuracy_base="fp32 ORT" if fp32_dir is not None else rows[0].name, speed_base="torch fp32 eager"
+    )
+    result = {
+        "bundle": str(bundle),
+        "images": int(len(y)),
+        "threads": threads,
+        "iters": iters,
+        "warmup": warmup,
+        "rows": table,
+    }
     if as_json:
         console.print_json(json.dumps(result))
         return
-    t = Table("variant", "accuracy", "drop (pp)", "size (MB)", "size ratio", "p50 ms/img", "p90 ms/img", "speed-up vs torch",
-              title=f"goodness over all {rt.num_classes} labels, {len(y)} held-out images, {threads} threads, batch 1 latency over {iters} images")
+    t = Table(
+        "variant",
+        "accuracy",
+        "drop (pp)",
+        "size (MB)",
+        "size ratio",
+        "p50 ms/img",
+        "p90 ms/img",
+        "speed-up vs torch",
+        title=f"goodness over all {rt.num_classes} labels, {len(y)} held-out "
+        f"images, {threads} threads, batch 1 latency over {iters} images",
+    )
     for r in table:
-        t.add_row(r["name"], f"{r['accuracy']:.2%}", _fmt(r["drop_pp"], "+.2f"), _fmt(r["size_bytes"] and r["size_bytes"] / 1e6, ".3f"),
-                  _fmt(r["size_ratio"], ".3f"), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", _fmt(r["speedup"], ".2f"))
+        t.add_row(
+            r["name"],
+            f"{r['accuracy']:.2%}",
+            _fmt(r["drop_pp"], "+.2f"),
+            _fmt(r["size_bytes"] and r["size_bytes"] / 1e6, ".3f"),
+            _fmt(r["size_ratio"], ".3f"),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p90_ms']:.2f}",
+            _fmt(r["speedup"], ".2f"),
+        )
     console.print(t)
-    lt = Table("variant", *[f"layer {i} ms" for i in range(rt.n_layers)], title="where the time goes: mean ms per image per layer (ORT: layer files run one by one; the fused net.onnx is what p50 measures)")
+    lt = Table(
+        "variant",
+        *[f"layer {i} ms" for i in range(rt.n_layers)],
+        title="where the time goes: mean ms per image per layer (ORT: layer files run one by one; the fused net.onnx is what p50 measures)",
+    )
     for r in table:
         lt.add_row(r["name"], *[f"{v:.3f}" for v in r["layer_ms"]])
     console.print(lt)

@@ -17,12 +17,17 @@ def parity_lines(report: dict[str, Any]) -> list[str]:
     """Human-readable parity report."""
     lines = [
         f"parity on {report['samples']} held-out images vs {report['reference']}:",
-        f"  goodness, all labels: agreement {report['agreement']:.2%}, accuracy torch {report['torch_accuracy']:.2%} / bundle {report['bundle_accuracy']:.2%}",
-        f"  softmax head:         agreement {report['head_agreement']:.2%}, accuracy torch {report['head_torch_accuracy']:.2%} / bundle {report['head_bundle_accuracy']:.2%}",
+        f"  goodness, all labels: agreement {report['agreement']:.2%}, accuracy torch "
+        f"{report['torch_accuracy']:.2%} / bundle {report['bundle_accuracy']:.2%}",
+        f"  softmax head:         agreement {report['head_agreement']:.2%}, accuracy torch "
+        f"{report['head_torch_accuracy']:.2%} / bundle {report['head_bundle_accuracy']:.2%}",
     ]
     for i, d in enumerate(report["layers"]):
         if "max_steps" in d:
-            lines.append(f"  layer {i}: max difference {d['max_steps']:.2f} output steps, {d['frac_off_by_more_than_half_step']:.4%} of values off by > 0.5 step")
+            lines.append(
+                f"  layer {i}: max difference {d['max_steps']:.2f} output steps, "
+                f"{d['frac_off_by_more_than_half_step']:.4%} of values off by > 0.5 step"
+            )
         else:
             lines.append(f"  layer {i}: max difference {d['max_abs']:.3g} (relative {d['max_rel']:.3g})")
     return lines
@@ -31,14 +36,32 @@ def parity_lines(report: dict[str, Any]) -> list[str]:
 @app.command("export")
 def export(
     run_dir: Path = typer.Argument(..., help="Training run folder (made by ffedge train)."),
-    int8: bool = typer.Option(False, "--int8", help="Export int8 (QCDQ, integer convolutions in onnxruntime). The default."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Export int8 (QCDQ, integer convolutions in onnxruntime). The default."
+    ),
     fp32: bool = typer.Option(False, "--fp32", help="Export the float model the same way, for comparison."),
     out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: export/RUN_NAME-int8 or -fp32)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it is a bundle ffedge wrote (only after the new bundle passed its checks)."),
-    verify_samples: int = typer.Option(1000, "--verify-samples", help="Held-out images for the parity check (0 skips it)."),
-    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Fail below this top-1 agreement with the torch model."),
-    master: bool = typer.Option(False, "--master", help="Also store the float master weights (master.npz) and replay examples (replay.npz), which on-device fine-tuning needs."),
-    replay: int = typer.Option(500, "--replay", help="With --master: class-balanced training examples stored for rehearsal during fine-tuning (0: none)."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace --out if it is a bundle ffedge wrote (only after the new bundle passed its checks).",
+    ),
+    verify_samples: int = typer.Option(
+        1000, "--verify-samples", help="Held-out images for the parity check (0 skips it)."
+    ),
+    min_agreement: float = typer.Option(
+        0.99, "--min-agreement", help="Fail below this top-1 agreement with the torch model."
+    ),
+    master: bool = typer.Option(
+        False,
+        "--master",
+        help="Also store the float master weights (master.npz) and replay examples (replay.npz), which on-device fine-tuning needs.",
+    ),
+    replay: int = typer.Option(
+        500,
+        "--replay",
+        help="With --master: class-balanced training examples stored for rehearsal during fine-tuning (0: none).",
+    ),
 ) -> None:
     """Export a run to a bundle: one ONNX file per FF layer, the softmax head, label arrays and manifest.json."""
     from ffedge.fsutil import Terminated, sigterm_as_interrupt
@@ -51,15 +74,26 @@ def export(
     dest = out or Path("export") / f"{run_dir.resolve().name}-{precision}"
     try:
         with sigterm_as_interrupt():
-            m = export_bundle(run_dir, dest, precision=precision, force=force, verify_samples=verify_samples,
-                              min_agreement=min_agreement, reporter=RichReporter(), master=master, replay=replay)
+            m = export_bundle(
+                run_dir,
+                dest,
+                precision=precision,
+                force=force,
+                verify_samples=verify_samples,
+                min_agreement=min_agreement,
+                reporter=RichReporter(),
+                master=master,
+                replay=replay,
+            )
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         err_console.print(escape(one_line(f"{what}: nothing was written to {dest}")), highlight=False, soft_wrap=True)
         raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
     for i, layer in enumerate(m["layers"]):
         fused = {k: v for k, v in layer["ort_ops"].items() if k.startswith(("QLinear", "ConvInteger", "MatMulInteger"))}
-        console.print(f"layer {i}: {layer['file']}, integer kernels at EXTENDED optimization: {fused or 'none'}", highlight=False)
+        console.print(
+            f"layer {i}: {layer['file']}, integer kernels at EXTENDED optimization: {fused or 'none'}", highlight=False
+        )
     if "parity" in m:
         for line in parity_lines(m["parity"]):
             console.print(line, highlight=False)

@@ -66,24 +66,40 @@ def limit_malloc_arenas(n: int = 2) -> None:
 def finetune_cmd(
     bundle: Path = typer.Argument(..., help="int8 bundle exported with --master."),
     data: str = typer.Option(..., "--data", help=f"Labelled data: {dataset_help()}."),
-    layers: str = typer.Option("last", "--layers", help="FF layers to train: 'last' or numbers like 2,3 (the head is always refit)."),
+    layers: str = typer.Option(
+        "last", "--layers", help="FF layers to train: 'last' or numbers like 2,3 (the head is always refit)."
+    ),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the examples."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate, cosine-decayed."),
     batch_size: int = typer.Option(32, "--batch-size", help="Examples per step (each with one negative)."),
-    max_examples: int = typer.Option(500, "--max-examples", help="Training examples used at most (a seeded random choice)."),
-    head_epochs: int = typer.Option(30, "--head-epochs", help="Epochs of the softmax head on the new features (0 keeps it)."),
-    replay: bool = typer.Option(True, "--replay/--no-replay", help="Rehearse the training examples stored in the bundle (export --master --replay N) alongside the new data."),
-    anchor: float = typer.Option(0.002, "--anchor", help="Pull toward the starting weights after every step (limits forgetting; 0 = off)."),
-    eval_examples: int = typer.Option(1000, "--eval-examples", help="Held-out examples of --data scored before and after."),
+    max_examples: int = typer.Option(
+        500, "--max-examples", help="Training examples used at most (a seeded random choice)."
+    ),
+    head_epochs: int = typer.Option(
+        30, "--head-epochs", help="Epochs of the softmax head on the new features (0 keeps it)."
+    ),
+    replay: bool = typer.Option(
+        True,
+        "--replay/--no-replay",
+        help="Rehearse the training examples stored in the bundle (export --master --replay N) alongside the new data.",
+    ),
+    anchor: float = typer.Option(
+        0.002, "--anchor", help="Pull toward the starting weights after every step (limits forgetting; 0 = off)."
+    ),
+    eval_examples: int = typer.Option(
+        1000, "--eval-examples", help="Held-out examples of --data scored before and after."
+    ),
     mode: str = typer.Option(DEFAULT_MODE, "--mode", help=f"Prediction mode scored: {one_of(MODES)}."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads."),
     resize: bool = typer.Option(False, "--resize", help="Resize the data's images to the bundle's input size."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder for named datasets."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the result as a new bundle here instead of updating BUNDLE in place."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Write the result as a new bundle here instead of updating BUNDLE in place."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Fine-tune a bundle on labelled data without torch: the chosen layers learn layer-locally, the update is a new bundle version (ffedge rollback undoes it)."""
+    """Fine-tune a bundle on labelled data without torch: the chosen layers learn layer-locally, the update is a new bundle version (ffedge rollback undoes it)."""  # noqa: E501 (typer shows the docstring as the command's help)
     start = _version(bundle) if out is None else None
     out_existed = out is not None and os.path.lexists(out)
     try:
@@ -94,13 +110,27 @@ def finetune_cmd(
 
             limit_malloc_arenas()
             cfg = FinetuneConfig(
-                data=data, layers=layers, epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
-                head_epochs=head_epochs, anchor=anchor, replay=replay, eval_examples=eval_examples, mode=mode, seed=seed,
-                data_dir=str(data_dir) if data_dir else None, resize=resize, threads=threads,
+                data=data,
+                layers=layers,
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                max_examples=max_examples,
+                head_epochs=head_epochs,
+                anchor=anchor,
+                replay=replay,
+                eval_examples=eval_examples,
+                mode=mode,
+                seed=seed,
+                data_dir=str(data_dir) if data_dir else None,
+                resize=resize,
+                threads=threads,
             )
             r = finetune(bundle, cfg, out=out, reporter=QuietReporter() if as_json else RichReporter())
     except KeyboardInterrupt as e:
-        err_console.print(interrupted_message(bundle, out, start, out_existed), highlight=False, soft_wrap=True, markup=False)
+        err_console.print(
+            interrupted_message(bundle, out, start, out_existed), highlight=False, soft_wrap=True, markup=False
+        )
         raise typer.Exit(EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT) from None
     if as_json:
         console.print_json(json.dumps(r))
@@ -108,5 +138,6 @@ def finetune_cmd(
     console.print(
         f"{r['bundle']} is now version {r['version']}: held-out accuracy {r['accuracy_before']:.2%} -> {r['accuracy_after']:.2%} "
         f"on {r['held_out']} examples of {data} ({r['examples']} trained on, {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB)",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )

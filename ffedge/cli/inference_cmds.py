@@ -40,15 +40,23 @@ def say(text: str) -> None:
 @app.command("eval")
 def eval_cmd(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
-    dataset: str = typer.Option("mnist-5k", "--dataset", help=f"Dataset whose held-out split to score: {dataset_help()}."),
+    dataset: str = typer.Option(
+        "mnist-5k", "--dataset", help=f"Dataset whose held-out split to score: {dataset_help()}."
+    ),
     mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
     k: int = typer.Option(3, "--k", help=K_HELP),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per call for the accuracy pass (throughput)."),
-    latency_images: int = typer.Option(200, "--latency-images", help="Images timed one by one for p50/p90 latency (0 skips)."),
+    latency_images: int = typer.Option(
+        200, "--latency-images", help="Images timed one by one for p50/p90 latency (0 skips)."
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N held-out images."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="onnxruntime intra-op threads (default: onnxruntime's choice)."
+    ),
     resize: bool = typer.Option(False, "--resize", help="Resize dataset images to the bundle's input size."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
@@ -64,8 +72,12 @@ def eval_cmd(
     check_int(limit, "--limit", 1)
     rt = Runtime(str(bundle), threads=threads)
     rt.check_mode(mode, k)
-    x, y = first_held_out_for_bundle(rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit)
-    r = evaluate(rt, x, y, mode=mode, k=k, batch_size=batch_size, latency_images=latency_images, reporter=RichReporter())
+    x, y = first_held_out_for_bundle(
+        rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit
+    )
+    r = evaluate(
+        rt, x, y, mode=mode, k=k, batch_size=batch_size, latency_images=latency_images, reporter=RichReporter()
+    )
     r.update(bundle=str(bundle), dataset=dataset, precision=rt.bundle.manifest.precision, threads=threads)
     if as_json:
         console.print_json(json.dumps(r))
@@ -79,7 +91,10 @@ def eval_cmd(
     console.print(t)
     lat = r["latency_batch1"]
     if lat:
-        console.print(f"latency per image (batch 1, {lat['images']} images): p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms", highlight=False)
+        console.print(
+            f"latency per image (batch 1, {lat['images']} images): p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms",
+            highlight=False,
+        )
     console.print(f"throughput (batch {batch_size}): {r['throughput_images_per_s']:.1f} images/s", highlight=False)
     if r["peak_rss_mb"] is not None:
         console.print(f"peak RSS {r['peak_rss_mb']:.0f} MB", highlight=False)
@@ -88,11 +103,17 @@ def eval_cmd(
 @app.command("predict")
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPG, ...) or .npy arrays (HW, HWC, NHW or NHWC, pixels 0..255)."),
+    images: list[Path] = typer.Argument(
+        ..., help="Image files (PNG, JPG, ...) or .npy arrays (HW, HWC, NHW or NHWC, pixels 0..255)."
+    ),
     mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
     k: int = typer.Option(3, "--k", help=K_HELP),
     top: int = typer.Option(3, "--top", help="Labels shown per image."),
-    resize: bool = typer.Option(False, "--resize", help="Resize (and convert grey/RGB) images to the bundle's input; otherwise a mismatch is an error."),
+    resize: bool = typer.Option(
+        False,
+        "--resize",
+        help="Resize (and convert grey/RGB) images to the bundle's input; otherwise a mismatch is an error.",
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads."),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
 ) -> None:
@@ -112,11 +133,13 @@ def predict(
     results = []
     for name, label, s in zip(names, pred.labels, pred.scores):
         order = [int(i) for i in np.argsort(-s, kind="stable")[:top] if np.isfinite(s[i])]
-        results.append({
-            "file": name,
-            "label": rt.classes[int(label)],
-            "top": [{"label": rt.classes[i], score: float(s[i])} for i in order],
-        })
+        results.append(
+            {
+                "file": name,
+                "label": rt.classes[int(label)],
+                "top": [{"label": rt.classes[i], score: float(s[i])} for i in order],
+            }
+        )
     if as_json:
         console.print_json(json.dumps({"mode": mode, "predictions": results}))
         return
@@ -152,8 +175,18 @@ def info(
     total = sum(sizes.values()) + (bundle / MANIFEST).stat().st_size
     history = versions(bundle)
     if as_json:
-        console.print_json(json.dumps({"manifest": m.to_dict(), "checksums": status, "loaded": checked, "sizes": sizes,
-                                       "total_bytes": total, "versions": history}))
+        console.print_json(
+            json.dumps(
+                {
+                    "manifest": m.to_dict(),
+                    "checksums": status,
+                    "loaded": checked,
+                    "sizes": sizes,
+                    "total_bytes": total,
+                    "versions": history,
+                }
+            )
+        )
     else:
         _print_info(bundle, m, sizes, total, history, status, checked)
     if not status.startswith("ok"):
@@ -181,13 +214,22 @@ def encoding_params(enc: dict[str, Any]) -> str:
     return ", ".join(f"{shown(k)}={_short(v)}" for k, v in enc.items() if k not in ENCODING_FRAME_KEYS)
 
 
-def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, history: list[dict[str, Any]], status: str,
-                checked: dict[str, str]) -> None:
+def _print_info(
+    bundle: Path,
+    m: "Manifest",
+    sizes: dict[str, int],
+    total: int,
+    history: list[dict[str, Any]],
+    status: str,
+    checked: dict[str, str],
+) -> None:
     """The text form of ``ffedge info``."""
     c, h, w = m.input.shape
     enc = m.encoding
-    say(f"bundle {shown(str(bundle))}: format {m.format} v{m.version}, {m.precision}, made {shown(m.created or '?')} "
-        f"by ffedge {shown(m.ffedge_version or '?')}")
+    say(
+        f"bundle {shown(str(bundle))}: format {m.format} v{m.version}, {m.precision}, made {shown(m.created or '?')} "
+        f"by ffedge {shown(m.ffedge_version or '?')}"
+    )
     say(f"classes ({len(m.classes)}): {', '.join(map(shown, m.classes))}")
     say(f"input: {c}x{h}x{w} pixels, mean {m.input.mean}, std {m.input.std}")
     say(f"labels: {shown(enc.get('name'))} {encoding_params(enc)}".rstrip())
@@ -196,17 +238,32 @@ def _print_info(bundle: Path, m: "Manifest", sizes: dict[str, int], total: int, 
         q = layer.quant
         fused = sum(v for k_, v in (layer.ort_ops or {}).items() if k_.startswith(("QLinear", "ConvInteger")))
         conv = f"{layer.channels or '?'} {layer.kernel or '?'}x{layer.kernel or '?'}" + (" +pool" if layer.pool else "")
-        t.add_row(str(i), Text(shown(layer.file)), "x".join(map(str, layer.in_shape)), "x".join(map(str, layer.out_shape)), layer.norm_kind, conv,
-                  f"{q.weight_bits}/{q.act_bits}" if q else "32/32", str(sizes.get(layer.file, "missing")), str(fused))
+        t.add_row(
+            str(i),
+            Text(shown(layer.file)),
+            "x".join(map(str, layer.in_shape)),
+            "x".join(map(str, layer.out_shape)),
+            layer.norm_kind,
+            conv,
+            f"{q.weight_bits}/{q.act_bits}" if q else "32/32",
+            str(sizes.get(layer.file, "missing")),
+            str(fused),
+        )
     console.print(t)
     head = f"{shown(m.head.file)} on layers {m.head.layers}" if m.head else "none"
     say(f"prediction by goodness of layer(s) {m.predict_layers}; head: {head}")
     say(f"size: {total / 1e6:.3f} MB in {len(sizes) + 1} files")
     p = m.parity
     if p is not None and p.agreement is not None and p.samples is not None and p.bundle_accuracy is not None:
-        say(f"parity at export: agreement {p.agreement:.2%} on {p.samples} images (bundle accuracy {p.bundle_accuracy:.2%})")
+        say(
+            f"parity at export: agreement {p.agreement:.2%} on {p.samples} images (bundle accuracy {p.bundle_accuracy:.2%})"
+        )
     for v in history:
-        details = ", ".join(f"{k} {shown(v[k])}" for k in ("event", "data", "examples", "accuracy_before", "accuracy_after", "seconds") if k in v)
+        details = ", ".join(
+            f"{k} {shown(v[k])}"
+            for k in ("event", "data", "examples", "accuracy_before", "accuracy_after", "seconds")
+            if k in v
+        )
         say(f"version {v['version']} ({shown(v.get('status', '?'))}): {shown(v.get('time', '?'))} {details}")
     say(f"checksums: {shown(status)}")
     if checked:

@@ -20,9 +20,7 @@ def labels(
         help=f"Dataset whose classes and image shape to use: {dataset_help()}.",
     ),
     encoding: str = typer.Option("fourier", "--labels", help=f"Label encoding to draw: {one_of(ENCODING_NAMES)}."),
-    label_mode: Optional[str] = typer.Option(
-        None, "--label-mode", help=label_mode_help()
-    ),
+    label_mode: Optional[str] = typer.Option(None, "--label-mode", help=label_mode_help()),
     out: Path = typer.Option(Path("labels.png"), "--out", help="PNG file to write (replaced atomically)."),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Folder holding downloaded datasets (default: $FFEDGE_DATA or the user cache folder)."

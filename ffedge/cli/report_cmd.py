@@ -13,16 +13,24 @@ from ffedge.cli.app import app, console
 @app.command("report")
 def report(
     run_dir: Path = typer.Argument(..., help="Training run folder (made by ffedge train)."),
-    out: Path = typer.Option(Path("report"), "--out", help="Folder for the PNGs and report.json (created; files in it are replaced atomically)."),
+    out: Path = typer.Option(
+        Path("report"),
+        "--out",
+        help="Folder for the PNGs and report.json (created; files in it are replaced atomically).",
+    ),
     images: int = typer.Option(6, "--images", help="Images in the activation maps and in each goodness-bar figure."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N held-out images (default: all)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (default: the run's, else $FFEDGE_DATA or the user cache)."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Dataset folder (default: the run's, else $FFEDGE_DATA or the user cache)."
+    ),
     device: str = typer.Option("cpu", "--device", help="torch device: cpu or cuda."),
 ) -> None:
-    """Draw what a trained run learned: label patterns, per-layer activation maps, goodness per label, confusion matrix (needs the train and report extras)."""
+    """Draw what a trained run learned: label patterns, per-layer activation maps, goodness per label, confusion matrix (needs the train and report extras)."""  # noqa: E501 (typer shows the docstring as the command's help)
     from ffedge.progress import RichReporter
     from ffedge.train.report import write_report
 
-    r = write_report(run_dir, out, images=images, limit=limit, data_dir=data_dir, device=device, reporter=RichReporter())
+    r = write_report(
+        run_dir, out, images=images, limit=limit, data_dir=data_dir, device=device, reporter=RichReporter()
+    )
     for name in r["files"] + ["report.json"]:
         console.print(f"wrote {out / name}", highlight=False, soft_wrap=True)

@@ -10,7 +10,9 @@ from ffedge.cli.app import app, console
 
 
 @app.command("rollback")
-def rollback(bundle: Path = typer.Argument(..., help="Bundle folder updated in place (e.g. by ffedge finetune).")) -> None:
+def rollback(
+    bundle: Path = typer.Argument(..., help="Bundle folder updated in place (e.g. by ffedge finetune)."),
+) -> None:
     """Undo the last in-place update of a bundle: its previous version becomes current (the undone one is kept in versions/)."""
     from ffedge.bundle import read_manifest
     from ffedge.bundle.update import bundle_version, check_no_links, rollback as do_rollback
@@ -18,4 +20,8 @@ def rollback(bundle: Path = typer.Argument(..., help="Bundle folder updated in p
     check_no_links(bundle)  # before the manifest is read
     before = bundle_version(read_manifest(bundle))
     manifest = do_rollback(bundle)
-    console.print(f"rolled back {bundle}: version {bundle_version(manifest)} is current (version {before} kept in versions/ as rolled back)", highlight=False, soft_wrap=True)
+    console.print(
+        f"rolled back {bundle}: version {bundle_version(manifest)} is current (version {before} kept in versions/ as rolled back)",
+        highlight=False,
+        soft_wrap=True,
+    )

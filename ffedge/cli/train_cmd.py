@@ -52,40 +52,100 @@ class TrainCommand(TyperCommand):
 
 @app.command("train", cls=TrainCommand)
 def train(
-    preset: Optional[str] = typer.Option(None, help="Start from a named recipe (listed below); the options you give override its values."),
+    preset: Optional[str] = typer.Option(
+        None, help="Start from a named recipe (listed below); the options you give override its values."
+    ),
     dataset: Optional[str] = typer.Option(None, help=f"{dataset_help()} (default: mnist-5k)."),
     labels: Optional[str] = typer.Option(None, help=f"Label encoding: {one_of(ENCODING_NAMES)} (default: fourier)."),
     label_mode: Optional[str] = typer.Option(None, help=label_mode_help()),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 50; with --resume: the run's own)."),
-    qat_epochs: Optional[int] = typer.Option(None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."),
-    batch_size: Optional[int] = typer.Option(None, help="Positive examples per batch, each with one negative (default: 64)."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate, decayed by a cosine over the run (default: 0.002)."),
-    layers: Optional[str] = typer.Option(None, help="FF conv layers: CHANNELSxKERNEL, 'p' = 2x2 max-pool after it (default: 16x5p,64x5p,128x3,128x3)."),
-    norm: Optional[str] = typer.Option(None, help="Normalization before each conv: 'batch' (BatchNorm, frozen statistics at inference) or 'rms' (per sample, as Hinton's FF) (default: batch)."),
-    shift: Optional[int] = typer.Option(None, help="Augmentation: translate each image by up to N pixels, before its label is embedded (default: 2)."),
-    rotate: Optional[float] = typer.Option(None, help="Augmentation: rotate each image by up to this many degrees, before its label is embedded (default: 12.0)."),
-    scale: Optional[float] = typer.Option(None, help="Augmentation: zoom each image by a factor in [1 - scale, 1 + scale] (default: 0.1)."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Augmentation: mirror half of the images left-right (default: --no-flip)."),
+    qat_epochs: Optional[int] = typer.Option(
+        None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Positive examples per batch, each with one negative (default: 64)."
+    ),
+    lr: Optional[float] = typer.Option(
+        None, help="Adam learning rate, decayed by a cosine over the run (default: 0.002)."
+    ),
+    layers: Optional[str] = typer.Option(
+        None, help="FF conv layers: CHANNELSxKERNEL, 'p' = 2x2 max-pool after it (default: 16x5p,64x5p,128x3,128x3)."
+    ),
+    norm: Optional[str] = typer.Option(
+        None,
+        help="Normalization before each conv: 'batch' (BatchNorm, frozen statistics "
+        "at inference) or 'rms' (per sample, as Hinton's FF) (default: batch).",
+    ),
+    shift: Optional[int] = typer.Option(
+        None, help="Augmentation: translate each image by up to N pixels, before its label is embedded (default: 2)."
+    ),
+    rotate: Optional[float] = typer.Option(
+        None,
+        help="Augmentation: rotate each image by up to this many degrees, before its label is embedded (default: 12.0).",
+    ),
+    scale: Optional[float] = typer.Option(
+        None, help="Augmentation: zoom each image by a factor in [1 - scale, 1 + scale] (default: 0.1)."
+    ),
+    flip: Optional[bool] = typer.Option(
+        None, "--flip/--no-flip", help="Augmentation: mirror half of the images left-right (default: --no-flip)."
+    ),
     bits: Optional[int] = typer.Option(None, help="Bit width of activations, 2..8 (default: 8)."),
-    weight_bits: Optional[int] = typer.Option(None, help="Bit width of weights (default: min(bits, 7); 8 saturates onnxruntime's integer convs on x86 without VNNI)."),
-    quant: Optional[bool] = typer.Option(None, "--quant/--no-quant", help="Quantization-aware training, or a float model (baseline) (default: --quant)."),
-    loss: Optional[str] = typer.Option(None, help=f"Layer loss: {one_of([f'{l.name} ({l.summary})' for l in registered_losses()])} (default: {DEFAULT_LOSS})."),
+    weight_bits: Optional[int] = typer.Option(
+        None,
+        help="Bit width of weights (default: min(bits, 7); 8 saturates onnxruntime's integer convs on x86 without VNNI).",
+    ),
+    quant: Optional[bool] = typer.Option(
+        None, "--quant/--no-quant", help="Quantization-aware training, or a float model (baseline) (default: --quant)."
+    ),
+    loss: Optional[str] = typer.Option(
+        None,
+        help=f"Layer loss: {one_of([f'{l.name} ({l.summary})' for l in registered_losses()])} (default: {DEFAULT_LOSS}).",
+    ),
     alpha: Optional[float] = typer.Option(None, help=f"Sharpness of the loss (default: {DEFAULT_ALPHA})."),
-    threshold: Optional[float] = typer.Option(None, help=f"Goodness threshold of the bce loss (default: {DEFAULT_THRESHOLD})."),
-    local: Optional[str] = typer.Option(None, help="'pair': a layer's loss also updates the layer before it; 'layer': pure FF, detached inputs (default: pair)."),
-    negatives: Optional[str] = typer.Option(None, help="'random' wrong labels or 'hard' (the wrong label the net likes most) (default: random)."),
-    wrong_labels: Optional[int] = typer.Option(None, help="Wrong labels per image and step; with more than 1 the loss is the softmax cross-entropy of the right label among them (default: 1)."),
-    predict_layers: Optional[str] = typer.Option(None, help="Layers (0-based, comma-separated) whose goodness is summed to predict (default: the last)."),
-    head_epochs: Optional[int] = typer.Option(None, help="Epochs of the softmax head on frozen neutral-label activities (default: 40)."),
+    threshold: Optional[float] = typer.Option(
+        None, help=f"Goodness threshold of the bce loss (default: {DEFAULT_THRESHOLD})."
+    ),
+    local: Optional[str] = typer.Option(
+        None,
+        help="'pair': a layer's loss also updates the layer before it; 'layer': pure FF, detached inputs (default: pair).",
+    ),
+    negatives: Optional[str] = typer.Option(
+        None, help="'random' wrong labels or 'hard' (the wrong label the net likes most) (default: random)."
+    ),
+    wrong_labels: Optional[int] = typer.Option(
+        None,
+        help="Wrong labels per image and step; with more than 1 the loss is the "
+        "softmax cross-entropy of the right label among them (default: 1).",
+    ),
+    predict_layers: Optional[str] = typer.Option(
+        None, help="Layers (0-based, comma-separated) whose goodness is summed to predict (default: the last)."
+    ),
+    head_epochs: Optional[int] = typer.Option(
+        None, help="Epochs of the softmax head on frozen neutral-label activities (default: 40)."
+    ),
     seed: Optional[int] = typer.Option(None, help="Random seed; same seed, same machine: same result (default: 0)."),
     device: Optional[str] = typer.Option(None, help="torch device: cpu or cuda (default: cpu)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
-    precision: Optional[str] = typer.Option(None, help="Arithmetic of the float epochs: fp32, bf16 (autocast) or auto (bf16 on CPUs with native bf16: AMX or AVX512-BF16, else fp32); QAT is always fp32 (default: auto)."),
-    eval_samples: Optional[int] = typer.Option(None, help="Held-out images scored after each epoch; 0 = all; the final score always uses all (default: 100)."),
+    precision: Optional[str] = typer.Option(
+        None,
+        help="Arithmetic of the float epochs: fp32, bf16 (autocast) or auto (bf16 on CPUs with "
+        "native bf16: AMX or AVX512-BF16, else fp32); QAT is always fp32 (default: auto).",
+    ),
+    eval_samples: Optional[int] = typer.Option(
+        None, help="Held-out images scored after each epoch; 0 = all; the final score always uses all (default: 100)."
+    ),
     data_dir: Optional[Path] = typer.Option(None, help="Dataset directory (default: $FFEDGE_DATA or the user cache)."),
-    out: Optional[Path] = typer.Option(None, help="Run directory (default: runs/DATASET-LABELS; with --preset: runs/PRESET)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last epoch (with its own config.json; only --epochs applies)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it is a run folder ffedge wrote (only once the new run is complete)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Run directory (default: runs/DATASET-LABELS; with --preset: runs/PRESET)."
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the run in --out from its last epoch (with its own config.json; only --epochs applies).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Replace --out if it is a run folder ffedge wrote (only once the new run is complete)."
+    ),
 ) -> None:
     """Train a quantization-aware Forward-Forward CNN with spatially-extended labels."""
     from ffedge.fsutil import sigterm_as_interrupt
@@ -99,11 +159,36 @@ def train(
     if resume and preset is not None:
         raise FFEdgeError("--preset does not apply to --resume: a resumed run continues with its own config.json")
     given: dict[str, Any] = dict(
-        dataset=dataset, labels=labels, epochs=epochs, qat_epochs=qat_epochs, batch_size=batch_size, lr=lr, layers=layers,
-        norm=norm, shift=shift, rotate=rotate, scale=scale, flip=flip, bits=bits, weight_bits=weight_bits, quant=quant, loss=loss, alpha=alpha,
-        threshold=threshold, local=local, negatives=negatives, wrong_labels=wrong_labels, predict_layers=parse_int_list(predict_layers, "--predict-layers"),
-        head_epochs=head_epochs, seed=seed, device=device, threads=threads, precision=precision, eval_samples=eval_samples,
-        data_dir=str(data_dir) if data_dir else None, label_params={"mode": label_mode} if label_mode else None,
+        dataset=dataset,
+        labels=labels,
+        epochs=epochs,
+        qat_epochs=qat_epochs,
+        batch_size=batch_size,
+        lr=lr,
+        layers=layers,
+        norm=norm,
+        shift=shift,
+        rotate=rotate,
+        scale=scale,
+        flip=flip,
+        bits=bits,
+        weight_bits=weight_bits,
+        quant=quant,
+        loss=loss,
+        alpha=alpha,
+        threshold=threshold,
+        local=local,
+        negatives=negatives,
+        wrong_labels=wrong_labels,
+        predict_layers=parse_int_list(predict_layers, "--predict-layers"),
+        head_epochs=head_epochs,
+        seed=seed,
+        device=device,
+        threads=threads,
+        precision=precision,
+        eval_samples=eval_samples,
+        data_dir=str(data_dir) if data_dir else None,
+        label_params={"mode": label_mode} if label_mode else None,
     )
     cfg = resolve(preset, {k: v for k, v in given.items() if v is not None})
     if label_mode and cfg.labels != "fourier":

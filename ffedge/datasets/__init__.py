@@ -34,8 +34,15 @@ from ffedge.datasets import embedded, idx, cifar, folder, npzfile  # noqa: E402,
 from ffedge.datasets.folder import load_images  # noqa: E402
 
 __all__ = [
-    "Dataset", "DATASET_NAMES", "DATASET_PREFIXES", "MAX_ARRAY_BYTES", "MAX_IMAGE_PIXELS",
-    "dataset_choices", "default_data_dir", "load_dataset", "load_images",
+    "Dataset",
+    "DATASET_NAMES",
+    "DATASET_PREFIXES",
+    "MAX_ARRAY_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "dataset_choices",
+    "default_data_dir",
+    "load_dataset",
+    "load_images",
 ]
 
 DATASET_NAMES: tuple[str, ...] = dataset_names()
@@ -83,7 +90,7 @@ def load_dataset(
     text = str(spec).strip()
     kind = path_kind(text)
     if kind is not None:
-        rest = text[len(kind.prefix):].strip()
+        rest = text[len(kind.prefix) :].strip()
         if not rest:
             raise FFEdgeError(f"dataset {text!r}: give a path after {kind.prefix!r}, e.g. {kind.prefix}./my_data")
         return kind.load(Path(rest).expanduser(), size)

@@ -34,7 +34,9 @@ class Dataset:
             if y.dtype != np.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"y_{split} must be int64 [{x.shape[0]}], got {y.dtype} {y.shape}")
             if y.size and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
-                raise ValueError(f"y_{split} labels must lie in 0..{len(self.classes) - 1}, got {int(y.min())}..{int(y.max())}")
+                raise ValueError(
+                    f"y_{split} labels must lie in 0..{len(self.classes) - 1}, got {int(y.min())}..{int(y.max())}"
+                )
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"train/test image shapes differ: {self.x_train.shape[1:]} vs {self.x_test.shape[1:]}")
 
@@ -77,12 +79,12 @@ def resized(ds: Dataset, size: tuple[int, int] | None) -> Dataset:
     """``ds`` with both splits resized to (H, W) (:func:`resize_images`); itself when ``size`` is None or already its size."""
     if size is None or ds.x_train.shape[1:3] == size:
         return ds
-    return Dataset(ds.name, resize_images(ds.x_train, size), ds.y_train, resize_images(ds.x_test, size), ds.y_test, ds.classes)
+    return Dataset(
+        ds.name, resize_images(ds.x_train, size), ds.y_train, resize_images(ds.x_test, size), ds.y_test, ds.classes
+    )
 
 
-def stratified_split(
-    y: np.ndarray, test_fraction: float, seed: int | list[int]
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int | list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Train and test index arrays, ``test_fraction`` of each class in test, both in shuffled order.
 
     Uses its own ``default_rng(seed)``: independent of numpy's global state.

@@ -38,15 +38,25 @@ class CifarLayout:
 
 LAYOUTS = {
     "cifar10": CifarLayout(
-        "cifar-10-binary.tar.gz", "cifar-10-batches-bin",
-        tuple(f"data_batch_{i}.bin" for i in range(1, 6)), ("test_batch.bin",),
-        "batches.meta.txt", label_bytes=1, label_index=0, num_classes=10,
+        "cifar-10-binary.tar.gz",
+        "cifar-10-batches-bin",
+        tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+        ("test_batch.bin",),
+        "batches.meta.txt",
+        label_bytes=1,
+        label_index=0,
+        num_classes=10,
     ),
     # CIFAR-100 records hold the coarse label, then the fine label: we use the fine one.
     "cifar100": CifarLayout(
-        "cifar-100-binary.tar.gz", "cifar-100-binary",
-        ("train.bin",), ("test.bin",),
-        "fine_label_names.txt", label_bytes=2, label_index=1, num_classes=100,
+        "cifar-100-binary.tar.gz",
+        "cifar-100-binary",
+        ("train.bin",),
+        ("test.bin",),
+        "fine_label_names.txt",
+        label_bytes=2,
+        label_index=1,
+        num_classes=100,
     ),
 }
 
@@ -61,12 +71,16 @@ def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
                     name = member.name.removeprefix("./")
                     if name in wanted and member.isfile():
                         if member.size > MAX_ARRAY_BYTES:
-                            raise FFEdgeError(f"{path}: member {name} declares {member.size:,} bytes, above the {MAX_ARRAY_BYTES:,}-byte limit")
+                            raise FFEdgeError(
+                                f"{path}: member {name} declares {member.size:,} bytes, above the {MAX_ARRAY_BYTES:,}-byte limit"
+                            )
                         f = tar.extractfile(member)
                         if f is not None:
                             found[name] = f.read()
         except (tarfile.TarError, *DECODE_ERRORS) as e:
-            raise FFEdgeError(f"cannot read {path}: corrupt or truncated tar.gz ({reason(e)}); delete it and download it again") from None
+            raise FFEdgeError(
+                f"cannot read {path}: corrupt or truncated tar.gz ({reason(e)}); delete it and download it again"
+            ) from None
     return found
 
 
@@ -90,7 +104,9 @@ def _class_names(data: bytes, layout: CifarLayout, where: str) -> list[str]:
     return names
 
 
-def read_cifar_tarball(path: Path, layout: CifarLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def read_cifar_tarball(
+    path: Path, layout: CifarLayout
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(x_train, y_train, x_test, y_test, classes) from an official binary tarball."""
     member = {n: f"{layout.folder}/{n}" for n in (*layout.train, *layout.test, layout.names_file)}
     found = _read_members(path, set(member.values()))

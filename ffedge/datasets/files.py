@@ -35,13 +35,32 @@ MAX_ARRAY_BYTES = 4 * 1024**3
 # What the stdlib and numpy decoders raise on malformed input (zipfile, gzip, tarfile, numpy's
 # header parser, which tokenizes the header: TokenError).
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError, EOFError, ValueError, TypeError, SyntaxError, tokenize.TokenError, KeyError, IndexError, OverflowError,
-    NotImplementedError, RuntimeError, MemoryError, struct.error, zlib.error, lzma.LZMAError, zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    TypeError,
+    SyntaxError,
+    tokenize.TokenError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    NotImplementedError,
+    RuntimeError,
+    MemoryError,
+    struct.error,
+    zlib.error,
+    lzma.LZMAError,
+    zipfile.BadZipFile,
 )
 
 _MAX_HEADER = 10_000  # numpy's own limit for .npy headers
-_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket",
-          stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+}
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -70,7 +89,9 @@ def check_regular(path: Path) -> os.stat_result:
     except FileNotFoundError:
         raise FFEdgeError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
-        raise FFEdgeError(f"cannot read {path}: {reason(e) if not isinstance(e, OSError) else e.strerror or e}") from None
+        raise FFEdgeError(
+            f"cannot read {path}: {reason(e) if not isinstance(e, OSError) else e.strerror or e}"
+        ) from None
     if not stat.S_ISREG(st.st_mode):
         raise FFEdgeError(f"{path} is {_kind(st.st_mode)}, not a regular file: only regular files are read")
     return st
@@ -119,7 +140,9 @@ def _header(fp: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
             elif version == (2, 0):
                 shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=_MAX_HEADER)
             else:
-                raise FFEdgeError(f"{where}: .npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+                raise FFEdgeError(
+                    f"{where}: .npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)"
+                )
     except DECODE_ERRORS as e:
         raise FFEdgeError(f"{where}: not a readable .npy array ({reason(e)})") from None
     if dtype.hasobject:
@@ -141,10 +164,14 @@ def read_npy(fp: BinaryIO, where: str, available: int) -> np.ndarray:
     shape, fortran, dtype = _header(fp, where)
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=object))
     if nbytes > MAX_ARRAY_BYTES:
-        raise FFEdgeError(f"{where}: array of shape {list(shape)} ({nbytes:,} bytes) exceeds the {MAX_ARRAY_BYTES:,}-byte limit")
+        raise FFEdgeError(
+            f"{where}: array of shape {list(shape)} ({nbytes:,} bytes) exceeds the {MAX_ARRAY_BYTES:,}-byte limit"
+        )
     left = available - (fp.tell() - start)
     if nbytes > left:
-        raise FFEdgeError(f"{where}: header declares {nbytes:,} bytes of data but only {max(left, 0):,} follow (truncated or corrupt)")
+        raise FFEdgeError(
+            f"{where}: header declares {nbytes:,} bytes of data but only {max(left, 0):,} follow (truncated or corrupt)"
+        )
     try:
         buf = read_upto(fp, nbytes)
     except DECODE_ERRORS as e:
@@ -197,7 +224,9 @@ class NpzArchive:
             with self._zip.open(info) as m:
                 arr = read_npy(m, where, info.file_size)
                 if m.tell() != info.file_size:
-                    raise FFEdgeError(f"{where}: member holds {info.file_size:,} bytes, the .npy header accounts for {m.tell():,}")
+                    raise FFEdgeError(
+                        f"{where}: member holds {info.file_size:,} bytes, the .npy header accounts for {m.tell():,}"
+                    )
                 m.read(1)  # reaching the end verifies the CRC
         except DECODE_ERRORS as e:
             raise FFEdgeError(f"{where}: cannot read it ({reason(e)})") from None

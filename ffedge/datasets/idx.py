@@ -24,8 +24,16 @@ _UBYTE = 0x08
 CLASSES = {
     "mnist": [str(i) for i in range(10)],
     "fashion-mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
 }
 
@@ -70,7 +78,9 @@ def read_idx_gz(path: Path) -> np.ndarray:
             with gzip.GzipFile(fileobj=raw, mode="rb") as f:
                 return _read_idx(f, str(path))
         except DECODE_ERRORS as e:
-            raise FFEdgeError(f"cannot read {path}: corrupt or truncated gzip ({reason(e)}); delete it and download it again") from None
+            raise FFEdgeError(
+                f"cannot read {path}: corrupt or truncated gzip ({reason(e)}); delete it and download it again"
+            ) from None
 
 
 def read_idx_split(images_path: Path, labels_path: Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

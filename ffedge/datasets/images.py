@@ -117,7 +117,9 @@ def _wide_to_uint8(a: np.ndarray, mode: str, bits: int | None, path: Path) -> np
         top = 2 ** (bits or 16) - 1
     elif lo < 0 or hi > 65535:
         kind = "float" if mode == "F" else "32-bit integer"
-        raise FFEdgeError(f"{path}: {kind} pixel values {lo:g}..{hi:g} are outside 0..65535: store 0..1, 0..255 or 0..65535")
+        raise FFEdgeError(
+            f"{path}: {kind} pixel values {lo:g}..{hi:g} are outside 0..65535: store 0..1, 0..255 or 0..65535"
+        )
     else:
         top = 1 if mode == "F" and hi <= 1 else 255 if hi <= 255 else 65535
     if lo < 0 or hi > top:
@@ -157,9 +159,13 @@ def decode_image(path: Path, mode: str | None = None) -> np.ndarray:
         except FFEdgeError:
             raise
         except Image.DecompressionBombError:  # Pillow's own limit, above ours
-            raise FFEdgeError(f"{path}: image is above the limit of {MAX_IMAGE_PIXELS:,} pixels (MAX_IMAGE_PIXELS)") from None
+            raise FFEdgeError(
+                f"{path}: image is above the limit of {MAX_IMAGE_PIXELS:,} pixels (MAX_IMAGE_PIXELS)"
+            ) from None
         except Image.UnidentifiedImageError:
-            raise FFEdgeError(f"cannot read image {path}: not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} file") from None
+            raise FFEdgeError(
+                f"cannot read image {path}: not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} file"
+            ) from None
         except _PILLOW_ERRORS as e:
             why = f"{printable(lib.text)} (libtiff)" if lib.text else f"{reason(e)} ({type(e).__name__})"
             raise FFEdgeError(f"cannot read image {path}: {why}") from None

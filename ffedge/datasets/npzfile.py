@@ -25,7 +25,9 @@ REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 def _check_images(x: np.ndarray, key: str, where: str) -> np.ndarray:
     if x.dtype != np.uint8:
-        raise FFEdgeError(f"{where}: {key} must be uint8 (0..255), got {x.dtype}: scale and cast it with .astype(np.uint8)")
+        raise FFEdgeError(
+            f"{where}: {key} must be uint8 (0..255), got {x.dtype}: scale and cast it with .astype(np.uint8)"
+        )
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3)):
         raise FFEdgeError(f"{where}: {key} must be NHW or NHWC with C = 1 or 3, got shape {x.shape}")
     return np.ascontiguousarray(as_nhwc(x))
@@ -60,8 +62,10 @@ def _gaps(used: np.ndarray, where: str) -> str | None:
     top = int(used[-1]) if used.size else -1
     if used.size == top + 1:
         return None
-    return (f"{where}: labels {_shown(used)} are {used.size} distinct values but go up to {top}, which would make "
-            f"{top + 1} classes: number the classes 0..{used.size - 1}, or store class_names ({top + 1} names) if the gaps are meant")
+    return (
+        f"{where}: labels {_shown(used)} are {used.size} distinct values but go up to {top}, which would make "
+        f"{top + 1} classes: number the classes 0..{used.size - 1}, or store class_names ({top + 1} names) if the gaps are meant"
+    )
 
 
 def _class_names(npz: NpzArchive, used: np.ndarray, where: str) -> list[str]:
@@ -77,7 +81,9 @@ def _class_names(npz: NpzArchive, used: np.ndarray, where: str) -> list[str]:
         raise FFEdgeError(f"{where}: class_names must be a 1-D string array, got {names.dtype} {names.shape}")
     out = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
     if top >= len(out):
-        raise FFEdgeError(f"{where}: class_names has {len(out)} names but labels go up to {top} (labels must be 0..{len(out) - 1})")
+        raise FFEdgeError(
+            f"{where}: class_names has {len(out)} names but labels go up to {top} (labels must be 0..{len(out) - 1})"
+        )
     return out
 
 
@@ -89,14 +95,18 @@ def load_npz(path: Path) -> Dataset:
     with NpzArchive(path) as npz:
         missing = [k for k in REQUIRED_KEYS if k not in npz]
         if missing:
-            raise FFEdgeError(f"{where}: missing key(s) {', '.join(missing)} (has: {', '.join(npz.files) or 'nothing'})")
+            raise FFEdgeError(
+                f"{where}: missing key(s) {', '.join(missing)} (has: {', '.join(npz.files) or 'nothing'})"
+            )
         x_tr = _check_images(npz.array("x_train"), "x_train", where)
         x_te = _check_images(npz.array("x_test"), "x_test", where)
         for key, x in (("x_train", x_tr), ("x_test", x_te)):
             if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
                 raise FFEdgeError(f"{where}: {key} is empty (shape {x.shape}): it needs at least one image")
         if x_tr.shape[1:] != x_te.shape[1:]:
-            raise FFEdgeError(f"{where}: x_train images are {x_tr.shape[1:]} but x_test images are {x_te.shape[1:]} (HWC)")
+            raise FFEdgeError(
+                f"{where}: x_train images are {x_tr.shape[1:]} but x_test images are {x_te.shape[1:]} (HWC)"
+            )
         y_tr = _check_labels(npz.array("y_train"), "y_train", len(x_tr), where)
         y_te = _check_labels(npz.array("y_test"), "y_test", len(x_te), where)
         used = np.union1d(y_tr.astype(np.uint64), y_te.astype(np.uint64))
@@ -107,4 +117,6 @@ def load_npz(path: Path) -> Dataset:
     return Dataset(f"npz:{path}", x_tr, as_labels(y_tr), x_te, as_labels(y_te), classes, label_gaps=gaps)
 
 
-register_path_kind("npz:", lambda path, image_size: resized(load_npz(path), image_size), note="x_train, y_train, x_test, y_test")
+register_path_kind(
+    "npz:", lambda path, image_size: resized(load_npz(path), image_size), note="x_train, y_train, x_test, y_test"
+)

@@ -82,7 +82,10 @@ def path_kind(spec: str) -> PathKind | None:
 
 def dataset_choices(notes: bool = False) -> list[str]:
     """Every accepted spec as help texts and errors list them: the names, then ``PREFIX:PATH``; ``notes`` adds each note."""
+
     def shown(text: str, note: str) -> str:
         return f"{text} ({note})" if notes and note else text
 
-    return [shown(d.name, d.note) for d in _NAMED.values()] + [shown(k.prefix + "PATH", k.note) for k in _PATHS.values()]
+    return [shown(d.name, d.note) for d in _NAMED.values()] + [
+        shown(k.prefix + "PATH", k.note) for k in _PATHS.values()
+    ]

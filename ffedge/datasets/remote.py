@@ -91,8 +91,13 @@ def _progress():
 
     console = Console(stderr=True)
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     )
 
 
@@ -137,7 +142,9 @@ def ensure_files(dataset: str, directory: Path, download: bool) -> dict[str, Pat
     paths = {name: directory / name for name in source.files}
     missing = [name for name, p in paths.items() if not p.is_file()]
     if missing and not download:
-        raise FFEdgeError(f"{dataset}: missing {', '.join(missing)} and downloading is off: {_where(dataset, directory, missing)}")
+        raise FFEdgeError(
+            f"{dataset}: missing {', '.join(missing)} and downloading is off: {_where(dataset, directory, missing)}"
+        )
     if missing:
         try:
             directory.mkdir(parents=True, exist_ok=True)

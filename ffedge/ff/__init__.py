@@ -18,6 +18,18 @@ from ffedge.ff.measures import goodness, normalize_features
 from ffedge.ff.negatives import wrong_labels
 
 __all__ = [
-    "DEFAULT_ALPHA", "DEFAULT_LOSS", "DEFAULT_THRESHOLD", "HEAD_NORM_EPS", "LOSS_NAMES", "FFLoss", "ff_loss", "goodness",
-    "loss_names", "loss_spec", "normalize_features", "register_loss", "registered_losses", "wrong_labels",
+    "DEFAULT_ALPHA",
+    "DEFAULT_LOSS",
+    "DEFAULT_THRESHOLD",
+    "HEAD_NORM_EPS",
+    "LOSS_NAMES",
+    "FFLoss",
+    "ff_loss",
+    "goodness",
+    "loss_names",
+    "loss_spec",
+    "normalize_features",
+    "register_loss",
+    "registered_losses",
+    "wrong_labels",
 ]

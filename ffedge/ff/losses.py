@@ -89,8 +89,9 @@ def bce(gp: np.ndarray, gn: np.ndarray, alpha: float, threshold: float) -> tuple
 LOSS_NAMES = loss_names()
 
 
-def ff_loss(name: str, g_pos: np.ndarray, g_neg: np.ndarray, alpha: float = DEFAULT_ALPHA,
-            threshold: float = DEFAULT_THRESHOLD) -> tuple[float, np.ndarray, np.ndarray]:
+def ff_loss(
+    name: str, g_pos: np.ndarray, g_neg: np.ndarray, alpha: float = DEFAULT_ALPHA, threshold: float = DEFAULT_THRESHOLD
+) -> tuple[float, np.ndarray, np.ndarray]:
     """The registered loss ``name`` on goodness pairs; returns (loss, dL/dg_pos, dL/dg_neg).
 
     g_pos and g_neg are [N] (one negative per positive), computed in float64; the gradients come back in
@@ -99,7 +100,9 @@ def ff_loss(name: str, g_pos: np.ndarray, g_neg: np.ndarray, alpha: float = DEFA
     spec = loss_spec(name)
     gp, gn = np.asarray(g_pos, np.float64), np.asarray(g_neg, np.float64)
     if gp.shape != gn.shape or gp.ndim != 1 or gp.size == 0:
-        raise FFEdgeError(f"ff_loss needs g_pos and g_neg of the same non-empty shape [N], got {gp.shape} and {gn.shape}")
+        raise FFEdgeError(
+            f"ff_loss needs g_pos and g_neg of the same non-empty shape [N], got {gp.shape} and {gn.shape}"
+        )
     loss, dp, dn = spec.fn(gp, gn, alpha, threshold)
     dt = np.result_type(np.asarray(g_pos).dtype, np.float32)
     return float(loss), dp.astype(dt), dn.astype(dt)

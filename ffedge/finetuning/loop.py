@@ -125,12 +125,19 @@ def _load_data(b: Bundle, cfg: FinetuneConfig) -> tuple[np.ndarray, np.ndarray, 
         )
     k = len(b.classes)
     if len(ds.y_train) < 2 * k:
-        raise FFEdgeError(f"{cfg.data}: {len(ds.y_train)} training examples are too few (need at least {2 * k}, two per class)")
+        raise FFEdgeError(
+            f"{cfg.data}: {len(ds.y_train)} training examples are too few (need at least {2 * k}, two per class)"
+        )
     if len(ds.y_test) == 0:
         raise FFEdgeError(f"{cfg.data}: no held-out examples to measure the fine-tuning on")
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.permutation(len(ds.y_train))[: cfg.max_examples])
-    return ds.x_train[pick].copy(), ds.y_train[pick].copy(), ds.x_test[: cfg.eval_examples].copy(), ds.y_test[: cfg.eval_examples].copy()
+    return (
+        ds.x_train[pick].copy(),
+        ds.y_train[pick].copy(),
+        ds.x_test[: cfg.eval_examples].copy(),
+        ds.y_test[: cfg.eval_examples].copy(),
+    )
 
 
 def accuracy(rt: Runtime, x: np.ndarray, y: np.ndarray, mode: str) -> float:
@@ -161,15 +168,24 @@ class HybridNet:
                 cur, out[i] = self.sessions[i].run([NEXT, FEATURE], {INPUT: cur})
         return [out[i] for i in which]
 
-    def train_batch(self, x_pos: np.ndarray, x_neg: np.ndarray, opts: dict[int, Adam], objective: dict[str, Any]) -> list[float]:
+    def train_batch(
+        self, x_pos: np.ndarray, x_neg: np.ndarray, opts: dict[int, Adam], objective: dict[str, Any]
+    ) -> list[float]:
         """One FF step on every trainable layer (each on its own input: layer-local); returns their losses."""
         n = len(x_pos)
         cur = np.concatenate([x_pos, x_neg])
         losses = []
         for i in range(max(self.layers) + 1):
             if i in self.layers:
-                loss, _, _ = ff_step(self.layers[i], opts[i], cur[:n], cur[n:], objective.get("loss", DEFAULT_LOSS),
-                                     float(objective.get("alpha", DEFAULT_ALPHA)), float(objective.get("threshold", DEFAULT_THRESHOLD)))
+                loss, _, _ = ff_step(
+                    self.layers[i],
+                    opts[i],
+                    cur[:n],
+                    cur[n:],
+                    objective.get("loss", DEFAULT_LOSS),
+                    float(objective.get("alpha", DEFAULT_ALPHA)),
+                    float(objective.get("threshold", DEFAULT_THRESHOLD)),
+                )
                 losses.append(loss)
                 if self.anchor:
                     for p, p0 in zip(self.layers[i].params, self.start[i]):
@@ -181,7 +197,9 @@ class HybridNet:
         return losses
 
 
-def _write_candidates(b: Bundle, net: HybridNet, head: SoftmaxHead | None, master: dict[str, np.ndarray], tmp: Path) -> dict[str, Path]:
+def _write_candidates(
+    b: Bundle, net: HybridNet, head: SoftmaxHead | None, master: dict[str, np.ndarray], tmp: Path
+) -> dict[str, Path]:
     """Patched copies of the changed files (layer files, net.onnx, head.onnx, master.npz) in ``tmp``."""
     files: dict[str, Path] = {}
     fused_values: dict[str, np.ndarray] = {}
@@ -243,7 +261,9 @@ def _check_space(folder: Path | str, needed: int, hint: str = "") -> None:
     except OSError:
         return
     if free < needed:
-        raise FFEdgeError(f"{folder}: {free / 1e6:.1f} MB free, this fine-tune writes about {needed / 1e6:.1f} MB there{hint}; nothing was done")
+        raise FFEdgeError(
+            f"{folder}: {free / 1e6:.1f} MB free, this fine-tune writes about {needed / 1e6:.1f} MB there{hint}; nothing was done"
+        )
 
 
 def _check_temp(needed: int) -> None:
@@ -252,7 +272,9 @@ def _check_temp(needed: int) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix="ffedge-finetune-"))
     except OSError as e:
-        raise FFEdgeError(f"cannot make a temporary folder in {root}: {os_reason(e)} (set TMPDIR to a writable folder)") from None
+        raise FFEdgeError(
+            f"cannot make a temporary folder in {root}: {os_reason(e)} (set TMPDIR to a writable folder)"
+        ) from None
     _check_space(root, needed, " (set TMPDIR to a folder with room)")
 
 
@@ -262,22 +284,29 @@ def _temp_folder(version: int) -> Iterator[Path]:
     try:
         tmp = tempfile.TemporaryDirectory(prefix="ffedge-finetune-")
     except OSError as e:
-        raise FFEdgeError(f"cannot make a temporary folder in {_temp_root()}: {os_reason(e)}; the bundle is unchanged (still version {version})") from None
+        raise FFEdgeError(
+            f"cannot make a temporary folder in {_temp_root()}: {os_reason(e)}; the bundle is unchanged (still version {version})"
+        ) from None
     with tmp as name:
         try:
             yield Path(name)
         except OSError as e:
             if not (e.filename and Path(os.path.abspath(e.filename)).is_relative_to(name)):
                 raise
-            raise FFEdgeError(f"cannot write temporary files in {_temp_root()}: {os_reason(e)}; the bundle is unchanged (still version {version}) "
-                              "(set TMPDIR to a folder with room)") from None
+            raise FFEdgeError(
+                f"cannot write temporary files in {_temp_root()}: {os_reason(e)}; the bundle is unchanged (still version {version}) "
+                "(set TMPDIR to a folder with room)"
+            ) from None
 
 
 def _replaced_bytes(b: Bundle, which: list[int]) -> int:
     """Bytes of the files a fine-tune of layers ``which`` writes (the same sizes as the files they replace)."""
     m = b.manifest
-    names = {b.layers[i].file for i in which} | {m.fused.file if m.fused else None, b.head.file if b.head else None,
-                                                 m.master.file if m.master else None}
+    names = {b.layers[i].file for i in which} | {
+        m.fused.file if m.fused else None,
+        b.head.file if b.head else None,
+        m.master.file if m.master else None,
+    }
     return sum(b.file(n).stat().st_size for n in names if n)
 
 
@@ -287,10 +316,14 @@ def _hold_lock(b: Bundle, cleanup: contextlib.ExitStack) -> None:
     try:
         cleanup.enter_context(update_lock(b.path))
     except OSError as e:
-        raise FFEdgeError(f"{b.path}: cannot lock the bundle for the update: {os_reason(e)}; the bundle is unchanged (still version {version})") from None
+        raise FFEdgeError(
+            f"{b.path}: cannot lock the bundle for the update: {os_reason(e)}; the bundle is unchanged (still version {version})"
+        ) from None
     now = bundle_version(read_manifest(b.path))
     if now != version:
-        raise FFEdgeError(f"{b.path}: version {now} became current while this fine-tune was starting from version {version}; nothing was done")
+        raise FFEdgeError(
+            f"{b.path}: version {now} became current while this fine-tune was starting from version {version}; nothing was done"
+        )
 
 
 def _copy_bundle(src: Path, out: Path, cleanup: contextlib.ExitStack, version: int) -> Path:
@@ -314,7 +347,9 @@ def _copy_bundle(src: Path, out: Path, cleanup: contextlib.ExitStack, version: i
         raise FFEdgeError(f"cannot create {out}: {os_reason(e)}") from None
     now = bundle_version(read_manifest(tmp))
     if now != version:
-        raise FFEdgeError(f"{src} became version {now} while this fine-tune of version {version} ran: {out} was not written; run it again")
+        raise FFEdgeError(
+            f"{src} became version {now} while this fine-tune of version {version} ran: {out} was not written; run it again"
+        )
     return tmp
 
 
@@ -330,7 +365,9 @@ def _publish(tmp: Path, out: Path) -> Path:
     return out
 
 
-def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def finetune(
+    bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = None, reporter: Reporter | None = None
+) -> dict[str, Any]:
     """Fine-tune ``bundle`` (in place, or a copy at ``out``) on ``cfg.data``; returns what was measured.
 
     Options, the bundle (no links), ``out`` and the temporary directory are
@@ -343,7 +380,9 @@ def finetune(bundle: str | Path, cfg: FinetuneConfig, out: str | Path | None = N
         return _finetune(Path(bundle), cfg, out, reporter or QuietReporter(), cleanup)
 
 
-def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Reporter, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+def _finetune(
+    bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Reporter, cleanup: contextlib.ExitStack
+) -> dict[str, Any]:
     cfg.validate()
     check_no_links(bundle)  # before anything in it is read
     out_disk = _check_out(Path(out), bundle) if out is not None else bundle
@@ -373,8 +412,11 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
     net = HybridNet(rt, layers, cfg.anchor)
     k = len(b.classes)
     mean, std = b.manifest.input.mean, b.manifest.input.std
-    rep.log(f"fine-tuning {b.path} on {cfg.data}: {n_new} examples (+{len(y_tr) - n_new} replayed), layers {which} + head, {cfg.epochs} epochs; "
-            f"scoring on {len(y_te)} held-out examples")
+    rep.log(
+        f"fine-tuning {b.path} on {cfg.data}: {n_new} examples (+{len(y_tr) - n_new} "
+        f"replayed), layers {which} + head, {cfg.epochs} epochs; "
+        f"scoring on {len(y_te)} held-out examples"
+    )
     before = accuracy(rt, x_te, y_te, cfg.mode)
     rep.log(f"held-out accuracy before: {before:.2%}")
     opts = {i: Adam(layer.params, lr=cfg.lr) for i, layer in layers.items()}
@@ -393,7 +435,14 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
                 xn = normalize(x_tr[idx], mean, std)
                 y = y_tr[idx]
                 wrong = wrong_labels(y, k, rng)
-                losses.append(net.train_batch(b.encoding.encode(xn, y), b.encoding.encode(xn, wrong), opts, b.manifest.objective.options() if b.manifest.objective else {}))
+                losses.append(
+                    net.train_batch(
+                        b.encoding.encode(xn, y),
+                        b.encoding.encode(xn, wrong),
+                        opts,
+                        b.manifest.objective.options() if b.manifest.objective else {},
+                    )
+                )
                 step += 1
                 advance(len(idx), loss=f"{np.mean(losses[-1]):.3f}")
         history.append(float(np.mean(losses)))
@@ -402,9 +451,12 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
     if b.head and cfg.head_epochs:
         head = SoftmaxHead.from_master(master)
         hl = list(b.head.layers)
-        feats = np.concatenate([
-            head.features(net.features(b.encoding.neutral(normalize(x_tr[s : s + 64], mean, std)), hl)) for s in range(0, len(y_tr), 64)
-        ])
+        feats = np.concatenate(
+            [
+                head.features(net.features(b.encoding.neutral(normalize(x_tr[s : s + 64], mean, std)), hl))
+                for s in range(0, len(y_tr), 64)
+            ]
+        )
         with rep.task("softmax head", cfg.head_epochs) as advance:
             for _ in range(cfg.head_epochs):
                 perm = rng.permutation(len(y_tr))
@@ -423,9 +475,19 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
             new_layers[i]["quant"] = {**new_layers[i]["quant"], "weight_scale": float(layer.weight_scale())}
         seconds = time.perf_counter() - t0
         entry = {
-            "event": "finetune", "data": cfg.data, "examples": int(n_new), "replayed": int(len(y_tr) - n_new), "held_out": int(len(y_te)),
-            "layers": which, "head": head is not None, "epochs": cfg.epochs, "mode": cfg.mode,
-            "accuracy_before": before, "accuracy_after": after, "seconds": round(seconds, 1), "ff_loss": history,
+            "event": "finetune",
+            "data": cfg.data,
+            "examples": int(n_new),
+            "replayed": int(len(y_tr) - n_new),
+            "held_out": int(len(y_te)),
+            "layers": which,
+            "head": head is not None,
+            "epochs": cfg.epochs,
+            "mode": cfg.mode,
+            "accuracy_before": before,
+            "accuracy_after": after,
+            "seconds": round(seconds, 1),
+            "ff_loss": history,
             "config": asdict(cfg),
         }
         if out is not None:
@@ -434,8 +496,15 @@ def _finetune(bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Re
         if out is not None:
             target = _publish(target, Path(out))
     return {
-        "bundle": str(target), "version": bundle_version(manifest), "examples": int(n_new), "replayed": int(len(y_tr) - n_new),
+        "bundle": str(target),
+        "version": bundle_version(manifest),
+        "examples": int(n_new),
+        "replayed": int(len(y_tr) - n_new),
         "held_out": int(len(y_te)),
-        "layers": which, "accuracy_before": before, "accuracy_after": after, "ff_loss": history,
-        "seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
+        "layers": which,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "ff_loss": history,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
     }

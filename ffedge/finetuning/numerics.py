@@ -116,8 +116,9 @@ def _check_conv(x: np.ndarray, kernel: int) -> None:
         raise FFEdgeError(f"conv2d supports odd square kernels, got {kernel}")
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int,
-                   chunk_bytes: int = COLS_CHUNK_BYTES) -> np.ndarray:
+def conv2d_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int, chunk_bytes: int = COLS_CHUNK_BYTES
+) -> np.ndarray:
     """Stride-1 convolution, NCHW: x [N, C, H, W], w [O, C, k, k], b [O] -> [N, O, Ho, Wo].
 
     Works through the batch in chunks whose im2col buffer stays under ``chunk_bytes``;
@@ -142,8 +143,9 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, pad: int,
     return out
 
 
-def conv2d_backward(x: np.ndarray, dy: np.ndarray, kernel: int, pad: int,
-                    chunk_bytes: int = COLS_CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+def conv2d_backward(
+    x: np.ndarray, dy: np.ndarray, kernel: int, pad: int, chunk_bytes: int = COLS_CHUNK_BYTES
+) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d_forward` w.r.t. weight and bias, given dLoss/dy [N, O, Ho, Wo].
 
     Returns (dw [O, C, k, k], db [O]); no gradient w.r.t. the (frozen) input.
@@ -182,8 +184,13 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 class Adam:
     """Adam as ``torch.optim.Adam`` (no weight decay); updates the given arrays in place."""
 
-    def __init__(self, params: Sequence[np.ndarray], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params: Sequence[np.ndarray],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
         self.params = list(params)
         self.lr, self.betas, self.eps = float(lr), (float(betas[0]), float(betas[1])), float(eps)
         self.t = 0
@@ -277,8 +284,9 @@ class QuantFFLayer:
         self.w_range = int_range(self.weight_bits, signed=True, narrow=True)
 
     @classmethod
-    def from_master(cls, master: Mapping[str, np.ndarray], index: int, layer: Mapping[str, Any],
-                    dtype: DTypeLike = np.float32) -> "QuantFFLayer":
+    def from_master(
+        cls, master: Mapping[str, np.ndarray], index: int, layer: Mapping[str, Any], dtype: DTypeLike = np.float32
+    ) -> "QuantFFLayer":
         """Layer ``index`` from ``master.npz`` arrays and its manifest entry (``manifest["layers"][index]``)."""
         p = master_prefix(index)
         q = layer.get("quant")
@@ -295,8 +303,16 @@ class QuantFFLayer:
         else:
             stats = (master[p + MASTER_BN_MEAN], master[p + MASTER_BN_VAR], _scalar(master[p + MASTER_BN_EPS]))
         return cls(
-            master[p + MASTER_WEIGHT], master[p + MASTER_BIAS], *stats,
-            q["input_scale"], q["output_scale"], q["weight_bits"], q["act_bits"], bool(layer.get("pool", False)), dtype, norm=norm,
+            master[p + MASTER_WEIGHT],
+            master[p + MASTER_BIAS],
+            *stats,
+            q["input_scale"],
+            q["output_scale"],
+            q["weight_bits"],
+            q["act_bits"],
+            bool(layer.get("pool", False)),
+            dtype,
+            norm=norm,
         )
 
     @property
@@ -369,7 +385,9 @@ class QuantFFLayer:
             CONV_W_Q: quant_int(w, s_w, *self.w_range).astype(np.int8),
             CONV_W_SCALE: np.array(s_w, dtype=np.float32),
             # Round in float32 as Brevitas; clip in float64, where the int32 bounds are exact.
-            CONV_B_Q: np.clip(np.rint(self.bias.astype(np.float32) / s_b).astype(np.float64), INT32_MIN, INT32_MAX).astype(np.int32),
+            CONV_B_Q: np.clip(
+                np.rint(self.bias.astype(np.float32) / s_b).astype(np.float64), INT32_MIN, INT32_MAX
+            ).astype(np.int32),
             CONV_B_SCALE: np.array(s_b, dtype=np.float32),
         }
 
@@ -378,21 +396,35 @@ class QuantFFLayer:
         p = master_prefix(index)
         arrays = {p + MASTER_WEIGHT: self.weight.astype(np.float32), p + MASTER_BIAS: self.bias.astype(np.float32)}
         if self.norm == "rms":
-            arrays[p + MASTER_RMS_EPS] = np.array([self.bn_eps], dtype=np.float32)  # shape [1], as write_master stores it
+            arrays[p + MASTER_RMS_EPS] = np.array(
+                [self.bn_eps], dtype=np.float32
+            )  # shape [1], as write_master stores it
         else:
             assert self.bn_mean is not None and self.bn_var is not None
-            arrays.update({
-                p + MASTER_BN_MEAN: self.bn_mean.astype(np.float32), p + MASTER_BN_VAR: self.bn_var.astype(np.float32),
-                p + MASTER_BN_EPS: np.array([self.bn_eps], dtype=np.float32),  # shape [1], as write_master stores it
-            })
+            arrays.update(
+                {
+                    p + MASTER_BN_MEAN: self.bn_mean.astype(np.float32),
+                    p + MASTER_BN_VAR: self.bn_var.astype(np.float32),
+                    p + MASTER_BN_EPS: np.array(
+                        [self.bn_eps], dtype=np.float32
+                    ),  # shape [1], as write_master stores it
+                }
+            )
         return arrays
 
 
 # ---------------------------------------------------------------------------- FF step
 
 
-def ff_step(layer: QuantFFLayer, opt: Adam, x_pos: np.ndarray, x_neg: np.ndarray, loss: str = DEFAULT_LOSS,
-            alpha: float = DEFAULT_ALPHA, threshold: float = DEFAULT_THRESHOLD) -> tuple[float, float, float]:
+def ff_step(
+    layer: QuantFFLayer,
+    opt: Adam,
+    x_pos: np.ndarray,
+    x_neg: np.ndarray,
+    loss: str = DEFAULT_LOSS,
+    alpha: float = DEFAULT_ALPHA,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> tuple[float, float, float]:
     """One FF update of ``layer``: positives and negatives in one forward, the registered loss
     (:func:`ffedge.ff.ff_loss`), grads, Adam step.
 

@@ -14,7 +14,15 @@ import importlib
 import pkgutil
 
 from ffedge.labels.base import ARRAY_ATOL, CONFIG_VERSION, MAX_PARAM, LabelEncoding, LabelPicture
-from ffedge.labels.fourier import FAN_FREQUENCY, FAN_MAX_CLASSES, LATTICE_MIN_LENGTH, FourierEncoding, fan_waves, grating, lattice_waves
+from ffedge.labels.fourier import (
+    FAN_FREQUENCY,
+    FAN_MAX_CLASSES,
+    LATTICE_MIN_LENGTH,
+    FourierEncoding,
+    fan_waves,
+    grating,
+    lattice_waves,
+)
 from ffedge.labels.morph import (
     MORPH_DEFAULT_OPS,
     MORPH_OPS,
@@ -39,9 +47,33 @@ del _module
 ENCODING_NAMES = encoding_names()
 
 __all__ = [
-    "ARRAY_ATOL", "CONFIG_VERSION", "ENCODING_NAMES", "FAN_FREQUENCY", "FAN_MAX_CLASSES", "LATTICE_MIN_LENGTH", "MAX_PARAM",
-    "MORPH_DEFAULT_OPS", "MORPH_OPS", "MORPH_SHRINKING", "MORPH_SHRINK_MAX_RADIUS", "ONEHOT_DEFAULT_AMPLITUDE",
-    "FourierEncoding", "LabelEncoding", "LabelPicture", "MorphEncoding", "OneHotEncoding",
-    "encoding_class", "encoding_from_config", "encoding_names", "fan_waves", "grating", "lattice_waves", "line_directions",
-    "line_offsets", "make_encoding", "morph_apply", "morph_transforms", "register",
+    "ARRAY_ATOL",
+    "CONFIG_VERSION",
+    "ENCODING_NAMES",
+    "FAN_FREQUENCY",
+    "FAN_MAX_CLASSES",
+    "LATTICE_MIN_LENGTH",
+    "MAX_PARAM",
+    "MORPH_DEFAULT_OPS",
+    "MORPH_OPS",
+    "MORPH_SHRINKING",
+    "MORPH_SHRINK_MAX_RADIUS",
+    "ONEHOT_DEFAULT_AMPLITUDE",
+    "FourierEncoding",
+    "LabelEncoding",
+    "LabelPicture",
+    "MorphEncoding",
+    "OneHotEncoding",
+    "encoding_class",
+    "encoding_from_config",
+    "encoding_names",
+    "fan_waves",
+    "grating",
+    "lattice_waves",
+    "line_directions",
+    "line_offsets",
+    "make_encoding",
+    "morph_apply",
+    "morph_transforms",
+    "register",
 ]

@@ -193,8 +193,11 @@ class LabelEncoding(ABC):
         What ``make_encoding`` accepts as ``**params`` (and ``to_config`` writes back).
         """
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return tuple(p.name for p in inspect.signature(cls.__init__).parameters.values()
-                     if p.kind in kinds and p.name not in _COMMON_ARGS)
+        return tuple(
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.kind in kinds and p.name not in _COMMON_ARGS
+        )
 
     def pictures(self) -> tuple[list[LabelPicture], str]:
         """The label by itself, for ``ffedge labels``: the neutral label, then one picture per class; and a heading."""
@@ -206,4 +209,3 @@ class LabelEncoding(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_config()!r})"
-

@@ -97,7 +97,10 @@ class FourierEncoding(LabelEncoding):
 
     name = "fourier"
     # Where the grating goes, and what the help of --label-mode says of it.
-    MODE_HELP = {"channel": "the grating as an extra input channel", "add": "the grating added to the image, as in the paper"}
+    MODE_HELP = {
+        "channel": "the grating as an extra input channel",
+        "add": "the grating added to the image, as in the paper",
+    }
     MODES = tuple(MODE_HELP)
 
     def __init__(

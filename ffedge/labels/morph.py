@@ -193,7 +193,9 @@ class MorphEncoding(LabelEncoding):
             ok = isinstance(t, (list, tuple)) and len(t) == 3 and t[0] in MORPH_OPS
             ok = ok and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in t[1:])
             if not ok or max(abs(int(t[1])), abs(int(t[2]))) < 1:
-                raise FFEdgeError(f"morph: transform {k} must be [op, dy, dx] with op in {MORPH_OPS} and (dy, dx) != (0, 0), got {t!r}")
+                raise FFEdgeError(
+                    f"morph: transform {k} must be [op, dy, dx] with op in {MORPH_OPS} and (dy, dx) != (0, 0), got {t!r}"
+                )
             out.append((str(t[0]), int(t[1]), int(t[2])))
         keys = [(op, frozenset(line_offsets(dy, dx))) for op, dy, dx in out]
         if len(set(keys)) != len(keys):

@@ -26,7 +26,9 @@ class OneHotEncoding(LabelEncoding):
 
     name = "onehot"
 
-    def __init__(self, num_classes: int, image_shape: tuple[int, int, int], amplitude: float = ONEHOT_DEFAULT_AMPLITUDE) -> None:
+    def __init__(
+        self, num_classes: int, image_shape: tuple[int, int, int], amplitude: float = ONEHOT_DEFAULT_AMPLITUDE
+    ) -> None:
         super().__init__(num_classes, image_shape)
         self.amplitude = check_amplitude(amplitude)
         _, h, w = self.image_shape
@@ -67,4 +69,7 @@ class OneHotEncoding(LabelEncoding):
 
         pics = [crop(self.neutral(zero))]
         pics += [crop(self.encode(zero, np.array([i]))) for i in range(self.num_classes)]
-        return pics, f"one-hot label pixels: the top-left {rows}x{cols} block of every channel (white = {self.amplitude:g})"
+        return (
+            pics,
+            f"one-hot label pixels: the top-left {rows}x{cols} block of every channel (white = {self.amplitude:g})",
+        )

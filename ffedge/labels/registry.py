@@ -85,7 +85,9 @@ def encoding_from_config(cfg: dict[str, Any], arrays: dict[str, np.ndarray] | No
     name = params.pop("name")
     version = params.pop("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
-        raise FFEdgeError(f"label encoding config version {version!r} is not supported (this ffedge reads {CONFIG_VERSION})")
+        raise FFEdgeError(
+            f"label encoding config version {version!r} is not supported (this ffedge reads {CONFIG_VERSION})"
+        )
     for key in ("num_classes", "image_shape"):
         if key not in params:
             raise FFEdgeError(f"label encoding config lacks {key!r}")

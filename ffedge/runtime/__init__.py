@@ -38,8 +38,16 @@ if TYPE_CHECKING:
 
 # The names of ffedge.runtime.session that ``from ffedge.runtime import ...`` gives.
 _SESSION_NAMES = [
-    "DISABLED_OPTIMIZERS", "ORT_ERRORS", "Graph", "Prediction", "Runtime", "as_pixels", "check_graph",
-    "load_and_check", "make_session", "session_options",
+    "DISABLED_OPTIMIZERS",
+    "ORT_ERRORS",
+    "Graph",
+    "Prediction",
+    "Runtime",
+    "as_pixels",
+    "check_graph",
+    "load_and_check",
+    "make_session",
+    "session_options",
 ]
 __all__ = ["MODES", "check_mode", *_SESSION_NAMES]
 

@@ -29,7 +29,9 @@ class BenchRow:
     size_bytes: int | None = None
 
 
-def bench_runtime(rt: Runtime, name: str, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, batch_size: int = 100) -> BenchRow:
+def bench_runtime(
+    rt: Runtime, name: str, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, batch_size: int = 100
+) -> BenchRow:
     """Accuracy over (x, y), batch-1 latency of goodness over all labels, and per-layer time of a bundle."""
     pred = np.concatenate([rt.predict(x[s : s + batch_size]).labels for s in range(0, len(x), batch_size)])
     ms = time_per_image(lambda i: rt.predict(x[i : i + 1]), len(x), warmup, iters)
@@ -38,8 +40,14 @@ def bench_runtime(rt: Runtime, name: str, x: np.ndarray, y: np.ndarray, warmup: 
     rt.reset_timings()
     time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), 0, iters)
     layer_ms = [s * 1e3 / iters for s in rt.layer_seconds]
-    return BenchRow(name, float((pred == y).mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
-                    layer_ms, rt.bundle.size_bytes())
+    return BenchRow(
+        name,
+        float((pred == y).mean()),
+        float(np.percentile(ms, 50)),
+        float(np.percentile(ms, 90)),
+        layer_ms,
+        rt.bundle.size_bytes(),
+    )
 
 
 def ratios(rows: Sequence[BenchRow], accuracy_base: str, speed_base: str) -> list[dict[str, Any]]:

@@ -22,8 +22,14 @@ from ffedge.runtime.session import Runtime
 from ffedge.runtime.timing import latency
 
 
-def load_fitting(spec: str, input_shape: Sequence[int], data_dir: str | None = None, resize: bool = False,
-                 owner: str = "the bundle", hint: str = " (pass --resize)") -> Dataset:
+def load_fitting(
+    spec: str,
+    input_shape: Sequence[int],
+    data_dir: str | None = None,
+    resize: bool = False,
+    owner: str = "the bundle",
+    hint: str = " (pass --resize)",
+) -> Dataset:
     """A dataset whose images have ``input_shape`` (C, H, W) (resized to it with ``resize``); ``owner`` names who needs it."""
     c, h, w = (int(v) for v in input_shape)
     ds = load_dataset(spec, data_dir=data_dir, image_size=(h, w) if resize else None)
@@ -38,8 +44,16 @@ def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resi
     return load_fitting(spec, bundle.input_shape, data_dir, resize)
 
 
-def first_held_out(spec: str, input_shape: Sequence[int], num_classes: int, data_dir: str | None = None, resize: bool = False,
-             limit: int | None = None, owner: str = "the bundle", hint: str = " (pass --resize)") -> tuple[np.ndarray, np.ndarray]:
+def first_held_out(
+    spec: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    data_dir: str | None = None,
+    resize: bool = False,
+    limit: int | None = None,
+    owner: str = "the bundle",
+    hint: str = " (pass --resize)",
+) -> tuple[np.ndarray, np.ndarray]:
     """The first ``limit`` images (all without it) of the held-out split of a dataset that fits ``input_shape`` and
     ``num_classes``, as uint8 NHWC pixels and labels.
 
@@ -60,8 +74,9 @@ def first_held_out(spec: str, input_shape: Sequence[int], num_classes: int, data
     return x, y
 
 
-def first_held_out_for_bundle(rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False,
-                              limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def first_held_out_for_bundle(
+    rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`first_held_out` of a dataset, checked against the bundle's classes and input shape."""
     return first_held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit)
 

@@ -43,7 +43,8 @@ from ffedge.runtime.preprocess import check_pixels, normalize
 
 # What onnxruntime raises (its own exception types, none a subclass of a builtin one but Exception).
 ORT_ERRORS = tuple(
-    v for v in vars(__import__("onnxruntime.capi.onnxruntime_pybind11_state", fromlist=["_"])).values()
+    v
+    for v in vars(__import__("onnxruntime.capi.onnxruntime_pybind11_state", fromlist=["_"])).values()
     if isinstance(v, type) and issubclass(v, Exception)
 )
 
@@ -93,8 +94,12 @@ def make_session(
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     try:
-        return ort.InferenceSession(str(path), so, providers=list(providers or ["CPUExecutionProvider"]),
-                                    disabled_optimizers=DISABLED_OPTIMIZERS)
+        return ort.InferenceSession(
+            str(path),
+            so,
+            providers=list(providers or ["CPUExecutionProvider"]),
+            disabled_optimizers=DISABLED_OPTIMIZERS,
+        )
     except Exception as e:  # onnxruntime raises its own exception types for bad models
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FFEdgeError(f"{path}: onnxruntime cannot load it: {msg}") from None
@@ -138,13 +143,18 @@ def _signature(args: Sequence, want: dict[str, Dims], what: str, where: str, ord
     for a in args:
         dims = want[a.name]
         shape = list(a.shape) if a.shape is not None else None
-        bad = a.type != "tensor(float)" or shape is None or len(shape) != len(dims) or any(
-            d is not None and isinstance(s, int) and s != d for s, d in zip(shape, dims)
+        bad = (
+            a.type != "tensor(float)"
+            or shape is None
+            or len(shape) != len(dims)
+            or any(d is not None and isinstance(s, int) and s != d for s, d in zip(shape, dims))
         )
         if bad:
             expected = ["N" if d is None else d for d in dims]
-            raise FFEdgeError(f"{where} does not fit the manifest: {what[:-1]} {quoted(a.name)} is {a.type} "
-                              f"{quoted(shape)}, expected float {expected}")
+            raise FFEdgeError(
+                f"{where} does not fit the manifest: {what[:-1]} {quoted(a.name)} is {a.type} "
+                f"{quoted(shape)}, expected float {expected}"
+            )
 
 
 def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None:
@@ -169,7 +179,13 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
         _signature(outs, want, "outputs", where, ordered=False)
     elif kind == "head":
         assert m.head is not None
-        _signature(ins, {head_input(i): [None, m.layers[i].out_shape[0]] for i in m.head.layers}, "inputs", where, ordered=False)
+        _signature(
+            ins,
+            {head_input(i): [None, m.layers[i].out_shape[0]] for i in m.head.layers},
+            "inputs",
+            where,
+            ordered=False,
+        )
         _signature(outs, {PROBS: [None, len(m.classes)]}, "outputs", where)
     else:
         raise ValueError(f"unknown graph kind {kind!r}")
@@ -241,7 +257,9 @@ class Runtime:
     def layer_sessions(self) -> list[Graph]:
         """One session per FF layer (input ``x``; outputs ``y``, ``goodness``, ``feature``)."""
         if self._layer_sessions is None:
-            self._layer_sessions = [self._open(layer.file, "layer", False, i) for i, layer in enumerate(self.bundle.layers)]
+            self._layer_sessions = [
+                self._open(layer.file, "layer", False, i) for i, layer in enumerate(self.bundle.layers)
+            ]
         return self._layer_sessions
 
     @property
@@ -269,7 +287,9 @@ class Runtime:
         outs = self.fused_session.run(names, {INPUT: x_encoded})
         return outs[0], outs[1:]
 
-    def run_layers(self, x_encoded: np.ndarray, feature_layers: Sequence[int] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+    def run_layers(
+        self, x_encoded: np.ndarray, feature_layers: Sequence[int] = ()
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """The layer files one by one: goodness of every layer [L, N] and the requested features.
 
         Accumulates ``layer_seconds``.
@@ -289,7 +309,10 @@ class Runtime:
         """Goodness (summed over the prediction layers) of every label hypothesis: [B, K'] (K' = len(classes) or K)."""
         k = self.num_classes if classes is None else len(classes)
         per = max(1, self.max_hypotheses // max(k, 1))
-        out = [self.forward(self.encoding.encode_all(x_norm[s : s + per], classes))[0].reshape(-1, k) for s in range(0, len(x_norm), per)]
+        out = [
+            self.forward(self.encoding.encode_all(x_norm[s : s + per], classes))[0].reshape(-1, k)
+            for s in range(0, len(x_norm), per)
+        ]
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
     def head_probs(self, x_norm: np.ndarray) -> np.ndarray:
@@ -341,7 +364,11 @@ class Runtime:
             reps = np.repeat(x, k, axis=0)
             g = np.concatenate(
                 [
-                    self.forward(self.encoding.encode(reps[s : s + self.max_hypotheses], cand.reshape(-1)[s : s + self.max_hypotheses]))[0]
+                    self.forward(
+                        self.encoding.encode(
+                            reps[s : s + self.max_hypotheses], cand.reshape(-1)[s : s + self.max_hypotheses]
+                        )
+                    )[0]
                     for s in range(0, len(reps), self.max_hypotheses)
                 ]
             ).reshape(len(x), k)
@@ -379,6 +406,8 @@ def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, 
     if m.replay is not None:
         x, _ = load_replay(b)
         if m.replay.examples is not None and m.replay.examples != len(x):
-            raise FFEdgeError(f"{b.path}: {quoted(m.replay.file)} holds {len(x)} examples, the manifest says {m.replay.examples}")
+            raise FFEdgeError(
+                f"{b.path}: {quoted(m.replay.file)} holds {len(x)} examples, the manifest says {m.replay.examples}"
+            )
         checked[m.replay.file] = f"sha256, loaded (no pickles), {len(x)} examples fit the input and classes"
     return checked

@@ -49,6 +49,7 @@ def bundle_problem(folder: Path) -> str | None:
     A bundle is recognized by its manifest; every other entry must be a file some
     manifest (current or saved under ``versions/``) lists, or ffedge's own bookkeeping.
     """
+
     def read(path: Path) -> Any:
         try:
             return json.loads(path.read_text())
@@ -78,5 +79,7 @@ def check_bundle_out(out: Path, force: bool) -> None:
             raise FFEdgeError(f"{out} already exists: pass --force to replace it")
         why = bundle_problem(out)
         if why is not None:
-            raise FFEdgeError(f"--force replaces only a bundle ffedge wrote, and {out} is not one ({why}): nothing was deleted")
+            raise FFEdgeError(
+                f"--force replaces only a bundle ffedge wrote, and {out} is not one ({why}): nothing was deleted"
+            )
     out.absolute().parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,9 @@ from ffedge.train.run_files import CHECKPOINT, CONFIG, first_line, load_torch, s
 from ffedge.train.trainer import LocalTrainer
 
 
-def save_checkpoint(path: Path, net: FFNet, trainer: LocalTrainer, epoch: int, elapsed: float,
-                    history: list[dict[str, Any]]) -> None:
+def save_checkpoint(
+    path: Path, net: FFNet, trainer: LocalTrainer, epoch: int, elapsed: float, history: list[dict[str, Any]]
+) -> None:
     """Write the checkpoint after ``epoch`` finished epochs (atomically)."""
     save_torch(
         path,
@@ -39,7 +40,13 @@ def check_checkpoint(state: Any, path: Path) -> dict[str, Any]:
     """A checkpoint has the keys and types training uses; else one clear error."""
     if not isinstance(state, dict):
         raise FFEdgeError(f"{path} is not a checkpoint ffedge wrote")
-    for key, types in (("model", dict), ("optimizers", list), ("epoch", int), ("elapsed", (int, float)), ("history", list)):
+    for key, types in (
+        ("model", dict),
+        ("optimizers", list),
+        ("epoch", int),
+        ("elapsed", (int, float)),
+        ("history", list),
+    ):
         if key not in state:
             raise FFEdgeError(f"{path} lacks '{key}': not a checkpoint ffedge wrote")
         if not isinstance(state[key], types) or isinstance(state[key], bool):
@@ -49,7 +56,9 @@ def check_checkpoint(state: Any, path: Path) -> dict[str, Any]:
     try:
         json.dumps(state["history"], allow_nan=True)  # it ends up in metrics.json
     except (TypeError, ValueError):
-        raise FFEdgeError(f"{path}: 'history' holds more than numbers and strings: not a checkpoint ffedge wrote") from None
+        raise FFEdgeError(
+            f"{path}: 'history' holds more than numbers and strings: not a checkpoint ffedge wrote"
+        ) from None
     return state
 
 
@@ -65,7 +74,9 @@ def read_checkpoint(out: Path, epochs: int) -> dict[str, Any] | None:
 def restore(net: FFNet, trainer: LocalTrainer, state: dict[str, Any], path: Path) -> None:
     """Load the checkpoint ``state`` (read from ``path``) into the net and its optimizers."""
     if len(state["optimizers"]) != len(trainer.optimizers):
-        raise FFEdgeError(f"{path} holds {len(state['optimizers'])} optimizers, the net of {CONFIG} has {len(trainer.optimizers)} layers")
+        raise FFEdgeError(
+            f"{path} holds {len(state['optimizers'])} optimizers, the net of {CONFIG} has {len(trainer.optimizers)} layers"
+        )
     try:
         net.load_state_dict(state["model"])
         for opt, sd in zip(trainer.optimizers, state["optimizers"]):

@@ -67,7 +67,12 @@ def black_pixel(data: PreparedData) -> np.ndarray:
 
 
 def train_epoch(
-    run: Training, cfg: TrainConfig, data: PreparedData, epoch: int, folder: RunFolder, reporter: Reporter,
+    run: Training,
+    cfg: TrainConfig,
+    data: PreparedData,
+    epoch: int,
+    folder: RunFolder,
+    reporter: Reporter,
     probe: Probe | None,
 ) -> np.ndarray:
     """Train epoch ``epoch`` (0-based) batch by batch; return each layer's mean (loss, g+, g-) over the steps done.
@@ -100,7 +105,12 @@ def train_epoch(
 
 
 def _batch(
-    net: FFNet, cfg: TrainConfig, data: PreparedData, idx: np.ndarray, fill: np.ndarray, rng: np.random.Generator,
+    net: FFNet,
+    cfg: TrainConfig,
+    data: PreparedData,
+    idx: np.ndarray,
+    fill: np.ndarray,
+    rng: np.random.Generator,
     pred_layers: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive and negative inputs of one batch: the augmented images encoded with their true and with wrong labels."""

@@ -52,8 +52,14 @@ def log_epoch(reporter: Reporter, cfg: TrainConfig, rec: dict[str, Any], means: 
 
 
 def final_metrics(
-    net: FFNet, cfg: TrainConfig, data: PreparedData, f_test: torch.Tensor, precision: str,
-    train_seconds: float, head_seconds: float, history: list[dict[str, Any]],
+    net: FFNet,
+    cfg: TrainConfig,
+    data: PreparedData,
+    f_test: torch.Tensor,
+    precision: str,
+    train_seconds: float,
+    head_seconds: float,
+    history: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """``metrics.json``: accuracies on the whole held-out split (``f_test``: its head features), sizes, times, history."""
     ds = data.dataset

@@ -21,7 +21,13 @@ from ffedge.options import check_float, check_int
 from ffedge.bundle.manifest import write_manifest
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.bundle_folder import bundle_problem, check_bundle_out
-from ffedge.train.export_artifacts import DEFAULT_REPLAY, build_manifest, hash_files, write_finetune_files, write_label_arrays
+from ffedge.train.export_artifacts import (
+    DEFAULT_REPLAY,
+    build_manifest,
+    hash_files,
+    write_finetune_files,
+    write_label_arrays,
+)
 from ffedge.train.export_graph import write_graphs
 from ffedge.train.model import FFNet, float_copy
 from ffedge.train.run_files import load_run
@@ -88,8 +94,14 @@ def _load_checked(
 
 
 def _verify(
-    tmp: Path, run_dir: Path, out: Path, manifest: dict[str, Any], cfg_net: tuple[dict[str, Any], FFNet],
-    samples: int, min_agreement: float, reporter: Reporter,
+    tmp: Path,
+    run_dir: Path,
+    out: Path,
+    manifest: dict[str, Any],
+    cfg_net: tuple[dict[str, Any], FFNet],
+    samples: int,
+    min_agreement: float,
+    reporter: Reporter,
 ) -> dict[str, Any]:
     """Check the bundle in ``tmp`` against the torch model; record the report in the manifest, fail below ``min_agreement``."""
     from ffedge.train.parity import parity_report  # looked up at call time (tests replace it)

@@ -99,14 +99,24 @@ def hash_files(folder: Path) -> dict[str, str]:
     return {f.name: sha256_file(f) for f in sorted(folder.iterdir())}
 
 
-def build_manifest(cfg: dict[str, Any], net: FFNet, precision: str, run_dir: Path, files: dict[str, str],
-                   layers: list[dict[str, Any]], label_arrays: dict[str, str], fused: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    cfg: dict[str, Any],
+    net: FFNet,
+    precision: str,
+    run_dir: Path,
+    files: dict[str, str],
+    layers: list[dict[str, Any]],
+    label_arrays: dict[str, str],
+    fused: dict[str, Any],
+) -> dict[str, Any]:
     """The manifest of a bundle (see export/README.md)."""
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     quant = {
         "precision": precision,
-        "format": "QCDQ (QuantizeLinear / DequantizeLinear around float ops), opset 13" if precision == "int8" else "float32",
+        "format": "QCDQ (QuantizeLinear / DequantizeLinear around float ops), opset 13"
+        if precision == "int8"
+        else "float32",
     }
     if precision == "int8":
         quant.update(

@@ -179,9 +179,20 @@ def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path,
     if int8:
         from brevitas.export import export_onnx_qcdq
 
-        _quiet_export(export_onnx_qcdq, graph, args=x, export_path=str(path), dynamo=False, opset_version=OPSET, dynamic_axes=dyn, **names)
+        _quiet_export(
+            export_onnx_qcdq,
+            graph,
+            args=x,
+            export_path=str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            dynamic_axes=dyn,
+            **names,
+        )
     else:
-        _quiet_export(torch.onnx.export, graph, (x,), str(path), dynamo=False, opset_version=OPSET, dynamic_axes=dyn, **names)
+        _quiet_export(
+            torch.onnx.export, graph, (x,), str(path), dynamo=False, opset_version=OPSET, dynamic_axes=dyn, **names
+        )
     _finish_onnx(path)
 
 
@@ -192,8 +203,15 @@ def export_head(net: FFNet, path: Path) -> None:
     names = [head_input(i) for i in net.head_layers]
     dyn = {n: {0: "n"} for n in names + [PROBS]}
     _quiet_export(
-        torch.onnx.export, graph, feats, str(path), dynamo=False, opset_version=OPSET,
-        input_names=names, output_names=[PROBS], dynamic_axes=dyn,
+        torch.onnx.export,
+        graph,
+        feats,
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=names,
+        output_names=[PROBS],
+        dynamic_axes=dyn,
     )
     _finish_onnx(path)
 
@@ -276,8 +294,13 @@ def write_graphs(
             export_layer(layer, in_shape, folder / name, int8)
             spec = model.layer_specs[i]
             entry: dict[str, Any] = {
-                "file": name, "in_shape": list(in_shape), "out_shape": list(model.out_shapes[i]),
-                "channels": spec.channels, "kernel": spec.kernel, "pool": spec.pool, "norm": layer.norm_kind,
+                "file": name,
+                "in_shape": list(in_shape),
+                "out_shape": list(model.out_shapes[i]),
+                "channels": spec.channels,
+                "kernel": spec.kernel,
+                "pool": spec.pool,
+                "norm": layer.norm_kind,
                 "ort_ops": fused_ops(folder / name),
             }
             if int8:
@@ -286,6 +309,11 @@ def write_graphs(
             in_shape = model.out_shapes[i]
             advance(1)
         export_head(model, folder / HEAD_FILE)
-        fuse_layers([folder / e["file"] for e in layers], list(cfg["model"]["predict_layers"]), list(model.head_layers), folder / FUSED_FILE)
+        fuse_layers(
+            [folder / e["file"] for e in layers],
+            list(cfg["model"]["predict_layers"]),
+            list(model.head_layers),
+            folder / FUSED_FILE,
+        )
         advance(1)
     return layers, {"file": FUSED_FILE, "ort_ops": fused_ops(folder / FUSED_FILE)}

@@ -26,7 +26,9 @@ def torch_twin(name: str) -> Callable[[TorchLoss], TorchLoss]:
 
     def add(fn: TorchLoss) -> TorchLoss:
         if name not in loss_names():
-            raise ValueError(f"torch loss {name!r} has no numpy definition in ffedge.ff.losses (registered: {', '.join(loss_names())})")
+            raise ValueError(
+                f"torch loss {name!r} has no numpy definition in ffedge.ff.losses (registered: {', '.join(loss_names())})"
+            )
         if name in TORCH_LOSSES:
             raise ValueError(f"torch loss {name!r} is registered twice")
         TORCH_LOSSES[name] = fn
@@ -63,8 +65,13 @@ def bce(g_pos: torch.Tensor, g_neg: torch.Tensor, alpha: float, threshold: float
     return 0.5 * (F.softplus(-alpha * (g_pos - threshold)).mean() + F.softplus(alpha * (g_neg - threshold)).mean())
 
 
-def ff_loss(name: str, g_pos: torch.Tensor, g_neg: torch.Tensor, alpha: float = DEFAULT_ALPHA,
-            threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+def ff_loss(
+    name: str,
+    g_pos: torch.Tensor,
+    g_neg: torch.Tensor,
+    alpha: float = DEFAULT_ALPHA,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> torch.Tensor:
     """Layer-local FF loss ``name`` (a name of :data:`LOSS_NAMES`).
 
     ``g_pos`` is [B]; ``g_neg`` is [n*B]: n wrong labels per image, in n blocks of B.

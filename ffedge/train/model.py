@@ -54,7 +54,9 @@ def parse_layers(text: str) -> list[LayerSpec]:
         try:
             ch, k = (int(v) for v in body.split("x"))
         except ValueError:
-            raise FFEdgeError(f"bad layer '{part}' in --layers: use CHANNELSxKERNEL[p], e.g. {DEFAULT_LAYERS}") from None
+            raise FFEdgeError(
+                f"bad layer '{part}' in --layers: use CHANNELSxKERNEL[p], e.g. {DEFAULT_LAYERS}"
+            ) from None
         if ch < 1 or k < 1 or k % 2 == 0:
             raise FFEdgeError(f"bad layer '{part}' in --layers: channels >= 1 and an odd kernel size")
         specs.append(LayerSpec(ch, k, pool))
@@ -246,8 +248,15 @@ def float_copy(net: FFNet) -> FFNet:
     and accuracy drops; 84% vs 96% on the default mnist-5k run). This is the fp32
     model the exporter's ``--fp32`` writes and the torch baseline of benchmarks.
     """
-    ff = FFNet(net.in_channels, net.image_hw, net.head.out_features, net.layer_specs, QuantConfig(enabled=False), net.head_layers,
-               norm=net.norm)
+    ff = FFNet(
+        net.in_channels,
+        net.image_hw,
+        net.head.out_features,
+        net.layer_specs,
+        QuantConfig(enabled=False),
+        net.head_layers,
+        norm=net.norm,
+    )
     own = ff.state_dict()
     src = net.state_dict()
     missing = [k for k in own if k not in src]

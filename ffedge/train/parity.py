@@ -56,7 +56,9 @@ def layer_differences(rt: Runtime, ref: FFNet, x_enc: np.ndarray, int8: bool) ->
             d = diff / step
             out.append({"max_steps": float(d.max()), "frac_off_by_more_than_half_step": float((d > 0.5).mean())})
         else:
-            out.append({"max_abs": float(diff.max()), "max_rel": float(diff.max() / (np.abs(t_y.numpy()).max() + 1e-12))})
+            out.append(
+                {"max_abs": float(diff.max()), "max_rel": float(diff.max() / (np.abs(t_y.numpy()).max() + 1e-12))}
+            )
         cur = t_y
     return out
 
@@ -75,7 +77,9 @@ def parity_report(
     int8 = rt.bundle.manifest.precision == "int8"
     ref = net if int8 else float_copy(net)
     ref.eval()
-    if rt.bundle.classes != list(cfg["classes"]) or [layer.out_shape for layer in rt.bundle.layers] != [tuple(s) for s in ref.out_shapes]:
+    if rt.bundle.classes != list(cfg["classes"]) or [layer.out_shape for layer in rt.bundle.layers] != [
+        tuple(s) for s in ref.out_shapes
+    ]:
         raise FFEdgeError(f"{bundle_dir} was not exported from {run_dir} (classes or layers differ)")
     x, y = random_held_out_of_run(cfg, samples)
     enc = rt.encoding

@@ -81,12 +81,21 @@ def _recorded_encoding(run_cfg: dict[str, Any], path: Path) -> LabelEncoding:
     """The label encoding a run's ``config.json`` records (rebuilt from its resolved parameters)."""
     try:
         return encoding_from_config(run_cfg["encoding"])
-    except (FFEdgeError, TypeError, ValueError) as e:  # TypeError, ValueError: a hand-edited parameter of the wrong kind
+    except (
+        FFEdgeError,
+        TypeError,
+        ValueError,
+    ) as e:  # TypeError, ValueError: a hand-edited parameter of the wrong kind
         raise FFEdgeError(f"{path}: 'encoding': {e}") from None
 
 
 def _train(
-    cfg: TrainConfig, out: Path, state: dict[str, Any] | None, mode: str, reporter: Reporter, probe: Probe | None = None,
+    cfg: TrainConfig,
+    out: Path,
+    state: dict[str, Any] | None,
+    mode: str,
+    reporter: Reporter,
+    probe: Probe | None = None,
     encoding: LabelEncoding | None = None,
 ) -> dict[str, Any]:
     """Load and check the data, then open the run folder and train; on any failure, say what was kept."""
@@ -114,12 +123,18 @@ def _check_data(cfg: TrainConfig, data: PreparedData) -> None:
     if len(ds.y_train) < cfg.batch_size:
         raise FFEdgeError(f"{cfg.dataset}: {len(ds.y_train)} training images, fewer than one batch of {cfg.batch_size}")
     if cfg.wrong_labels >= ds.num_classes:
-        raise FFEdgeError(f"--wrong-labels {cfg.wrong_labels}: {cfg.dataset} has {ds.num_classes} classes, "
-                          f"so at most {ds.num_classes - 1} wrong labels per image")
+        raise FFEdgeError(
+            f"--wrong-labels {cfg.wrong_labels}: {cfg.dataset} has {ds.num_classes} classes, "
+            f"so at most {ds.num_classes - 1} wrong labels per image"
+        )
 
 
 def _fit(
-    cfg: TrainConfig, data: PreparedData, folder: RunFolder, state: dict[str, Any] | None, reporter: Reporter,
+    cfg: TrainConfig,
+    data: PreparedData,
+    folder: RunFolder,
+    state: dict[str, Any] | None,
+    reporter: Reporter,
     probe: Probe | None,
 ) -> dict[str, Any]:
     """Train epoch by epoch (a checkpoint after each), then the head; write weights and metrics.
@@ -135,7 +150,9 @@ def _fit(
     for epoch in range(run.start_epoch, cfg.epochs):
         _epoch(run, cfg, data, epoch, sub, folder, reporter, probe)
         if run.stopped is not None:
-            reporter.log(f"stopped by the probe at step {run.stopped['step']}/{run.stopped['steps_per_epoch']} of epoch {epoch + 1}")
+            reporter.log(
+                f"stopped by the probe at step {run.stopped['step']}/{run.stopped['steps_per_epoch']} of epoch {epoch + 1}"
+            )
             break
     quantize_stopped_float_net(run, cfg, data, folder, reporter)
     train_seconds = run.elapsed
@@ -148,7 +165,9 @@ def _fit(
     return metrics
 
 
-def _start(cfg: TrainConfig, data: PreparedData, folder: RunFolder, state: dict[str, Any] | None, reporter: Reporter) -> Training:
+def _start(
+    cfg: TrainConfig, data: PreparedData, folder: RunFolder, state: dict[str, Any] | None, reporter: Reporter
+) -> Training:
     """Seed torch, build the net (float or quantization-aware) and its optimizers; restore a resumed checkpoint."""
     ds, enc = data.dataset, data.encoding
     torch.manual_seed(cfg.seed)
@@ -177,7 +196,13 @@ def _log_plan(cfg: TrainConfig, data: PreparedData, precision: str, reporter: Re
 
 
 def _epoch(
-    run: Training, cfg: TrainConfig, data: PreparedData, epoch: int, sub: np.ndarray, folder: RunFolder, reporter: Reporter,
+    run: Training,
+    cfg: TrainConfig,
+    data: PreparedData,
+    epoch: int,
+    sub: np.ndarray,
+    folder: RunFolder,
+    reporter: Reporter,
     probe: Probe | None,
 ) -> None:
     """One epoch: the switch to QAT when due, training, the held-out record (on the clock), the checkpoint."""
@@ -206,7 +231,9 @@ def _fit_head(net: FFNet, cfg: TrainConfig, data: PreparedData, folder: RunFolde
     return f_test, time.perf_counter() - t_head
 
 
-def _write_results(net: FFNet, metrics: dict[str, Any], train_seconds: float, folder: RunFolder, reporter: Reporter) -> None:
+def _write_results(
+    net: FFNet, metrics: dict[str, Any], train_seconds: float, folder: RunFolder, reporter: Reporter
+) -> None:
     """Write ``weights.pt`` and ``metrics.json``; log the final accuracies."""
     folder.phase = "while writing the weights"
     save_torch(folder.dir / WEIGHTS, net.state_dict())

@@ -45,7 +45,15 @@ PRESETS: dict[str, Preset] = {
     "fashion": Preset(
         "Fashion-MNIST (60k): the default recipe with shift + mirror (no rotation), 30 epochs (29 float + 1 int8 QAT), "
         "sized to 45 min on 2 cores with AVX512-BF16 (bf16 float epochs of about 80 s there)",
-        {"dataset": "fashion-mnist", "epochs": 30, "qat_epochs": 1, "shift": 2, "rotate": 0.0, "scale": 0.0, "flip": True},
+        {
+            "dataset": "fashion-mnist",
+            "epochs": 30,
+            "qat_epochs": 1,
+            "shift": 2,
+            "rotate": 0.0,
+            "scale": 0.0,
+            "flip": True,
+        },
     ),
     "cifar10": Preset(
         "CIFAR-10 (50k): the default net with random crop (shift 4) + mirror, 80 epochs (79 float + 1 QAT), about 80 min "

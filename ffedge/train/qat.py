@@ -38,7 +38,9 @@ def start_qat_if_due(run: Training, cfg: TrainConfig, epoch: int, reporter: Repo
         reporter.log(f"epoch {epoch + 1}: quantization-aware training from here on (int{cfg.bits} activations)")
 
 
-def quantize_stopped_float_net(run: Training, cfg: TrainConfig, data: PreparedData, folder: RunFolder, reporter: Reporter) -> None:
+def quantize_stopped_float_net(
+    run: Training, cfg: TrainConfig, data: PreparedData, folder: RunFolder, reporter: Reporter
+) -> None:
     """A net a probe stopped in its float phase becomes quantized all the same, as ``config.json`` says.
 
     The quantizers collect their scales over a few QAT steps at learning rate 0 (counted as
@@ -57,6 +59,8 @@ def quantize_stopped_float_net(run: Training, cfg: TrainConfig, data: PreparedDa
         xb, yb = data.x_train[idx], ds.y_train[idx]
         neg = wrong_labels(yb, ds.num_classes, rng)
         run.trainer.set_lr(0.0)
-        run.trainer.step(torch.from_numpy(enc.encode(xb, yb)).to(cfg.device), torch.from_numpy(enc.encode(xb, neg)).to(cfg.device))
+        run.trainer.step(
+            torch.from_numpy(enc.encode(xb, yb)).to(cfg.device), torch.from_numpy(enc.encode(xb, neg)).to(cfg.device)
+        )
     run.elapsed += time.perf_counter() - t0
     reporter.log(f"quantized after the float phase ({cfg.quant_config().stats_steps} calibration steps)")

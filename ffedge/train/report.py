@@ -71,8 +71,9 @@ def _check_out(out: Path) -> None:
         ours = set()
     clash = [name for name in (*FILES, "report.json") if (out / name).exists() and name not in ours]
     if clash:
-        raise FFEdgeError(f"--out {out} already holds {quoted(clash[0])}, which no ffedge report wrote there: choose another folder")
-
+        raise FFEdgeError(
+            f"--out {out} already holds {quoted(clash[0])}, which no ffedge report wrote there: choose another folder"
+        )
 
 
 @dataclass
@@ -162,7 +163,9 @@ def _load(run_dir: Path, device: str) -> _Subject:
     kind, _, where = dataset.partition(":")
     short = f"{kind}:{Path(where).name}" if where else dataset  # npz:/long/path/x.npz -> npz:x.npz
     who = run_name if run_name == short else f"{run_name} ({short})"
-    return _Subject(cfg, net, enc, [str(c) for c in cfg["classes"]], [int(v) for v in cfg["model"]["predict_layers"]], who, device)
+    return _Subject(
+        cfg, net, enc, [str(c) for c in cfg["classes"]], [int(v) for v in cfg["model"]["predict_layers"]], who, device
+    )
 
 
 def _draw_all(
@@ -174,18 +177,37 @@ def _draw_all(
         _save_label_patterns(run, x, y, shown.cams[0], out / "label_patterns.png")
         written.append("label_patterns.png")
         advance(1)
-        cams = draw_cams(run.net, run.enc, raw, x, y, scores.g, scores.pred, scores.wrong, shown.cams, run.names,
-                         run.predict_layers, run.device)
+        cams = draw_cams(
+            run.net,
+            run.enc,
+            raw,
+            x,
+            y,
+            scores.g,
+            scores.pred,
+            scores.wrong,
+            shown.cams,
+            run.names,
+            run.predict_layers,
+            run.device,
+        )
         save_figure(cams, out / "cams.png")
         written.append("cams.png")
         advance(1)
-        for fname, idx, what in (("goodness_correct.png", shown.correct, "correctly"), ("goodness_wrong.png", shown.wrong, "wrongly")):
+        for fname, idx, what in (
+            ("goodness_correct.png", shown.correct, "correctly"),
+            ("goodness_wrong.png", shown.wrong, "wrongly"),
+        ):
             save_figure(_bars_figure(run, raw, y, scores, idx, what), out / fname)
             written.append(fname)
             advance(1)
         cm = confusion(y, scores.pred, run.enc.num_classes)
-        save_figure(draw_confusion(cm, run.names, scores.accuracy, f"{run.who}: confusion matrix, goodness of {run.layers_text}"),
-                    out / "confusion.png")
+        save_figure(
+            draw_confusion(
+                cm, run.names, scores.accuracy, f"{run.who}: confusion matrix, goodness of {run.layers_text}"
+            ),
+            out / "confusion.png",
+        )
         written.append("confusion.png")
         advance(1)
     return written, cm
@@ -195,8 +217,14 @@ def _save_label_patterns(run: _Subject, x: np.ndarray, y: np.ndarray, first: int
     """The ``ffedge labels`` sheet of the run's encoding, with held-out image ``first`` encoded with every label."""
     enc, names = run.enc, run.names
     mode = f" ({enc.mode} mode)" if hasattr(enc, "mode") else ""
-    sheet = label_sheet(enc, x[first], names, title=f"{run.who}: {enc.name}{mode} labels, "
-                        f"{enc.num_classes} classes; held-out image #{first} is a '{names[int(y[first])]}'", cols=6)
+    sheet = label_sheet(
+        enc,
+        x[first],
+        names,
+        title=f"{run.who}: {enc.name}{mode} labels, "
+        f"{enc.num_classes} classes; held-out image #{first} is a '{names[int(y[first])]}'",
+        cols=6,
+    )
     save_label_sheet(path, sheet)
 
 
@@ -205,8 +233,15 @@ def _bars_figure(run: _Subject, raw: np.ndarray, y: np.ndarray, scores: Scores, 
     n = len(y)
     count = int((scores.pred == y).sum()) if what == "correctly" else int((scores.pred != y).sum())
     return draw_goodness_bars(
-        raw, y, scores.gsum, scores.pred, idx, run.names,
+        raw,
+        y,
+        scores.gsum,
+        scores.pred,
+        idx,
+        run.names,
         title=f"{run.who}: goodness of every label hypothesis ({run.layers_text}, as the prediction sums it)\n"
-              f"{len(idx)} of the {count:,} {what} classified held-out images (highest bar = prediction)",
-        ylabel=f"goodness ({run.layers_text})", empty_text=f"no {what} classified images among the {n:,} scored", wrong=what == "wrongly",
+        f"{len(idx)} of the {count:,} {what} classified held-out images (highest bar = prediction)",
+        ylabel=f"goodness ({run.layers_text})",
+        empty_text=f"no {what} classified images among the {n:,} scored",
+        wrong=what == "wrongly",
     )

@@ -100,28 +100,63 @@ def draw_cams(
         _cam_image_column(top, grid, r, i, raw[i], t, p, w, names)
         for layer in range(n_layers):
             title = _layer_title(net, layer, predict_layers) if r == 0 else None
-            _cam_layer_column(top, grid, r, layer, raw[i], true_maps[layer][r], wrong_maps[layer][r],
-                              float(g[layer, i, t]), float(g[layer, i, t] - g[layer, i, w]), heat, div, title)
+            _cam_layer_column(
+                top,
+                grid,
+                r,
+                layer,
+                raw[i],
+                true_maps[layer][r],
+                wrong_maps[layer][r],
+                float(g[layer, i, t]),
+                float(g[layer, i, t] - g[layer, i, w]),
+                heat,
+                div,
+                title,
+            )
     _cam_keys(bottom, heat, div)
     return fig
 
 
-def _cam_image_column(top: Any, grid: Any, r: int, i: int, raw_hwc: np.ndarray, t: int, p: int, w: int, names: Sequence[str]) -> None:
+def _cam_image_column(
+    top: Any, grid: Any, r: int, i: int, raw_hwc: np.ndarray, t: int, p: int, w: int, names: Sequence[str]
+) -> None:
     """The first column of image ``r``'s two rows: the image with its true and predicted class, then what row 2 shows."""
     ok = t == p
     ax = top.add_subplot(grid[2 * r, 0])
     _show_image(ax, raw_hwc)
-    ax.set_title(f"held-out #{i}\ntrue {_name(names, t)}\npredicted {_name(names, p)}", fontsize=9,
-                 color="black" if ok else WRONG_COLOR, fontweight="normal" if ok else "bold")
+    ax.set_title(
+        f"held-out #{i}\ntrue {_name(names, t)}\npredicted {_name(names, p)}",
+        fontsize=9,
+        color="black" if ok else WRONG_COLOR,
+        fontweight="normal" if ok else "bold",
+    )
     ax = top.add_subplot(grid[2 * r + 1, 0])
     ax.axis("off")
-    ax.text(0.5, 0.5, f"true {_name(names, t)}\nminus\nbest wrong {_name(names, w)}\n\nred: for {_name(names, t)}\nblue: for {_name(names, w)}",
-            ha="center", va="center", fontsize=9, transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        f"true {_name(names, t)}\nminus\nbest wrong {_name(names, w)}\n\nred: for {_name(names, t)}\nblue: for {_name(names, w)}",
+        ha="center",
+        va="center",
+        fontsize=9,
+        transform=ax.transAxes,
+    )
 
 
 def _cam_layer_column(
-    top: Any, grid: Any, r: int, layer: int, raw_hwc: np.ndarray, m: np.ndarray, m_wrong: np.ndarray, g_true: float,
-    dg: float, heat: Any, div: Any, title: str | None,
+    top: Any,
+    grid: Any,
+    r: int,
+    layer: int,
+    raw_hwc: np.ndarray,
+    m: np.ndarray,
+    m_wrong: np.ndarray,
+    g_true: float,
+    dg: float,
+    heat: Any,
+    div: Any,
+    title: str | None,
 ) -> None:
     """Layer ``layer``'s two maps of image ``r``: goodness with the true label (``m``), and ``m`` minus the best wrong label's."""
     from matplotlib.colors import Normalize
@@ -132,14 +167,34 @@ def _cam_layer_column(
     ax.imshow(m, cmap=heat, norm=Normalize(0.0, float(m.max()) or 1.0), alpha=0.7)
     if title is not None:
         ax.set_title(title, fontsize=9, fontweight="bold")
-    ax.text(0.03, 0.97, f"g={g_true:.3g}", transform=ax.transAxes, ha="left", va="top", fontsize=8, color="white", bbox=_LABEL_BOX)
+    ax.text(
+        0.03,
+        0.97,
+        f"g={g_true:.3g}",
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=8,
+        color="white",
+        bbox=_LABEL_BOX,
+    )
     ax = top.add_subplot(grid[2 * r + 1, 1 + layer])
     _show_image(ax, raw_hwc, alpha=0.5)
     lim = float(np.abs(d).max()) or 1.0
     rgba = div(Normalize(-lim, lim)(d))
     rgba[..., 3] = 0.2 + 0.8 * np.clip(np.abs(d) / lim, 0.0, 1.0)  # faint where both labels agree
     ax.imshow(rgba)
-    ax.text(0.03, 0.97, f"\u0394g={dg:+.3g}", transform=ax.transAxes, ha="left", va="top", fontsize=8, color="white", bbox=_LABEL_BOX)
+    ax.text(
+        0.03,
+        0.97,
+        f"\u0394g={dg:+.3g}",
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=8,
+        color="white",
+        bbox=_LABEL_BOX,
+    )
 
 
 def _cam_keys(bottom: Any, heat: Any, div: Any) -> None:
@@ -159,8 +214,16 @@ def _cam_keys(bottom: Any, heat: Any, div: Any) -> None:
 
 
 def draw_goodness_bars(
-    raw: np.ndarray, y: np.ndarray, gsum: np.ndarray, pred: np.ndarray, idx: list[int], names: Sequence[str],
-    title: str, ylabel: str, empty_text: str, wrong: bool,
+    raw: np.ndarray,
+    y: np.ndarray,
+    gsum: np.ndarray,
+    pred: np.ndarray,
+    idx: list[int],
+    names: Sequence[str],
+    title: str,
+    ylabel: str,
+    empty_text: str,
+    wrong: bool,
 ) -> Any:
     """Per image: the image and a bar per label hypothesis (its goodness), true and predicted class coloured."""
     from matplotlib.patches import Patch
@@ -184,10 +247,16 @@ def draw_goodness_bars(
         ax.set_title(f"held-out #{i}", fontsize=9)
         _goodness_bars(fig.add_subplot(grid[r, 2 * c + 1]), gsum[i], int(y[i]), int(pred[i]), names, ylabel)
     if wrong:
-        handles = [Patch(color=TRUE_COLOR, label="true class"), Patch(color=WRONG_COLOR, label="predicted class (wrong)"),
-                   Patch(color=OTHER_COLOR, label="other labels")]
+        handles = [
+            Patch(color=TRUE_COLOR, label="true class"),
+            Patch(color=WRONG_COLOR, label="predicted class (wrong)"),
+            Patch(color=OTHER_COLOR, label="other labels"),
+        ]
     else:
-        handles = [Patch(color=TRUE_COLOR, label="true class = predicted class"), Patch(color=OTHER_COLOR, label="other labels")]
+        handles = [
+            Patch(color=TRUE_COLOR, label="true class = predicted class"),
+            Patch(color=OTHER_COLOR, label="other labels"),
+        ]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False)
     return fig
 
@@ -206,11 +275,25 @@ def _goodness_bars(ax: Any, gi: np.ndarray, t: int, p: int, names: Sequence[str]
     lo, hi = float(gi.min()), float(gi.max())
     ax.set_ylim(min(0.0, lo * 1.1), hi * 1.18 if hi > 0 else 1.0)
     for j in sorted({t, p}):  # the values that decide, written on their bars
-        ax.annotate(f"{gi[j]:.3g}", (bars[j].get_x() + bars[j].get_width() / 2, bars[j].get_height()),
-                    xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7.5,
-                    color=TRUE_COLOR if j == t else WRONG_COLOR, fontweight="bold")
-    ax.set_xticks(xs[::step], labels[::step], fontsize=8 if k <= 20 else 6,
-                  rotation=60 if long else 0, ha="right" if long else "center", rotation_mode="anchor" if long else "default")
+        ax.annotate(
+            f"{gi[j]:.3g}",
+            (bars[j].get_x() + bars[j].get_width() / 2, bars[j].get_height()),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7.5,
+            color=TRUE_COLOR if j == t else WRONG_COLOR,
+            fontweight="bold",
+        )
+    ax.set_xticks(
+        xs[::step],
+        labels[::step],
+        fontsize=8 if k <= 20 else 6,
+        rotation=60 if long else 0,
+        ha="right" if long else "center",
+        rotation_mode="anchor" if long else "default",
+    )
     ax.set_xlim(-0.6, k - 0.4)
     ax.set_ylabel(ylabel, fontsize=8.5)
     ax.set_xlabel("label hypothesis", fontsize=8.5)
@@ -218,8 +301,11 @@ def _goodness_bars(ax: Any, gi: np.ndarray, t: int, p: int, names: Sequence[str]
     ax.grid(axis="y", color="#e0e0e0", linewidth=0.6)
     ax.set_axisbelow(True)
     margin = float(gi[p] - np.partition(gi, -2)[-2]) if k > 1 else 0.0
-    verdict = f"predicted {_name(names, p)} by {margin:.3g}" if t == p else \
-        f"predicted {_name(names, p)}, true {_name(names, t)} is {gi[p] - gi[t]:.3g} lower"
+    verdict = (
+        f"predicted {_name(names, p)} by {margin:.3g}"
+        if t == p
+        else f"predicted {_name(names, p)}, true {_name(names, t)} is {gi[p] - gi[t]:.3g} lower"
+    )
     ax.set_title(f"true {_name(names, t)}: {verdict}", fontsize=9, color="black" if t == p else WRONG_COLOR)
 
 
@@ -236,7 +322,13 @@ def draw_confusion(cm: np.ndarray, names: Sequence[str], accuracy: float, title:
     step = 1 if k <= 30 else max(1, k // 25)
     ticks = np.arange(0, k, step)
     long = max(len(s) for s in labels) > 2
-    ax.set_xticks(ticks, [labels[j] for j in ticks], rotation=60 if long else 0, ha="right" if long else "center", fontsize=9 if k <= 20 else 6)
+    ax.set_xticks(
+        ticks,
+        [labels[j] for j in ticks],
+        rotation=60 if long else 0,
+        ha="right" if long else "center",
+        fontsize=9 if k <= 20 else 6,
+    )
     ax.set_yticks(ticks, [labels[j] for j in ticks], fontsize=9 if k <= 20 else 6)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -246,8 +338,15 @@ def draw_confusion(cm: np.ndarray, names: Sequence[str], accuracy: float, title:
         for a in range(k):
             for b in range(k):
                 if cm[a, b]:
-                    ax.text(b, a, str(int(cm[a, b])), ha="center", va="center", fontsize=9 if k <= 12 else 7,
-                            color="white" if dark[a, b] else ("black" if a == b else "#a50f15"))
+                    ax.text(
+                        b,
+                        a,
+                        str(int(cm[a, b])),
+                        ha="center",
+                        va="center",
+                        fontsize=9 if k <= 12 else 7,
+                        color="white" if dark[a, b] else ("black" if a == b else "#a50f15"),
+                    )
     cb = fig.colorbar(im, ax=ax, shrink=0.8)
     cb.set_label("images")
     return fig

@@ -24,13 +24,22 @@ from ffedge.train.trainer import goodness_accuracy, goodness_matrix
 SCORE_BATCH = 100  # held-out images per goodness_matrix call (one progress step)
 
 
-def first_held_out_of_run(cfg: dict[str, Any], limit: int | None = None, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def first_held_out_of_run(
+    cfg: dict[str, Any], limit: int | None = None, data_dir: str | Path | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first ``limit`` images of the run's held-out split (:func:`~ffedge.runtime.evaluate.first_held_out`):
     raw uint8 NHWC, normalized NCHW as in training, labels."""
     tr = cfg["train"]
     where = data_dir if data_dir is not None else tr.get("data_dir")
-    raw, y = first_held_out(tr["dataset"], cfg["input"]["shape"], len(cfg["classes"]), str(where) if where else None,
-                      limit=limit, owner="the run", hint="")
+    raw, y = first_held_out(
+        tr["dataset"],
+        cfg["input"]["shape"],
+        len(cfg["classes"]),
+        str(where) if where else None,
+        limit=limit,
+        owner="the run",
+        hint="",
+    )
     return raw, normalize(raw, cfg["input"]["mean"], cfg["input"]["std"]), y
 
 
@@ -79,7 +88,13 @@ class Scores:
 
 
 def score_held_out(
-    net: FFNet, enc: LabelEncoding, x: np.ndarray, y: np.ndarray, predict_layers: list[int], device: str, reporter: Reporter
+    net: FFNet,
+    enc: LabelEncoding,
+    x: np.ndarray,
+    y: np.ndarray,
+    predict_layers: list[int],
+    device: str,
+    reporter: Reporter,
 ) -> Scores:
     """Goodness of every image of ``x`` under every label (in batches, with progress), and the predictions."""
     n = len(y)

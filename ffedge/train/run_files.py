@@ -44,7 +44,9 @@ def load_torch(path: Path) -> Any:
         raise FFEdgeError(f"cannot read {path}: {e.strerror}") from None
     except Exception as e:
         # Not torch's own message: it suggests weights_only=False, i.e. running whatever the file holds.
-        raise FFEdgeError(f"cannot read {path}: it is corrupt or not a tensor file ffedge wrote ({type(e).__name__})") from None
+        raise FFEdgeError(
+            f"cannot read {path}: it is corrupt or not a tensor file ffedge wrote ({type(e).__name__})"
+        ) from None
 
 
 def first_line(e: BaseException) -> str:
@@ -93,11 +95,18 @@ def _check_run_config(cfg: Any, path: Path) -> None:
         return FFEdgeError(f"{path}: '{key}' must be {what}, got {quoted(value)}")
 
     def ints(v: Any, n: int | None = None) -> bool:
-        return isinstance(v, list) and (n is None or len(v) == n) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+        return (
+            isinstance(v, list)
+            and (n is None or len(v) == n)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+        )
 
     def numbers(v: Any, n: int) -> bool:
-        return isinstance(v, list) and len(v) == n and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+        return (
+            isinstance(v, list)
+            and len(v) == n
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+        )
 
     if not isinstance(cfg, dict):
         raise FFEdgeError(f"{path} is not a run config (a JSON object)")
@@ -105,7 +114,9 @@ def _check_run_config(cfg: Any, path: Path) -> None:
         if key not in cfg:
             raise FFEdgeError(f"{path} lacks the key '{key}'")
     if cfg["format"] != RUN_FORMAT:
-        raise FFEdgeError(f"{path}: run format {quoted(cfg['format'])} is not supported (this ffedge reads {RUN_FORMAT})")
+        raise FFEdgeError(
+            f"{path}: run format {quoted(cfg['format'])} is not supported (this ffedge reads {RUN_FORMAT})"
+        )
     TrainConfig.from_dict(cfg["train"], source=str(path))
     classes = cfg["classes"]
     if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, (str, int)) for c in classes):

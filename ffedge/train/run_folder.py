@@ -82,7 +82,9 @@ def out_mode(out: Path, resume: bool, force: bool) -> str:
         raise FFEdgeError(f"{out} already exists: pass --resume to continue that run or --force to overwrite it")
     why = run_dir_problem(out)
     if why is not None:
-        raise FFEdgeError(f"--force replaces only a run folder ffedge wrote, and {out} is not one ({why}): nothing was deleted")
+        raise FFEdgeError(
+            f"--force replaces only a run folder ffedge wrote, and {out} is not one ({why}): nothing was deleted"
+        )
     return "replace"
 
 
@@ -134,8 +136,10 @@ class RunFolder:
                     (self.out / name).unlink(missing_ok=True)
                 remove_made_folders(self.made)
             return "nothing was kept" if self.mode == "fresh" else "nothing new was kept"
-        return (f"the checkpoint of epoch {self.saved_epoch} is kept; continue with: "
-                f"ffedge train --resume --out {shlex.quote(str(self.out))}")
+        return (
+            f"the checkpoint of epoch {self.saved_epoch} is kept; continue with: "
+            f"ffedge train --resume --out {shlex.quote(str(self.out))}"
+        )
 
     def stopped(self, e: BaseException) -> BaseException:
         """The error to raise for ``e`` that stopped training, after cleaning up."""

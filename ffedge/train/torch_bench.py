@@ -16,8 +16,15 @@ from ffedge.train.model import float_copy, goodness
 from ffedge.train.run_files import load_run
 
 
-def bench_torch_eager(run_dir: str | Path, enc: LabelEncoding, x: np.ndarray, y: np.ndarray, warmup: int, iters: int,
-                      threads: int | None = None) -> BenchRow:
+def bench_torch_eager(
+    run_dir: str | Path,
+    enc: LabelEncoding,
+    x: np.ndarray,
+    y: np.ndarray,
+    warmup: int,
+    iters: int,
+    threads: int | None = None,
+) -> BenchRow:
     """Goodness over all labels with the float copy of the run's model in torch eager mode."""
     cfg, net = load_run(run_dir)
     model = float_copy(net).eval()
@@ -45,5 +52,10 @@ def bench_torch_eager(run_dir: str | Path, enc: LabelEncoding, x: np.ndarray, y:
     for i in range(warmup):
         predict(x[i % len(x) : i % len(x) + 1])
     ms = time_per_image(lambda i: predict(x[i : i + 1], timed=True), len(x), 0, iters)
-    return BenchRow("torch fp32 eager", float((pred == y).mean()), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
-                    [s_ * 1e3 / iters for s_ in layer_s])
+    return BenchRow(
+        "torch fp32 eager",
+        float((pred == y).mean()),
+        float(np.percentile(ms, 50)),
+        float(np.percentile(ms, 90)),
+        [s_ * 1e3 / iters for s_ in layer_s],
+    )

@@ -78,13 +78,17 @@ class TrainConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             if not _type_ok(value, str(f.type)):
-                raise FFEdgeError(f"{where}training option '{f.name}' must be {_TYPE_WORDS.get(str(f.type), f.type)}, got {quoted(value)}")
+                raise FFEdgeError(
+                    f"{where}training option '{f.name}' must be {_TYPE_WORDS.get(str(f.type), f.type)}, got {quoted(value)}"
+                )
 
     def validate(self) -> None:
         """Reject bad options with one clear message, before anything is written or loaded."""
         self.check_types()
         if self.labels not in ENCODING_NAMES:
-            raise FFEdgeError(f"unknown label encoding {quoted(self.labels)}: choose one of {', '.join(ENCODING_NAMES)}")
+            raise FFEdgeError(
+                f"unknown label encoding {quoted(self.labels)}: choose one of {', '.join(ENCODING_NAMES)}"
+            )
         torch_loss(self.loss)  # a name of the loss registry (ffedge.ff.losses) with a torch twin
         if self.local not in LOCAL_MODES:
             raise FFEdgeError(f"unknown --local {quoted(self.local)}: choose one of {', '.join(LOCAL_MODES)}")
@@ -93,7 +97,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise FFEdgeError(f"unknown --precision {quoted(self.precision)}: choose one of {', '.join(PRECISIONS)}")
         if self.negatives not in NEGATIVE_MODES:
-            raise FFEdgeError(f"unknown --negatives {quoted(self.negatives)}: choose one of {', '.join(NEGATIVE_MODES)}")
+            raise FFEdgeError(
+                f"unknown --negatives {quoted(self.negatives)}: choose one of {', '.join(NEGATIVE_MODES)}"
+            )
         check_int(self.epochs, "--epochs", 1)
         check_int(self.batch_size, "--batch-size", 1)
         check_int(self.head_epochs, "--head-epochs", 0)
@@ -115,10 +121,14 @@ class TrainConfig:
         specs = parse_layers(self.layers)
         for spec in specs:
             if spec.channels > MAX_CHANNELS or spec.kernel > MAX_KERNEL:
-                raise FFEdgeError(f"bad layer {quoted(spec.to_str())} in --layers: at most {MAX_CHANNELS} channels and a kernel of {MAX_KERNEL}")
+                raise FFEdgeError(
+                    f"bad layer {quoted(spec.to_str())} in --layers: at most {MAX_CHANNELS} channels and a kernel of {MAX_KERNEL}"
+                )
         for i in self.prediction_layers(len(specs)):
             if not 0 <= i < len(specs):
-                raise FFEdgeError(f"--predict-layers: layer {i} does not exist (the net has layers 0..{len(specs) - 1})")
+                raise FFEdgeError(
+                    f"--predict-layers: layer {i} does not exist (the net has layers 0..{len(specs) - 1})"
+                )
         check_device(self.device)
 
     def quant_config(self, enabled: bool | None = None) -> QuantConfig:
@@ -164,7 +174,9 @@ class TrainConfig:
             raise FFEdgeError(f"{where}'train' must be an object of training options, got {quoted(d)}")
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
-            raise FFEdgeError(f"{where}unknown training option {quoted(unknown[0])} (written by another ffedge version?)")
+            raise FFEdgeError(
+                f"{where}unknown training option {quoted(unknown[0])} (written by another ffedge version?)"
+            )
         if "weight_bits" not in d:  # runs made before weight_bits existed used one width for all
             d = {**d, "weight_bits": d.get("bits", 8)}
         # Runs made before the float phase and augmentation existed: QAT from the first step, no augmentation.
@@ -196,9 +208,14 @@ def _type_ok(value: Any, annotation: str) -> bool:
 
 
 _TYPE_WORDS = {
-    "int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-    "int | None": "an integer or null", "str | None": "a string or null",
-    "list[int] | None": "a list of integers or null", "dict[str, Any]": "an object",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "int | None": "an integer or null",
+    "str | None": "a string or null",
+    "list[int] | None": "a list of integers or null",
+    "dict[str, Any]": "an object",
 }
 
 
@@ -225,7 +242,9 @@ def check_device(device: str) -> None:
         if not torch.cuda.is_available():
             raise FFEdgeError(f"--device {device}: no CUDA device is available to torch here")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise FFEdgeError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) (0..{torch.cuda.device_count() - 1})")
+            raise FFEdgeError(
+                f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) (0..{torch.cuda.device_count() - 1})"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise FFEdgeError(f"--device {device}: MPS is not available to torch here")
@@ -291,7 +310,13 @@ def to_quantized(net: FFNet, cfg: TrainConfig) -> FFNet:
 
 
 def augment(
-    x: np.ndarray, shift: int, flip: bool, fill: np.ndarray, rng: np.random.Generator, rotate: float = 0.0, scale: float = 0.0
+    x: np.ndarray,
+    shift: int,
+    flip: bool,
+    fill: np.ndarray,
+    rng: np.random.Generator,
+    rotate: float = 0.0,
+    scale: float = 0.0,
 ) -> np.ndarray:
     """Random label-preserving distortions of a batch of normalized images, before the label is embedded
     (so the label pattern never moves).
@@ -378,7 +403,9 @@ class LocalTrainer:
             del h, g, loss, out
         for idx, values in enumerate(stats):
             if not all(math.isfinite(v) for v in values):
-                raise Diverged(f"layer {idx} has loss {values[0]}, goodness {values[1]}/{values[2]} (positive/negative)")
+                raise Diverged(
+                    f"layer {idx} has loss {values[0]}, goodness {values[1]}/{values[2]} (positive/negative)"
+                )
         for opt in self.optimizers:
             opt.step()
         return stats
@@ -407,7 +434,9 @@ def goodness_accuracy(g: np.ndarray, y: np.ndarray, layers: list[int]) -> float:
     return float((g[layers].sum(0).argmax(1) == y).mean()) if len(y) else float("nan")
 
 
-def hard_negatives(net: FFNet, enc: LabelEncoding, xb: np.ndarray, yb: np.ndarray, layers: list[int], device: str) -> np.ndarray:
+def hard_negatives(
+    net: FFNet, enc: LabelEncoding, xb: np.ndarray, yb: np.ndarray, layers: list[int], device: str
+) -> np.ndarray:
     """The wrong label the net currently likes most, per image."""
     g = goodness_matrix(net, enc, xb, device, batch_images=len(xb))[layers].sum(0)
     g[np.arange(len(yb)), yb] = -np.inf
@@ -415,12 +444,16 @@ def hard_negatives(net: FFNet, enc: LabelEncoding, xb: np.ndarray, yb: np.ndarra
 
 
 @torch.no_grad()
-def neutral_features(net: FFNet, enc: LabelEncoding, x: np.ndarray, device: str = "cpu", batch: int = 500) -> torch.Tensor:
+def neutral_features(
+    net: FFNet, enc: LabelEncoding, x: np.ndarray, device: str = "cpu", batch: int = 500
+) -> torch.Tensor:
     """Head input features of neutral-label passes, [N, F]."""
     was_training = net.training
     net.eval()
     feats = [
-        net.head_features(net.forward_layers(torch.from_numpy(enc.neutral(x[s : s + batch])).to(device)), net.head_layers)
+        net.head_features(
+            net.forward_layers(torch.from_numpy(enc.neutral(x[s : s + batch])).to(device)), net.head_layers
+        )
         for s in range(0, len(x), batch)
     ]
     net.train(was_training)

@@ -10,7 +10,18 @@ from tests.conftest import cli
 
 def test_export_and_verify_cli(tmp_path: Path, tiny_run: Path) -> None:
     out = tmp_path / "cli-bundle"
-    r = cli("export", str(tiny_run), "--int8", "--out", str(out), "--verify-samples", "100", "--min-agreement", "0.9", timeout=600)
+    r = cli(
+        "export",
+        str(tiny_run),
+        "--int8",
+        "--out",
+        str(out),
+        "--verify-samples",
+        "100",
+        "--min-agreement",
+        "0.9",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     assert "QLinearConv" in r.stdout and "agreement" in r.stdout
     r = cli("verify", str(out), str(tiny_run), "--samples", "100", "--json", "--min-agreement", "0.9", timeout=600)

@@ -33,13 +33,24 @@ def test_every_preset_is_a_valid_config_with_a_one_line_description() -> None:
         cfg = resolve(name)
         cfg.validate()
         assert cfg.preset == name and all(getattr(cfg, k) == v for k, v in p.overrides.items()), name
-    assert {PRESETS[n].overrides["dataset"] for n in ("mnist", "fashion", "cifar10")} == {"mnist", "fashion-mnist", "cifar10"}
+    assert {PRESETS[n].overrides["dataset"] for n in ("mnist", "fashion", "cifar10")} == {
+        "mnist",
+        "fashion-mnist",
+        "cifar10",
+    }
 
 
 def test_the_paper_preset_is_the_published_configuration() -> None:
     cfg = resolve("paper")
     assert (cfg.layers, cfg.norm, cfg.labels, cfg.loss, cfg.lr, cfg.batch_size, cfg.epochs) == (
-        "128x7,128x7,128x7", "rms", "fourier", "bce", 5e-5, 50, 200)
+        "128x7,128x7,128x7",
+        "rms",
+        "fourier",
+        "bce",
+        5e-5,
+        50,
+        200,
+    )
     assert cfg.label_params == {"mode": "add", "amplitude": PAPER_AMPLITUDE}
     # About 35% intensity: the grating's peak-to-peak (2A) against the range of the standardized MNIST image (1/std).
     from ffedge.datasets import load_dataset
@@ -54,11 +65,18 @@ def test_explicit_options_override_the_preset_which_overrides_the_defaults() -> 
     cfg = resolve("paper", {"lr": 1e-3, "epochs": 2, "quant": False})
     assert (cfg.lr, cfg.epochs, cfg.quant) == (1e-3, 2, False)  # explicit
     assert (cfg.layers, cfg.batch_size, cfg.norm) == ("128x7,128x7,128x7", 50, "rms")  # the preset's
-    assert (cfg.head_epochs, cfg.seed, cfg.wrong_labels) == (TrainConfig.head_epochs, TrainConfig.seed, TrainConfig.wrong_labels)  # defaults
+    assert (cfg.head_epochs, cfg.seed, cfg.wrong_labels) == (
+        TrainConfig.head_epochs,
+        TrainConfig.seed,
+        TrainConfig.wrong_labels,
+    )  # defaults
     assert cfg.shift == 0 != TrainConfig.shift  # the paper augments nothing
     assert resolve(None, {"lr": 1e-3}) == TrainConfig(lr=1e-3)
     # label_params merge key by key; another encoding than the preset's drops the preset's label_params.
-    assert resolve("paper", {"label_params": {"mode": "channel"}}).label_params == {"mode": "channel", "amplitude": PAPER_AMPLITUDE}
+    assert resolve("paper", {"label_params": {"mode": "channel"}}).label_params == {
+        "mode": "channel",
+        "amplitude": PAPER_AMPLITUDE,
+    }
     assert resolve("paper", {"labels": "morph"}).label_params == {}
     assert resolve("paper", {"labels": "fourier"}).label_params == PRESETS["paper"].overrides["label_params"]
     # The table itself is never changed by resolving.
@@ -99,11 +117,39 @@ def test_train_without_arguments_is_the_default_run(captured: dict[str, Any]) ->
 
 
 def test_cli_options_override_the_preset(captured: dict[str, Any]) -> None:
-    r = cli_inprocess("train", "--preset", "paper", "--epochs", "1", "--lr", "0.01", "--no-quant", "--no-flip", "--shift", "2",
-                      "--qat-epochs", "0", "--norm", "batch", "--label-mode", "channel")
+    r = cli_inprocess(
+        "train",
+        "--preset",
+        "paper",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.01",
+        "--no-quant",
+        "--no-flip",
+        "--shift",
+        "2",
+        "--qat-epochs",
+        "0",
+        "--norm",
+        "batch",
+        "--label-mode",
+        "channel",
+    )
     assert r.returncode == 0, r.stderr
-    want = resolve("paper", {"epochs": 1, "lr": 0.01, "quant": False, "flip": False, "shift": 2, "qat_epochs": 0, "norm": "batch",
-                             "label_params": {"mode": "channel"}})
+    want = resolve(
+        "paper",
+        {
+            "epochs": 1,
+            "lr": 0.01,
+            "quant": False,
+            "flip": False,
+            "shift": 2,
+            "qat_epochs": 0,
+            "norm": "batch",
+            "label_params": {"mode": "channel"},
+        },
+    )
     assert captured["cfg"] == want and captured["out"] == Path("runs") / "paper"
     assert want.label_params == {"mode": "channel", "amplitude": PAPER_AMPLITUDE} and want.batch_size == 50
     r = cli_inprocess("train", "--flip", "--quant", "--dataset", "npz:x.npz")
@@ -116,16 +162,35 @@ def test_cli_options_override_the_preset(captured: dict[str, Any]) -> None:
 
 def test_config_json_records_the_resolved_values_and_the_preset(tmp_path: Path, small_npz: str) -> None:
     out = tmp_path / "run"
-    tiny = ["--dataset", small_npz, "--layers", "8x7,8x7", "--epochs", "1", "--head-epochs", "1", "--eval-samples", "50", "--threads", "1"]
+    tiny = [
+        "--dataset",
+        small_npz,
+        "--layers",
+        "8x7,8x7",
+        "--epochs",
+        "1",
+        "--head-epochs",
+        "1",
+        "--eval-samples",
+        "50",
+        "--threads",
+        "1",
+    ]
     r = cli("train", "--preset", "paper", *tiny, "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     saved = json.loads((out / CONFIG).read_text())
-    want = resolve("paper", {"dataset": small_npz, "layers": "8x7,8x7", "epochs": 1, "head_epochs": 1, "eval_samples": 50, "threads": 1})
+    want = resolve(
+        "paper",
+        {"dataset": small_npz, "layers": "8x7,8x7", "epochs": 1, "head_epochs": 1, "eval_samples": 50, "threads": 1},
+    )
     assert saved["train"] == asdict(want)
     assert saved["train"]["preset"] == "paper" and saved["train"]["lr"] == 5e-5 and saved["train"]["norm"] == "rms"
     assert saved["encoding"]["mode"] == "add" and saved["encoding"]["amplitude"] == PAPER_AMPLITUDE
     # A resumed run keeps its own config (preset included); --preset with --resume is refused.
-    assert_one_line_error(cli("train", "--resume", "--preset", "paper", "--out", str(out), cwd=tmp_path), "--preset does not apply to --resume")
+    assert_one_line_error(
+        cli("train", "--resume", "--preset", "paper", "--out", str(out), cwd=tmp_path),
+        "--preset does not apply to --resume",
+    )
     r = cli("train", "--resume", "--epochs", "2", "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / CONFIG).read_text())["train"] == {**asdict(want), "epochs": 2}
@@ -165,7 +230,9 @@ def test_help_states_the_trainconfig_defaults() -> None:
         if f.name in not_options or f.default is None:
             continue
         opt = options[f.name]
-        assert opt.default is None, f"--{f.name} must default to None (not given), so that it does not override a preset"
+        assert opt.default is None, (
+            f"--{f.name} must default to None (not given), so that it does not override a preset"
+        )
         m = re.search(r"\(default: ([^;)]+)", opt.help or "")
         assert m, f"--{f.name}: the help does not state the default"
         want = (f"--{f.name}" if f.default else f"--no-{f.name}") if isinstance(f.default, bool) else str(f.default)

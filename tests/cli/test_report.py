@@ -55,8 +55,9 @@ def test_report_writes_pngs_and_json(tiny_run: Path, tmp_path: Path) -> None:
     assert sum(map(sum, rep["confusion"])) == 120
 
 
-def test_report_bad_input_is_one_line(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_bad_input_is_one_line(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ffedge.cli import app, run_app
 
     def run(*args: str) -> subprocess.CompletedProcess:  # in process (the same error boundary as the command), fast
@@ -67,7 +68,9 @@ def test_report_bad_input_is_one_line(tiny_run: Path, tmp_path: Path, capsys: py
 
     assert_one_line_error(run("report", str(tmp_path / "nope"), "--out", str(tmp_path / "r1")), "no such run folder")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")), "is not a training run")
+    assert_one_line_error(
+        run("report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")), "is not a training run"
+    )
     assert_one_line_error(run("report", str(tiny_run), "--images", "0", "--out", str(tmp_path / "r3")), "--images")
     assert_one_line_error(run("report", str(tiny_run), "--limit", "0", "--out", str(tmp_path / "r3")), "--limit")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()

@@ -46,8 +46,26 @@ def test_existing_out_dir_needs_resume_or_force(tmp_path: Path) -> None:
 def test_cli_train_end_to_end(tmp_path: Path, small_npz: str) -> None:
     from ffedge.train.run_files import METRICS
 
-    r = cli("train", "--dataset", small_npz, "--layers", TINY, "--epochs", "1", "--batch-size", "50",
-            "--eval-samples", "50", "--head-epochs", "2", "--threads", "1", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    r = cli(
+        "train",
+        "--dataset",
+        small_npz,
+        "--layers",
+        TINY,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--eval-samples",
+        "50",
+        "--head-epochs",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "held-out acc" in r.stdout and "epoch   1/1" in r.stdout
     assert json.loads((tmp_path / "run" / METRICS).read_text())["epochs"] == 1

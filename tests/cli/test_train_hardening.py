@@ -30,7 +30,7 @@ from tests.conftest import REPO, assert_one_line_error  # noqa: E402
 TINY = ["--layers", "8x5p,16x3", "--batch-size", "50", "--eval-samples", "50", "--head-epochs", "1", "--threads", "1"]
 NO_DATA = "npz:/nonexistent/never.npz"  # option errors must come before the dataset is even looked at
 
-_RUNNER = r'''
+_RUNNER = r"""
 import contextlib, glob, io, json, os, signal, sys, threading, time, traceback
 from ffedge.cli import app, run_app
 
@@ -57,7 +57,7 @@ for case in json.loads(sys.argv[1]):
     watcher.join()
     results[case["name"]] = [rc, err.getvalue()]
 print(json.dumps(results))
-'''
+"""
 
 
 def _sums(folder: Path) -> dict[str, str]:
@@ -93,12 +93,19 @@ def _tiny_npz(w: Path, small_npz: str) -> str:
     import numpy as np
 
     with np.load(small_npz.split(":", 1)[1]) as z:
-        np.savez(w / "tiny.npz", x_train=z["x_train"][:200], y_train=z["y_train"][:200], x_test=z["x_test"][:100], y_test=z["y_test"][:100])
+        np.savez(
+            w / "tiny.npz",
+            x_train=z["x_train"][:200],
+            y_train=z["y_train"][:200],
+            x_test=z["x_test"][:100],
+            y_test=z["y_test"][:100],
+        )
     return f"npz:{w / 'tiny.npz'}"
 
 
 def _prepare(w: Path, tiny_run: Path, small_npz: str) -> list[dict[str, Any]]:
     """The folders the cases work on, and the cases: name, argv, optionally a signal to send once a path appears."""
+
     def run_copy(name: str) -> Path:
         shutil.copytree(tiny_run, w / name)
         return w / name
@@ -128,7 +135,13 @@ def _prepare(w: Path, tiny_run: Path, small_npz: str) -> list[dict[str, Any]]:
 
     y = np.arange(60) % 10
     y[3] = 200
-    np.savez(w / "gaps.npz", x_train=np.zeros((60, 28, 28), np.uint8), y_train=y, x_test=np.zeros((20, 28, 28), np.uint8), y_test=np.arange(20) % 10)
+    np.savez(
+        w / "gaps.npz",
+        x_train=np.zeros((60, 28, 28), np.uint8),
+        y_train=y,
+        x_test=np.zeros((20, 28, 28), np.uint8),
+        y_test=np.arange(20) % 10,
+    )
     bad = ["train", "--dataset", NO_DATA, *TINY, "--epochs", "1"]
     run = str(tiny_run)
     cases = [
@@ -152,23 +165,45 @@ def _prepare(w: Path, tiny_run: Path, small_npz: str) -> list[dict[str, Any]]:
         ("resume_no_epoch", ["train", "--resume", "--out", str(w / "ck_noepoch")]),
         ("resume_corrupt", ["train", "--resume", "--out", str(w / "ck_corrupt")]),
         ("resume_optimizers", ["train", "--resume", "--out", str(w / "ck_opts")]),
-        ("export_force_user_folder", ["export", run, "--out", str(w / "user_export"), "--force", "--verify-samples", "0"]),
+        (
+            "export_force_user_folder",
+            ["export", run, "--out", str(w / "user_export"), "--force", "--verify-samples", "0"],
+        ),
         ("export_force_link", ["export", run, "--out", str(w / "bundle_link"), "--force", "--verify-samples", "0"]),
         ("export_verify_negative", ["export", run, "--out", str(w / "o_export"), "--verify-samples", "-5"]),
         ("report_user_file", ["report", run, "--out", str(w / "report"), "--limit", "20"]),
         ("labels_out_folder", ["labels", "--dataset", small_npz, "--out", str(w / "dir.png")]),
-        ("train_label_gaps", ["train", "--dataset", f"npz:{w / 'gaps.npz'}", *TINY, "--epochs", "1", "--out", str(w / "gaps_out")]),
+        (
+            "train_label_gaps",
+            ["train", "--dataset", f"npz:{w / 'gaps.npz'}", *TINY, "--epochs", "1", "--out", str(w / "gaps_out")],
+        ),
         ("force_replaces_run", [*train, "--epochs", "1", "--out", str(w / "replace"), "--force"]),
     ]
     if not torch.cuda.is_available():
         cases.append(("device_cuda", [*bad, "--device", "cuda", "--out", str(w / "o_cuda")]))
     signalled = [
-        ("sigterm_replace", [*train, "--epochs", "50", "--out", str(w / "replace_term"), "--force"], "SIGTERM",
-         str(w / ".replace_term.tmp-*" / CHECKPOINT)),
-        ("sigint_before_first_epoch", [*train, "--epochs", "50", "--out", str(w / "fresh0")], "SIGINT", str(w / "fresh0" / CONFIG)),
-        ("sigint_after_first_epoch", [*train, "--epochs", "50", "--out", str(w / "fresh")], "SIGINT", str(w / "fresh" / CHECKPOINT)),
+        (
+            "sigterm_replace",
+            [*train, "--epochs", "50", "--out", str(w / "replace_term"), "--force"],
+            "SIGTERM",
+            str(w / ".replace_term.tmp-*" / CHECKPOINT),
+        ),
+        (
+            "sigint_before_first_epoch",
+            [*train, "--epochs", "50", "--out", str(w / "fresh0")],
+            "SIGINT",
+            str(w / "fresh0" / CONFIG),
+        ),
+        (
+            "sigint_after_first_epoch",
+            [*train, "--epochs", "50", "--out", str(w / "fresh")],
+            "SIGINT",
+            str(w / "fresh" / CHECKPOINT),
+        ),
     ]
-    return [{"name": n, "argv": a} for n, a in cases] + [{"name": n, "argv": a, "signal": s, "when": p} for n, a, s, p in signalled]
+    return [{"name": n, "argv": a} for n, a in cases] + [
+        {"name": n, "argv": a, "signal": s, "when": p} for n, a, s, p in signalled
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +211,18 @@ def batch(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path, small_npz: s
     """Run every case in one process; returns the work folder, results by case name, and checksums taken before."""
     w = tmp_path_factory.mktemp("hardening")
     cases = _prepare(w, tiny_run, small_npz)
-    before = {name: _sums(w / name) for name in ("user", "user_export", "link_target", "inner_link", "replace_term", "report")}
+    before = {
+        name: _sums(w / name) for name in ("user", "user_export", "link_target", "inner_link", "replace_term", "report")
+    }
     before["outside"] = _sums(w)["outside.txt"]
-    r = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(cases)], cwd=w, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [sys.executable, "-c", _RUNNER, json.dumps(cases)],
+        cwd=w,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return w, json.loads(r.stdout.strip().splitlines()[-1]), before
 
@@ -260,13 +303,17 @@ def test_sigterm_during_force_keeps_the_old_run(batch: tuple[Path, dict, dict]) 
     assert _sums(w / "replace_term") == before["replace_term"]
 
 
-def test_ctrl_c_says_what_is_kept_and_resume_continues(batch: tuple[Path, dict, dict], capsys: pytest.CaptureFixture) -> None:
+def test_ctrl_c_says_what_is_kept_and_resume_continues(
+    batch: tuple[Path, dict, dict], capsys: pytest.CaptureFixture
+) -> None:
     w, results, _ = batch
     rc, err = results["sigint_before_first_epoch"]
     assert rc == 130 and err.strip().endswith(": nothing was kept"), (rc, err)
     assert not (w / "fresh0").exists()
     rc, err = results["sigint_after_first_epoch"]
-    m = re.search(r"the checkpoint of epoch (\d+) is kept; continue with: ffedge train --resume --out (\S+)$", err.strip())
+    m = re.search(
+        r"the checkpoint of epoch (\d+) is kept; continue with: ffedge train --resume --out (\S+)$", err.strip()
+    )
     assert rc == 130 and m and "Traceback" not in err, (rc, err)
     assert sorted(p.name for p in (w / "fresh").iterdir()) == [CHECKPOINT, CONFIG]
     # The command it prints continues the run (here to one more epoch).
@@ -292,6 +339,8 @@ def test_nan_loss_stops_training_with_one_line(tmp_path: Path, small_npz: str, m
     real = trainer.ff_loss
     monkeypatch.setattr(trainer, "ff_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     cfg = TrainConfig(dataset=small_npz, layers="8x5p,16x3", epochs=1, batch_size=50, threads=1)
-    with pytest.raises(FFEdgeError, match=r"training diverged in epoch 1/1, step 1/12: layer 0 has loss nan.*nothing was kept"):
+    with pytest.raises(
+        FFEdgeError, match=r"training diverged in epoch 1/1, step 1/12: layer 0 has loss nan.*nothing was kept"
+    ):
         train_run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

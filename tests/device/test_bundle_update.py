@@ -55,7 +55,9 @@ def retrained(golden_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return {
         f"layer{last}.onnx": edit(f"layer{last}.onnx", lambda n, a: a[::-1] if n in layer_names else None),
         "net.onnx": edit("net.onnx", lambda n, a: a[::-1] if n in {f"l{last}_{t}" for t in layer_names} else None),
-        "head.onnx": edit("head.onnx", lambda n, a: a * 0.5 if n == "head_w" else (np.roll(a, 1) + 1.0 if n == "head_b" else None)),
+        "head.onnx": edit(
+            "head.onnx", lambda n, a: a * 0.5 if n == "head_w" else (np.roll(a, 1) + 1.0 if n == "head_b" else None)
+        ),
     }
 
 
@@ -73,7 +75,9 @@ def _snapshot(bundle: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
 
 
-def test_commit_then_rollback(golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
+def test_commit_then_rollback(
+    golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path
+) -> None:
     b = _copy(golden_int8, tmp_path / "b")
     before = _snapshot(b)
     old_manifest = json.loads((b / MANIFEST).read_text())
@@ -123,14 +127,21 @@ def test_commit_then_rollback(golden_int8: Path, retrained: dict[str, Path], ima
 
 def test_manifest_repointing(golden_int8: Path, retrained: dict[str, Path], tmp_path: Path) -> None:
     assert repoint({"a": ["x.onnx", {"file": "x.onnx"}], "b": 3, "x.onnx": "y"}, {"x.onnx": "v/x.onnx"}) == {
-        "a": ["v/x.onnx", {"file": "v/x.onnx"}], "b": 3, "x.onnx": "y"}
+        "a": ["v/x.onnx", {"file": "v/x.onnx"}],
+        "b": 3,
+        "x.onnx": "y",
+    }
     assert logical_name("versions/v12/head.onnx") == "head.onnx" and logical_name("head.onnx") == "head.onnx"
     b = _copy(golden_int8, tmp_path / "b")
     head = json.loads((b / MANIFEST).read_text())["head"]
     m2 = commit_update(b, {"net.onnx": retrained["net.onnx"]}, {}, {})
     # Changes may name files logically: a replaced file goes to its new path, a kept one to where it is now.
-    m3 = commit_update(b, {"head.onnx": retrained["head.onnx"], "notes.txt": b"retrained on device\n"},
-                       {"head": {**head, "file": "head.onnx"}, "fused": {**m2["fused"], "file": "net.onnx"}, "notes": "notes.txt"}, {})
+    m3 = commit_update(
+        b,
+        {"head.onnx": retrained["head.onnx"], "notes.txt": b"retrained on device\n"},
+        {"head": {**head, "file": "head.onnx"}, "fused": {**m2["fused"], "file": "net.onnx"}, "notes": "notes.txt"},
+        {},
+    )
     assert m3["head"]["file"] == "versions/v3/head.onnx" and m3["fused"]["file"] == "versions/v2/net.onnx"
     assert m3["notes"] == "versions/v3/notes.txt" and "versions/v3/notes.txt" in m3["files"]
     assert m3["history"][-2]["files"] == ["net.onnx"]  # past entries are not rewritten
@@ -202,7 +213,9 @@ def _fail_nth_fsync(monkeypatch: pytest.MonkeyPatch, n: int) -> list[int]:
     return calls
 
 
-def test_disk_full_leaves_the_old_version(golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
+def test_disk_full_leaves_the_old_version(
+    golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path
+) -> None:
     b = _copy(golden_int8, tmp_path / "b")
     old = _head_scores(b, images)
     before = _snapshot(b)
@@ -219,8 +232,10 @@ def test_disk_full_leaves_the_old_version(golden_int8: Path, retrained: dict[str
         assert not (b / "versions" / "v2").exists() and not list((b / "versions").glob(".*.tmp"))
     # A failing write (not only fsync).
     with pytest.MonkeyPatch.context() as mp:
+
         def full(self, data):
             raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
         mp.setattr(Path, "write_bytes", full)
         with pytest.raises(FFEdgeError, match="no space left on device"):
             commit_update(b, files, {}, {})
@@ -239,14 +254,18 @@ def test_disk_full_leaves_the_old_version(golden_int8: Path, retrained: dict[str
     assert bundle_version(open_bundle(b).manifest) == 2
 
 
-def test_unwritable_bundle(golden_int8: Path, retrained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unwritable_bundle(
+    golden_int8: Path, retrained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     b = _copy(golden_int8, tmp_path / "b")
     before = _snapshot(b)
     if os.geteuid() != 0:
         b.chmod(0o555)
     else:  # root writes anyway: make the writes fail as they would in a read-only folder
+
         def denied(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied", str(b))
+
         monkeypatch.setattr(os, "mkdir", denied)
         monkeypatch.setattr("tempfile.mkstemp", denied)
     try:
@@ -277,7 +296,9 @@ def test_rollback_cli(golden_int8: Path, retrained: dict[str, Path], tmp_path: P
     assert bundle_version(json.loads((c / MANIFEST).read_text())) == 2
 
 
-DRIVER = BLOCK + """
+DRIVER = (
+    BLOCK
+    + """
 from pathlib import Path  # device side: the update code must not need the training extra (blocked above)
 from ffedge.bundle import read_manifest
 from ffedge.bundle.update import commit_update, rollback
@@ -292,12 +313,17 @@ while True:
         rollback(bundle)
         print("rolled back", flush=True)
 """
+)
 
 
 def _leftovers(bundle: Path) -> bool:
     """Whether an update or rollback was interrupted: temp files, an unreferenced version folder, a stale mark."""
     current = json.loads((bundle / MANIFEST).read_text())
-    saved = [json.loads(p.read_text()) for p in (bundle / "versions").glob("manifest.v*.json")] if (bundle / "versions").is_dir() else []
+    saved = (
+        [json.loads(p.read_text()) for p in (bundle / "versions").glob("manifest.v*.json")]
+        if (bundle / "versions").is_dir()
+        else []
+    )
     referenced = {Path(n).parts[1] for m in [current, *saved] for n in m["files"] if n.startswith("versions/")}
     dirs = {p.name for p in (bundle / "versions").glob("v*") if p.is_dir()} if saved else set()
     temps = [p for p in bundle.rglob(".*.tmp")]
@@ -305,7 +331,9 @@ def _leftovers(bundle: Path) -> bool:
     return bool(temps or dirs - referenced or stale)
 
 
-def test_sigkill_during_updates_never_breaks_the_bundle(golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path) -> None:
+def test_sigkill_during_updates_never_breaks_the_bundle(
+    golden_int8: Path, retrained: dict[str, Path], images: np.ndarray, tmp_path: Path
+) -> None:
     """A driver alternates commit_update (old -> new files) and rollback on one bundle; it is SIGKILLed at
     random moments, and after every kill the bundle opens, verifies and predicts as exactly the old or the new version."""
     x = images[:16]
@@ -332,7 +360,9 @@ def test_sigkill_during_updates_never_breaks_the_bundle(golden_int8: Path, retra
     kills = intact = ops = interrupted = 0
     seen = {"old": 0, "new": 0}
     for _ in range(24):
-        proc = subprocess.Popen([sys.executable, str(driver), str(b), str(alt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(driver), str(b), str(alt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
             time.sleep(rng.uniform(0.0, 0.15))
@@ -354,8 +384,10 @@ def test_sigkill_during_updates_never_breaks_the_bundle(golden_int8: Path, retra
         assert (bundle_version(open_bundle(b).manifest) == 1) == (state == "old")
         seen[state] += 1
         intact += 1
-    print(f"\nSIGKILL: {kills} kills, {intact} intact ({seen['old']} old, {seen['new']} new version; "
-          f"{interrupted} left an interrupted update behind; the driver finished {ops} operations)")
+    print(
+        f"\nSIGKILL: {kills} kills, {intact} intact ({seen['old']} old, {seen['new']} new version; "
+        f"{interrupted} left an interrupted update behind; the driver finished {ops} operations)"
+    )
     assert kills == intact >= 20 and seen["old"] and seen["new"]
     # The bundle stays updatable: the next update clears the leftovers of the last interrupted one.
     if bundle_version(open_bundle(b).manifest) > 1:

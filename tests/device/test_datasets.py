@@ -50,8 +50,10 @@ def mnist_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, di
     d = tmp_path / "data" / "mnist"
     d.mkdir(parents=True)
     arrays = {
-        "x_train": RNG.integers(0, 256, (12, 28, 28), dtype=np.uint8), "y_train": np.arange(12) % 10,
-        "x_test": RNG.integers(0, 256, (5, 28, 28), dtype=np.uint8), "y_test": np.arange(5),
+        "x_train": RNG.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+        "y_train": np.arange(12) % 10,
+        "x_test": RNG.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+        "y_test": np.arange(5),
     }
     for split in ("train", "test"):
         write_idx_gz(d / FILES[split][0], arrays[f"x_{split}"])
@@ -245,7 +247,9 @@ def test_download_writes_verified_files(mnist_dir, tmp_path: Path, monkeypatch: 
     assert len(urls) == 4
 
 
-def test_offline_midway_lists_only_files_still_missing(mnist_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_midway_lists_only_files_still_missing(
+    mnist_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src, _ = mnist_dir
     names = list(remote.SOURCES["mnist"].files)
 
@@ -290,15 +294,21 @@ def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_cifar10(path: Path, per_batch: int = 3) -> dict[str, np.ndarray]:
     xs, ys = {}, {}
     with tarfile.open(path, "w:gz") as tar:
-        add_member(tar, "cifar-10-batches-bin/batches.meta.txt", b"airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n")
+        add_member(
+            tar,
+            "cifar-10-batches-bin/batches.meta.txt",
+            b"airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n",
+        )
         for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
             raw, xs[name], ys[name] = cifar_records(per_batch, 1, 10)
             add_member(tar, f"cifar-10-batches-bin/{name}", raw)
         add_member(tar, "cifar-10-batches-bin/readme.html", b"<html></html>")
     train = [f"data_batch_{i}.bin" for i in range(1, 6)]
     return {
-        "x_train": np.concatenate([xs[n] for n in train]), "y_train": np.concatenate([ys[n] for n in train]),
-        "x_test": xs["test_batch.bin"], "y_test": ys["test_batch.bin"],
+        "x_train": np.concatenate([xs[n] for n in train]),
+        "y_train": np.concatenate([ys[n] for n in train]),
+        "x_test": xs["test_batch.bin"],
+        "y_test": ys["test_batch.bin"],
     }
 
 
@@ -434,8 +444,14 @@ def test_folder_unreadable_image_is_named(tmp_path: Path) -> None:
 def test_npz_nhw_and_class_names(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     x = RNG.integers(0, 256, (6, 5, 4), dtype=np.uint8)
-    np.savez(path, x_train=x, y_train=np.array([0, 1, 2, 0, 1, 2], np.uint8), x_test=x[:2],
-             y_test=np.array([2, 1], np.int32), class_names=np.array(["r", "g", "b"]))
+    np.savez(
+        path,
+        x_train=x,
+        y_train=np.array([0, 1, 2, 0, 1, 2], np.uint8),
+        x_test=x[:2],
+        y_test=np.array([2, 1], np.int32),
+        class_names=np.array(["r", "g", "b"]),
+    )
     ds = load_dataset(f"npz:{path}")
     assert ds.x_train.shape == (6, 5, 4, 1) and ds.y_test.dtype == np.int64 and ds.classes == ["r", "g", "b"]
     assert np.array_equal(ds.x_train[..., 0], x)
@@ -458,13 +474,20 @@ def test_npz_nhwc_default_class_names(tmp_path: Path) -> None:
         ({"y_train": np.array([0.0, 1.0])}, "y_train must hold integer labels"),
         ({"x_test": np.zeros((2, 4, 3), np.uint8)}, "x_train images are .* but x_test images are"),
         ({"class_names": np.array(["only"])}, "class_names has 1 names but labels go up to 1"),
-        ({"x_test": np.zeros((0, 3, 3), np.uint8), "y_test": np.zeros(0, np.int64)}, r"x_test is empty \(shape \(0, 3, 3, 1\)\)"),
+        (
+            {"x_test": np.zeros((0, 3, 3), np.uint8), "y_test": np.zeros(0, np.int64)},
+            r"x_test is empty \(shape \(0, 3, 3, 1\)\)",
+        ),
         ({"class_names": np.array([object(), object()], dtype=object)}, "object array.*refused"),
     ],
 )
 def test_npz_bad_content(tmp_path: Path, arrays: dict, match: str) -> None:
-    base = {"x_train": np.zeros((2, 3, 3), np.uint8), "y_train": np.array([0, 1]),
-            "x_test": np.zeros((2, 3, 3), np.uint8), "y_test": np.array([1, 0])}
+    base = {
+        "x_train": np.zeros((2, 3, 3), np.uint8),
+        "y_train": np.array([0, 1]),
+        "x_test": np.zeros((2, 3, 3), np.uint8),
+        "y_test": np.array([1, 0]),
+    }
     if "missing" in match:
         base = {}
     path = tmp_path / "bad.npz"

@@ -16,7 +16,10 @@ EXAMPLES = REPO / "examples"
 
 
 def _device(script: str, *args: str) -> subprocess.CompletedProcess:
-    return python(f"import runpy\nsys.argv = [{script!r}] + sys.argv[1:]\nrunpy.run_path({script!r}, run_name='__main__')\n", *args)
+    return python(
+        f"import runpy\nsys.argv = [{script!r}] + sys.argv[1:]\nrunpy.run_path({script!r}, run_name='__main__')\n",
+        *args,
+    )
 
 
 def test_pi_walkthrough_without_torch(golden_int8: Path, tmp_path: Path) -> None:
@@ -34,9 +37,12 @@ def test_pi_walkthrough_without_torch(golden_int8: Path, tmp_path: Path) -> None
     r = _device(str(EXAMPLES / "pi_classify.py"), str(golden_int8), str(big))
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
     # The walk-through's ffedge commands, device side.
-    for args in (["info", str(golden_int8)], ["predict", str(golden_int8), str(files[0]), "--json"],
-                 ["eval", str(golden_int8), "--dataset", "mnist-5k", "--limit", "50", "--latency-images", "5"],
-                 ["bench", str(golden_int8), "--limit", "50", "--iters", "3", "--warmup", "1"]):
+    for args in (
+        ["info", str(golden_int8)],
+        ["predict", str(golden_int8), str(files[0]), "--json"],
+        ["eval", str(golden_int8), "--dataset", "mnist-5k", "--limit", "50", "--latency-images", "5"],
+        ["bench", str(golden_int8), "--limit", "50", "--iters", "3", "--warmup", "1"],
+    ):
         r = device_cli(*args)
         assert r.returncode == 0, (args, r.stderr)
     assert "torch is not installed" in r.stdout

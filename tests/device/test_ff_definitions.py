@@ -58,7 +58,10 @@ def test_numpy_gradients_are_the_derivatives_of_the_numpy_loss(name: str) -> Non
             step[i] = eps
             up, down = [gp, gn], [gp, gn]
             up[side], down[side] = up[side] + step, down[side] - step
-            numeric = (ff.ff_loss(name, *up, alpha=2.5, threshold=0.8)[0] - ff.ff_loss(name, *down, alpha=2.5, threshold=0.8)[0]) / (2 * eps)
+            numeric = (
+                ff.ff_loss(name, *up, alpha=2.5, threshold=0.8)[0]
+                - ff.ff_loss(name, *down, alpha=2.5, threshold=0.8)[0]
+            ) / (2 * eps)
             assert grad[i] == pytest.approx(numeric, rel=1e-4, abs=1e-9)
 
 
@@ -130,7 +133,9 @@ def test_numpy_and_torch_losses_agree(name: str, alpha: float, threshold: float)
     lt = ff_loss(name, tp, tn, alpha=alpha, threshold=threshold)
     lt.backward()
     assert loss == pytest.approx(lt.item(), rel=1e-9)
-    assert np.allclose(dp, tp.grad.numpy(), rtol=1e-7, atol=1e-12) and np.allclose(dn, tn.grad.numpy(), rtol=1e-7, atol=1e-12)
+    assert np.allclose(dp, tp.grad.numpy(), rtol=1e-7, atol=1e-12) and np.allclose(
+        dn, tn.grad.numpy(), rtol=1e-7, atol=1e-12
+    )
 
 
 def test_torch_goodness_is_the_numpy_goodness() -> None:

@@ -81,7 +81,9 @@ def test_requantized_master_equals_exported_int8_tensors(bundle: Path, real: dic
         assert q["conv_w_scale"].dtype == np.float32 and q["conv_w_scale"].shape == ()
         for name, arr in q.items():
             assert arr.dtype == inits[name].dtype and arr.shape == inits[name].shape, name
-            assert np.array_equal(arr, inits[name]), f"layer {i} {name}: {int((arr != inits[name]).sum())} values differ"
+            assert np.array_equal(arr, inits[name]), (
+                f"layer {i} {name}: {int((arr != inits[name]).sum())} values differ"
+            )
         assert np.float32(entry["quant"]["weight_scale"]) == q["conv_w_scale"]
         assert inits["in_scale"] == layer.input_scale and inits["out_scale"] == layer.output_scale
         # The forward's fake-quant weights and bias are exactly the dequantized stored tensors.
@@ -141,7 +143,9 @@ def test_head_training_reduces_cross_entropy() -> None:
 # ---------------------------------------------------------------------------- fine-tuning
 
 
-def test_ff_finetune_last_layer_reduces_loss_and_exports_consistently(bundle: Path, real: dict[str, Any], tmp_path: Path) -> None:
+def test_ff_finetune_last_layer_reduces_loss_and_exports_consistently(
+    bundle: Path, real: dict[str, Any], tmp_path: Path
+) -> None:
     from ffedge.runtime import make_session
 
     i = len(real["manifest"]["layers"]) - 1

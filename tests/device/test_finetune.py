@@ -35,8 +35,13 @@ def shifted(x: np.ndarray) -> np.ndarray:
 def shifted_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
     ds = load_dataset("mnist-5k")
     path = tmp_path_factory.mktemp("shift") / "shift.npz"
-    np.savez(path, x_train=shifted(ds.x_train[:400, :, :, 0]), y_train=ds.y_train[:400],
-             x_test=shifted(ds.x_test[:200, :, :, 0]), y_test=ds.y_test[:200])
+    np.savez(
+        path,
+        x_train=shifted(ds.x_train[:400, :, :, 0]),
+        y_train=ds.y_train[:400],
+        x_test=shifted(ds.x_test[:200, :, :, 0]),
+        y_test=ds.y_test[:200],
+    )
     return f"npz:{path}"
 
 
@@ -45,7 +50,20 @@ def test_finetune_learns_commits_a_version_and_rolls_back(golden_int8: Path, shi
     shutil.copytree(golden_int8, b)
     x = shifted(load_dataset("mnist-5k").x_test[200:300, :, :, 0])
     before = Runtime(str(b)).predict(x)
-    r = device_cli("finetune", str(b), "--data", shifted_npz, "--epochs", "3", "--max-examples", "300", "--threads", "1", "--json", timeout=600)
+    r = device_cli(
+        "finetune",
+        str(b),
+        "--data",
+        shifted_npz,
+        "--epochs",
+        "3",
+        "--max-examples",
+        "300",
+        "--threads",
+        "1",
+        "--json",
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["version"] == 2 and res["examples"] == 300 and res["held_out"] == 200
@@ -66,8 +84,11 @@ def test_finetune_learns_commits_a_version_and_rolls_back(golden_int8: Path, shi
 
 def test_finetune_to_a_new_bundle_leaves_the_source_alone(golden_int8: Path, shifted_npz: str, tmp_path: Path) -> None:
     manifest = (golden_int8 / MANIFEST).read_bytes()
-    res = finetune(golden_int8, FinetuneConfig(data=shifted_npz, epochs=1, max_examples=40, eval_examples=40, head_epochs=1, threads=1),
-                   out=tmp_path / "new")
+    res = finetune(
+        golden_int8,
+        FinetuneConfig(data=shifted_npz, epochs=1, max_examples=40, eval_examples=40, head_epochs=1, threads=1),
+        out=tmp_path / "new",
+    )
     assert res["version"] == 2 and (tmp_path / "new" / "versions" / "v2").is_dir()
     assert (golden_int8 / MANIFEST).read_bytes() == manifest and not (golden_int8 / "versions").exists()
     with pytest.raises(FFEdgeError, match="already exists"):
@@ -80,7 +101,9 @@ def _npz(tmp_path: Path, name: str, x: np.ndarray, y: np.ndarray) -> str:
     return f"npz:{path}"
 
 
-def test_bad_input_is_one_line_and_leaves_the_bundle(golden_int8: Path, golden_int8_plain: Path, golden_fp32: Path, tmp_path: Path) -> None:
+def test_bad_input_is_one_line_and_leaves_the_bundle(
+    golden_int8: Path, golden_int8_plain: Path, golden_fp32: Path, tmp_path: Path
+) -> None:
     ds = load_dataset("mnist-5k")
     good_x, good_y = ds.x_train[:100, :, :, 0], ds.y_train[:100]
     b = tmp_path / "b"
@@ -102,7 +125,9 @@ def test_bad_input_is_one_line_and_leaves_the_bundle(golden_int8: Path, golden_i
     assert {p.name: p.read_bytes() for p in b.iterdir()} == snapshot
 
 
-def test_sigkill_at_random_moments_leaves_old_or_new_version(golden_int8: Path, shifted_npz: str, tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_leaves_old_or_new_version(
+    golden_int8: Path, shifted_npz: str, tmp_path: Path
+) -> None:
     """Kill `ffedge finetune` with SIGKILL at >= 20 random moments: the bundle is always the old or the new version."""
     x = shifted(load_dataset("mnist-5k").x_test[200:260, :, :, 0])
     old = Runtime(str(golden_int8)).predict(x, "head").scores
@@ -121,8 +146,11 @@ def test_sigkill_at_random_moments_leaves_old_or_new_version(golden_int8: Path, 
         attempts += 1
         b = tmp_path / f"k{i}"
         shutil.copytree(golden_int8, b)
-        p = subprocess.Popen([sys.executable, "-c", BLOCK + CLI_MAIN, "finetune", str(b), "--data", shifted_npz, *QUICK],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-c", BLOCK + CLI_MAIN, "finetune", str(b), "--data", shifted_npz, *QUICK],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.2 * full, full))
         if p.poll() is None:
             os.kill(p.pid, signal.SIGKILL)
@@ -147,5 +175,7 @@ def test_python_api_mirrors_the_cli(golden_int8: Path, shifted_npz: str, tmp_pat
 
     opts = dict(epochs=1, max_examples=40, eval_examples=40, head_epochs=1, threads=1)
     first = ffedge.finetune(golden_int8, shifted_npz, out=tmp_path / "a", **opts)
-    second = ffedge.finetune(tmp_path / "a", shifted_npz, **opts)  # callable again: the module import must not shadow it
+    second = ffedge.finetune(
+        tmp_path / "a", shifted_npz, **opts
+    )  # callable again: the module import must not shadow it
     assert (first["version"], second["version"]) == (2, 3)

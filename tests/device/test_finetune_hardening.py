@@ -21,7 +21,19 @@ from ffedge.finetuning import FinetuneConfig, finetune
 from ffedge.progress import QuietReporter
 from tests.conftest import assert_one_line_error, cli
 
-QUICK = ["--epochs", "1", "--max-examples", "60", "--eval-examples", "20", "--head-epochs", "1", "--threads", "1", "--no-replay"]
+QUICK = [
+    "--epochs",
+    "1",
+    "--max-examples",
+    "60",
+    "--eval-examples",
+    "20",
+    "--head-epochs",
+    "1",
+    "--threads",
+    "1",
+    "--no-replay",
+]
 LINK = "is a symbolic link; ffedge does not follow links inside a bundle"
 BUSY = "another fine-tune or rollback of this bundle is in progress"
 
@@ -53,8 +65,13 @@ def _finetune(bundle: Path, data: str, *extra: str, **kw) -> subprocess.Complete
 
 def _start(bundle: Path, data: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `ffedge finetune` and return once it is training (it printed its accuracy before)."""
-    p = subprocess.Popen([sys.executable, "-m", "ffedge.cli", "finetune", str(bundle), "--data", data, *QUICK, *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ffedge.cli", "finetune", str(bundle), "--data", data, *QUICK, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     for line in p.stdout:  # type: ignore[union-attr]
         if "held-out accuracy before" in line:
             return p
@@ -65,7 +82,9 @@ def _start(bundle: Path, data: str, *extra: str, env: dict[str, str] | None = No
 # --- item 2: links -----------------------------------------------------------------------------
 
 
-def test_versions_linked_out_of_the_bundle_is_refused_and_the_outside_untouched(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+def test_versions_linked_out_of_the_bundle_is_refused_and_the_outside_untouched(
+    golden_int8: Path, small_npz: str, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     (outside / "v2").mkdir(parents=True)
     (outside / "notes.txt").write_text("my notes\n")
@@ -107,9 +126,13 @@ def test_linked_version_file_lock_and_manifest_are_refused(golden_int8: Path, sm
 # --- item 3: concurrent runs ---------------------------------------------------------------------
 
 
-def test_a_second_finetune_or_rollback_is_refused_while_one_runs(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+def test_a_second_finetune_or_rollback_is_refused_while_one_runs(
+    golden_int8: Path, small_npz: str, tmp_path: Path
+) -> None:
     b = _copy(golden_int8, tmp_path / "b")
-    commit_update(b, {"head.onnx": (b / "head.onnx").read_bytes()}, history_entry={"event": "test"})  # version 2: rollback has a parent
+    commit_update(
+        b, {"head.onnx": (b / "head.onnx").read_bytes()}, history_entry={"event": "test"}
+    )  # version 2: rollback has a parent
     first = _start(b, small_npz, "--seed", "7")
     os.kill(first.pid, signal.SIGSTOP)  # frozen mid-training, holding the lock
     try:
@@ -123,7 +146,9 @@ def test_a_second_finetune_or_rollback_is_refused_while_one_runs(golden_int8: Pa
     assert_one_line_error(rolled, BUSY)
     m = json.loads((b / MANIFEST).read_text())
     assert [(h["version"], h["previous"]) for h in m["history"]] == [(2, 1), (3, 2)]
-    assert m["history"][-1]["event"] == "finetune" and m["history"][-1]["config"]["seed"] == 7  # the first run's training is current
+    assert (
+        m["history"][-1]["event"] == "finetune" and m["history"][-1]["config"]["seed"] == 7
+    )  # the first run's training is current
     open_bundle(b)
 
 
@@ -141,12 +166,20 @@ class _CommitMeanwhile:
         return QuietReporter().task(description, total)
 
 
-def test_a_version_committed_during_training_is_never_overwritten(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+def test_a_version_committed_during_training_is_never_overwritten(
+    golden_int8: Path, small_npz: str, tmp_path: Path
+) -> None:
     """The commit-time check: the version training started from must still be current (in place) or be what is copied (--out)."""
-    cfg = FinetuneConfig(data=small_npz, epochs=1, max_examples=40, eval_examples=20, head_epochs=1, replay=False, threads=1)
+    cfg = FinetuneConfig(
+        data=small_npz, epochs=1, max_examples=40, eval_examples=20, head_epochs=1, replay=False, threads=1
+    )
     b = _copy(golden_int8, tmp_path / "b")
-    with pytest.raises(FFEdgeError, match="version 2 became current while this update was made from version 1; nothing was committed"):
-        finetune(b, cfg, reporter=_CommitMeanwhile(b))  # in process the lock is re-entrant: only the commit-time check stops it
+    with pytest.raises(
+        FFEdgeError, match="version 2 became current while this update was made from version 1; nothing was committed"
+    ):
+        finetune(
+            b, cfg, reporter=_CommitMeanwhile(b)
+        )  # in process the lock is re-entrant: only the commit-time check stops it
     src = _copy(golden_int8, tmp_path / "src")
     with pytest.raises(FFEdgeError, match="became version 2 while this fine-tune of version 1 ran: .* was not written"):
         finetune(src, cfg, out=tmp_path / "new", reporter=_CommitMeanwhile(src))
@@ -178,13 +211,23 @@ def test_out_is_checked_before_training(golden_int8: Path, small_npz: str, tmp_p
 
 def test_bad_numbers_are_one_line_before_any_work(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
     b = _copy(golden_int8, tmp_path / "b")
-    for args, needle in ((["--seed", "-1"], "--seed must be >= 0"), (["--threads", "100000"], "--threads must be between 1 and")):
+    for args, needle in (
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--threads", "100000"], "--threads must be between 1 and"),
+    ):
         assert_one_line_error(_finetune(b, small_npz, *args, timeout=60), needle)
     # The library checks them too (Python callers), before the bundle is even opened.
-    for opts, needle in ((dict(epochs=-1), "--epochs must be >= 1"), (dict(lr=float("nan")), "--lr must be a finite number > 0"),
-                         (dict(anchor=-1.0), "--anchor"), (dict(anchor=1.0), "--anchor must be a finite number >= 0 and < 1"),
-                         (dict(threads=-1), "--threads"), (dict(batch_size=0), "--batch-size"), (dict(head_epochs=-3), "--head-epochs"),
-                         (dict(replay=-5), "replay must be True or False"), (dict(seed=-1), "--seed")):
+    for opts, needle in (
+        (dict(epochs=-1), "--epochs must be >= 1"),
+        (dict(lr=float("nan")), "--lr must be a finite number > 0"),
+        (dict(anchor=-1.0), "--anchor"),
+        (dict(anchor=1.0), "--anchor must be a finite number >= 0 and < 1"),
+        (dict(threads=-1), "--threads"),
+        (dict(batch_size=0), "--batch-size"),
+        (dict(head_epochs=-3), "--head-epochs"),
+        (dict(replay=-5), "replay must be True or False"),
+        (dict(seed=-1), "--seed"),
+    ):
         with pytest.raises(FFEdgeError, match=needle.replace("+", r"\+")):
             finetune(tmp_path / "no-such-bundle", FinetuneConfig(data=small_npz, **opts))
     assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in golden_int8.iterdir())
@@ -215,10 +258,18 @@ def test_full_temporary_disk_is_one_line_and_leaves_nothing(golden_int8: Path, s
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}
-    cases = (("full", "MB free, this fine-tune writes about"), ("fills", "no space left on device; the bundle is unchanged (still version 1)"))
+    cases = (
+        ("full", "MB free, this fine-tune writes about"),
+        ("fills", "no space left on device; the bundle is unchanged (still version 1)"),
+    )
     for mode, needle in cases:
-        r = subprocess.run([sys.executable, "-c", FULL_DISK, mode, "finetune", str(b), "--data", small_npz, *QUICK],
-                           capture_output=True, text=True, env=env, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", FULL_DISK, mode, "finetune", str(b), "--data", small_npz, *QUICK],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert_one_line_error(r, needle)
         assert ("accuracy before" in r.stdout) == (mode == "fills")  # a full disk is seen before training
         assert [p for p in tmpdir.iterdir() if p.name.startswith("ffedge")] == []
@@ -245,19 +296,34 @@ main()
 """
 
 
-def test_sigint_and_sigterm_say_what_is_kept_and_leave_no_temporaries(golden_int8: Path, small_npz: str, tmp_path: Path) -> None:
+def test_sigint_and_sigterm_say_what_is_kept_and_leave_no_temporaries(
+    golden_int8: Path, small_npz: str, tmp_path: Path
+) -> None:
     b = _copy(golden_int8, tmp_path / "b")
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}
-    p = _start(b, small_npz, "--epochs", "100000", env=env)  # Ctrl-C while training (far more epochs than can finish first)
+    p = _start(
+        b, small_npz, "--epochs", "100000", env=env
+    )  # Ctrl-C while training (far more epochs than can finish first)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and err.strip() == "interrupted: the bundle is unchanged (still version 1)", (p.returncode, err)
+    assert p.returncode == 130 and err.strip() == "interrupted: the bundle is unchanged (still version 1)", (
+        p.returncode,
+        err,
+    )
     seen = tmp_path / "seen"
-    r = subprocess.run([sys.executable, "-c", SIGTERM_AT_COMMIT, str(seen), "finetune", str(b), "--data", small_npz, *QUICK],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 143 and r.stderr.strip() == "interrupted: the bundle is unchanged (still version 1)", (r.returncode, r.stderr)
+    r = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AT_COMMIT, str(seen), "finetune", str(b), "--data", small_npz, *QUICK],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 143 and r.stderr.strip() == "interrupted: the bundle is unchanged (still version 1)", (
+        r.returncode,
+        r.stderr,
+    )
     assert any(n.startswith("ffedge-finetune-") for n in seen.read_text().split())  # there was a temporary folder ...
     assert [n.name for n in tmpdir.iterdir() if n.name.startswith("ffedge")] == []  # ... and it is gone
     assert _version(b) == 1 and not (b / "versions" / "v2").exists()

@@ -101,9 +101,14 @@ def random_ops(rng: random.Random) -> list[Op]:
 
 
 ops_strategy = st.lists(
-    st.tuples(st.sampled_from(OPS), st.one_of(st.integers(0, 63), st.integers(0, 1 << 20)),
-              st.integers(0, 1 << 16), st.binary(min_size=1, max_size=8)),
-    min_size=1, max_size=4,
+    st.tuples(
+        st.sampled_from(OPS),
+        st.one_of(st.integers(0, 63), st.integers(0, 1 << 20)),
+        st.integers(0, 1 << 16),
+        st.binary(min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=4,
 )
 
 # --------------------------------------------------------------------------- container-aware rewriting
@@ -171,15 +176,24 @@ def image_seeds(x: np.ndarray) -> list[Seed]:
     g16 = Image.fromarray(x[4].astype(np.uint16) * 257)
     f01 = Image.fromarray(x[5].astype(np.float32) / 255)
     return [
-        Seed("g.png", _save(g, "PNG"), "png"), Seed("rgb.png", _save(rgb, "PNG"), "png"),
-        Seed("p.png", _save(rgb.quantize(16), "PNG"), "png"), Seed("a.png", _save(rgb.convert("RGBA"), "PNG"), "png"),
-        Seed("g16.png", _save(g16, "PNG"), "png"), Seed("bw.png", _save(g.convert("1"), "PNG"), "png"),
-        Seed("g.jpg", _save(g, "JPEG", quality=90)), Seed("rgb.jpg", _save(rgb, "JPEG", progressive=True)),
-        Seed("g.gif", _save(g, "GIF")), Seed("anim.gif", _save(g, "GIF", save_all=True, append_images=[rgb.convert("P")])),
-        Seed("g.tif", _save(g, "TIFF")), Seed("rgb.tif", _save(rgb, "TIFF", compression="tiff_deflate")),
-        Seed("g16.tif", _save(g16, "TIFF", compression="tiff_lzw")), Seed("f.tif", _save(f01, "TIFF")),
-        Seed("g.bmp", _save(g, "BMP")), Seed("rgb.bmp", _save(rgb, "BMP")),
-        Seed("g.webp", _save(g, "WEBP", lossless=True)), Seed("rgb.webp", _save(rgb, "WEBP", quality=80)),
+        Seed("g.png", _save(g, "PNG"), "png"),
+        Seed("rgb.png", _save(rgb, "PNG"), "png"),
+        Seed("p.png", _save(rgb.quantize(16), "PNG"), "png"),
+        Seed("a.png", _save(rgb.convert("RGBA"), "PNG"), "png"),
+        Seed("g16.png", _save(g16, "PNG"), "png"),
+        Seed("bw.png", _save(g.convert("1"), "PNG"), "png"),
+        Seed("g.jpg", _save(g, "JPEG", quality=90)),
+        Seed("rgb.jpg", _save(rgb, "JPEG", progressive=True)),
+        Seed("g.gif", _save(g, "GIF")),
+        Seed("anim.gif", _save(g, "GIF", save_all=True, append_images=[rgb.convert("P")])),
+        Seed("g.tif", _save(g, "TIFF")),
+        Seed("rgb.tif", _save(rgb, "TIFF", compression="tiff_deflate")),
+        Seed("g16.tif", _save(g16, "TIFF", compression="tiff_lzw")),
+        Seed("f.tif", _save(f01, "TIFF")),
+        Seed("g.bmp", _save(g, "BMP")),
+        Seed("rgb.bmp", _save(rgb, "BMP")),
+        Seed("g.webp", _save(g, "WEBP", lossless=True)),
+        Seed("rgb.webp", _save(rgb, "WEBP", quality=80)),
         Seed("g.pgm", _save(g, "PPM")),
     ]
 
@@ -191,14 +205,19 @@ def npy_seeds(x: np.ndarray) -> list[Seed]:
         return buf.getvalue()
 
     return [
-        Seed("one.npy", npy(x[0])), Seed("batch.npy", npy(x[:3].astype(np.float32))),
-        Seed("nhwc.npy", npy(x[:2, :, :, None])), Seed("fortran.npy", npy(np.asfortranarray(x[0]), (2, 0))),
+        Seed("one.npy", npy(x[0])),
+        Seed("batch.npy", npy(x[:3].astype(np.float32))),
+        Seed("nhwc.npy", npy(x[:2, :, :, None])),
+        Seed("fortran.npy", npy(np.asfortranarray(x[0]), (2, 0))),
     ]
 
 
 def npz_seeds(x: np.ndarray, y: np.ndarray) -> list[Seed]:
     out = []
-    for name, save, extra in (("d.npz", np.savez, {}), ("c.npz", np.savez_compressed, {"class_names": np.array([str(i) for i in range(10)])})):
+    for name, save, extra in (
+        ("d.npz", np.savez, {}),
+        ("c.npz", np.savez_compressed, {"class_names": np.array([str(i) for i in range(10)])}),
+    ):
         buf = io.BytesIO()
         save(buf, x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:], **extra)
         out.append(Seed(name, buf.getvalue(), "npz"))
@@ -234,7 +253,10 @@ def cifar_seeds() -> list[Seed]:
 
 def _check_batch(out: tuple[np.ndarray, list[str]], channels: int) -> None:
     x, names = out
-    assert x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (28, 28, channels) and len(names) == len(x), (x.shape, names)
+    assert x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (28, 28, channels) and len(names) == len(x), (
+        x.shape,
+        names,
+    )
 
 
 class Targets:
@@ -247,8 +269,12 @@ class Targets:
         self.idx, self.cifar = idx_seeds(x, y), cifar_seeds()
         self.good_png = self.images[0].data
         self.seeds: dict[str, list[Seed]] = {
-            "predict-image": self.images, "folder": self.images, "predict-npy": self.npy,
-            "npz": self.npz, "idx": self.idx, "cifar": self.cifar,
+            "predict-image": self.images,
+            "folder": self.images,
+            "predict-npy": self.npy,
+            "npz": self.npz,
+            "idx": self.idx,
+            "cifar": self.cifar,
         }
 
     def mutate(self, seed: Seed, ops: list[Op], inner: bool, pick: int) -> bytes:
@@ -322,7 +348,7 @@ class _Stderr:
 
 
 def outcome(fn: Callable[[], None]) -> str:
-    """"ok", "refused" (FFEdgeError) or the crash: "<exception type>: ...", "Warning:<category>: ...",
+    """ "ok", "refused" (FFEdgeError) or the crash: "<exception type>: ...", "Warning:<category>: ...",
     "stderr: ..." (output the user would see besides the error line), "hang"."""
     with _Stderr() as err:
         result = _run_case(fn)
@@ -349,7 +375,9 @@ def _run_case(fn: Callable[[], None]) -> str:
     except _Hang:
         return "hang"
     except Exception as e:  # noqa: BLE001 - the point is to classify everything else
-        kind = type(e).__qualname__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__qualname__}"
+        kind = (
+            type(e).__qualname__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__qualname__}"
+        )
         return f"{kind}: {str(e)[:200]}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -374,10 +402,17 @@ def test_seeds_are_valid(targets: Targets) -> None:
 
 
 @pytest.mark.parametrize("target", TARGET_NAMES)
-@settings(max_examples=SHORT_EXAMPLES, derandomize=True, database=None, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=SHORT_EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(pick=st.integers(0, 1 << 16), ops=ops_strategy, inner=st.booleans(), flag=st.integers(0, 3))
-def test_mutated_inputs_load_or_fail_with_ffedge_error(targets: Targets, target: str, pick: int, ops: list[Op], inner: bool, flag: int) -> None:
+def test_mutated_inputs_load_or_fail_with_ffedge_error(
+    targets: Targets, target: str, pick: int, ops: list[Op], inner: bool, flag: int
+) -> None:
     seeds = targets.seeds[target]
     seed = seeds[pick % len(seeds)]
     data = targets.mutate(seed, ops, inner, pick // len(seeds))
@@ -411,7 +446,9 @@ def test_long_fuzz_profile(targets: Targets) -> None:
             first.setdefault(kind, f"{target} {seed.name}: {crash}")
             if keep is not None and crashes[kind] <= 3:
                 keep.mkdir(parents=True, exist_ok=True)
-                (keep / f"{kind.replace(':', '_').replace(' ', '')}-{crashes[kind]}-{target}-{seed.name}").write_bytes(data)
+                (keep / f"{kind.replace(':', '_').replace(' ', '')}-{crashes[kind]}-{target}-{seed.name}").write_bytes(
+                    data
+                )
     elapsed = time.monotonic() - start
     line = f"fuzz-inputs: {cases} cases in {elapsed:.0f} s, {sum(crashes.values())} crashes: {dict(crashes)}"
     details = f"\n  slowest case {slowest:.2f} s ({slow_case}); per target: {dict(sorted(results.items()))}"

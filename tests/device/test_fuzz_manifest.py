@@ -53,15 +53,77 @@ from tests.conftest import cli_inprocess
 
 SHORT_EXAMPLES = 25
 CASE_SECONDS = 30  # per case, all targets together: a case past this is a hang
-FILES = ("layer0.onnx", "layer1.onnx", "layer2.onnx", "net.onnx", "head.onnx", "labels_patterns.npy", "master.npz", "replay.npz")
+FILES = (
+    "layer0.onnx",
+    "layer1.onnx",
+    "layer2.onnx",
+    "net.onnx",
+    "head.onnx",
+    "labels_patterns.npy",
+    "master.npz",
+    "replay.npz",
+)
 NASTY: list[Any] = [
-    None, True, False, 0, 1, -1, 2, 3, 99, 10**6, 10**12, 2**63, -(2**63), 10**400, 0.5, -0.0, 1e-300, 1e308,
-    float("nan"), float("inf"), float("-inf"), "", "two", "a\nb", "x\nTraceback (most recent call last):\n  File \"x\"",
-    "[/]", "[bold red]error:[/] forged", ":thumbs_up:", "\x1b[2J", "\ud800", "é✓", "../x.onnx", "../../etc/passwd",
-    "/etc/passwd", "versions", "versions/v2", "versions/../layer0.onnx", "manifest.json", ".hidden.onnx", "a\\b.onnx",
-    "nosuch.onnx", *FILES, "versions/v2/head.onnx", [], {}, [1, 2], [0], [99], [-1], [0, 0], [1, 10**6, 10**6],
-    [1, 28, 28], [2, 28, 28], [1, 0, 28], [64, 4096, 4096], {"file": "layer0.onnx"}, {"file": "nosuch.onnx"},
-    {"file": 5}, "x" * 3000, [[[[[[[[[[1]]]]]]]]]],
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2,
+    3,
+    99,
+    10**6,
+    10**12,
+    2**63,
+    -(2**63),
+    10**400,
+    0.5,
+    -0.0,
+    1e-300,
+    1e308,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    "",
+    "two",
+    "a\nb",
+    'x\nTraceback (most recent call last):\n  File "x"',
+    "[/]",
+    "[bold red]error:[/] forged",
+    ":thumbs_up:",
+    "\x1b[2J",
+    "\ud800",
+    "é✓",
+    "../x.onnx",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "versions",
+    "versions/v2",
+    "versions/../layer0.onnx",
+    "manifest.json",
+    ".hidden.onnx",
+    "a\\b.onnx",
+    "nosuch.onnx",
+    *FILES,
+    "versions/v2/head.onnx",
+    [],
+    {},
+    [1, 2],
+    [0],
+    [99],
+    [-1],
+    [0, 0],
+    [1, 10**6, 10**6],
+    [1, 28, 28],
+    [2, 28, 28],
+    [1, 0, 28],
+    [64, 4096, 4096],
+    {"file": "layer0.onnx"},
+    {"file": "nosuch.onnx"},
+    {"file": 5},
+    "x" * 3000,
+    [[[[[[[[[[1]]]]]]]]]],
 ]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
@@ -101,7 +163,11 @@ def make_fuzz_bundles(int8_bundle: Path, root: Path) -> dict[str, Path]:
         np.savez(f, **{k: v.astype(np.float32) for k, v in master.items()})
     c, h, w = m["input"]["shape"]
     with open(v1 / "replay.npz", "wb") as f:
-        np.savez(f, x=rng.integers(0, 256, (20, h, w, c), dtype=np.uint8), y=np.arange(20, dtype=np.int64) % len(m["classes"]))
+        np.savez(
+            f,
+            x=rng.integers(0, 256, (20, h, w, c), dtype=np.uint8),
+            y=np.arange(20, dtype=np.int64) % len(m["classes"]),
+        )
     for name in ("master.npz", "replay.npz"):
         m["files"][name] = _sha(v1 / name)
     m["master"] = {"file": "master.npz"}
@@ -147,13 +213,17 @@ def _draw_path(data: st.DataObject, m: dict[str, Any]) -> tuple:
 
 
 def _new_value(data: st.DataObject, old: Any, m: dict[str, Any]) -> Any:
-    kind = data.draw(st.sampled_from(["nasty", "json", "near", "wrap", "swap", "stringify", "shrink", "grow"]), label="kind")
+    kind = data.draw(
+        st.sampled_from(["nasty", "json", "near", "wrap", "swap", "stringify", "shrink", "grow"]), label="kind"
+    )
     if kind == "nasty":
         return copy.deepcopy(data.draw(st.sampled_from(NASTY), label="nasty"))
     if kind == "json":
         return data.draw(json_values, label="json")
     if kind == "near" and isinstance(old, (int, float)) and not isinstance(old, bool):
-        return old + data.draw(st.sampled_from([1, -1, -old - 1 if isinstance(old, int) else -2 * old, 10**6]), label="delta")
+        return old + data.draw(
+            st.sampled_from([1, -1, -old - 1 if isinstance(old, int) else -2 * old, 10**6]), label="delta"
+        )
     if kind == "wrap":
         return data.draw(st.sampled_from([[old], {"value": old}]), label="wrap")
     if kind == "swap":  # a value from elsewhere in the manifest: other files, other layers, other shapes
@@ -167,7 +237,10 @@ def _new_value(data: st.DataObject, old: Any, m: dict[str, Any]) -> Any:
     if kind == "grow" and isinstance(old, list):
         return old + [copy.deepcopy(old[-1]) if old else 99]
     if kind == "grow" and isinstance(old, dict):
-        return {**old, data.draw(st.sampled_from(["extra", "file", "layers", "\n"]), label="newkey"): data.draw(json_values)}
+        return {
+            **old,
+            data.draw(st.sampled_from(["extra", "file", "layers", "\n"]), label="newkey"): data.draw(json_values),
+        }
     return None
 
 
@@ -255,8 +328,10 @@ class Stats:
 
     def summary(self, seconds: float) -> str:
         by_type = ", ".join(f"{k} {v}" for k, v in self.crashes.most_common()) or "none"
-        return (f"manifest fuzz: {self.cases} cases in {seconds:.0f} s; outcomes {dict(sorted(self.outcomes.items()))}; "
-                f"crashes {sum(self.crashes.values())} ({by_type})")
+        return (
+            f"manifest fuzz: {self.cases} cases in {seconds:.0f} s; outcomes {dict(sorted(self.outcomes.items()))}; "
+            f"crashes {sum(self.crashes.values())} ({by_type})"
+        )
 
 
 def _where(e: BaseException) -> str:
@@ -343,7 +418,12 @@ def run_case(case: Case, images: np.ndarray, head_bytes: bytes, stats: Stats) ->
     _cli(stats, case, "cli info --json", ["info", b, "--json"], allow_1=True)
     _library(stats, case, "finetune", lambda: _finetune_opening(case.bundle))
     _cli(stats, case, "cli rollback", ["rollback", b])
-    _library(stats, case, "commit_update", lambda: commit_update(case.spare, {"head.onnx": head_bytes}, {}, {"event": "fuzz"}))
+    _library(
+        stats,
+        case,
+        "commit_update",
+        lambda: commit_update(case.spare, {"head.onnx": head_bytes}, {}, {"event": "fuzz"}),
+    )
     stats.cases += 1
 
 
@@ -351,12 +431,20 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise Hang(f"a case ran past {CASE_SECONDS} s")
 
 
-def campaign(bases: dict[str, Path], work: Path, images: np.ndarray, stats: Stats, examples: int, seed_value: int | None) -> None:
+def campaign(
+    bases: dict[str, Path], work: Path, images: np.ndarray, stats: Stats, examples: int, seed_value: int | None
+) -> None:
     """Run ``examples`` cases (fixed-seed, derandomized, when ``seed_value`` is None)."""
     head_bytes = (bases["v1"] / "head.onnx").read_bytes()
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=seed_value is None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=seed_value is None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.data())
     def prop(data: st.DataObject) -> None:
         case = draw_case(data, bases, work)

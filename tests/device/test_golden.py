@@ -35,7 +35,8 @@ def test_the_format_version_is_one_this_runtime_reads(name: str) -> None:
     assert m["format"] == BUNDLE_FORMAT, f"{name}: format {m['format']!r}, this ffedge reads {BUNDLE_FORMAT!r}"
     assert m["version"] == BUNDLE_VERSION, (
         f"{name} is bundle format version {m['version']}, this ffedge reads version {BUNDLE_VERSION}: "
-        "regenerate tests/golden with `python tests/golden/make_golden.py` if the change is meant")
+        "regenerate tests/golden with `python tests/golden/make_golden.py` if the change is meant"
+    )
     assert m["precision"] in PRECISIONS and m["precision"] == name.split("-")[1]
 
 
@@ -77,7 +78,8 @@ def test_the_golden_bundles_are_what_make_golden_wrote_and_small() -> None:
     for name, folder in BUNDLES.items():
         facts = info["bundles"][name]
         assert hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest() == facts["manifest_sha256"], (
-            f"{name}/manifest.json was changed after make_golden.py wrote it: regenerate instead of editing")
+            f"{name}/manifest.json was changed after make_golden.py wrote it: regenerate instead of editing"
+        )
         assert facts["version"] == BUNDLE_VERSION
     total = sum(p.stat().st_size for folder in BUNDLES.values() for p in folder.rglob("*") if p.is_file())
     assert total <= MAX_BYTES, f"the golden bundles take {total} bytes: keep them a few hundred KB"

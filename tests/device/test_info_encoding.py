@@ -28,7 +28,9 @@ def test_info_shows_every_parameter_of_the_encoding(name: str) -> None:
 def test_fourier_shows_its_freqs_not_a_frequency() -> None:
     text = encoding_params(make_encoding("fourier", 10, (1, 28, 28)).to_config())
     assert "freqs=[4.0 x10]" in text and "frequency" not in text
-    assert text.startswith("mode=channel, amplitude=1.0, ") and "angles=[0.0, 0.314159, 0.628319, ... (10 values)]" in text
+    assert (
+        text.startswith("mode=channel, amplitude=1.0, ") and "angles=[0.0, 0.314159, 0.628319, ... (10 values)]" in text
+    )
 
 
 def test_untrusted_values_stay_short_and_on_one_line() -> None:

@@ -43,7 +43,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_claiming(path: Path, width: int, height: int) -> Path:
     """A small PNG whose (valid) header claims ``width`` x ``height`` grey pixels."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(bytes(100))) + _chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(bytes(100))) + _chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -55,7 +57,9 @@ def npy_claiming(path: Path, shape: tuple[int, ...], dtype: str = "|u1", tail: b
     return path
 
 
-def npz_dataset(path: Path, x: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, compressed: bool = False, **extra: np.ndarray) -> Path:
+def npz_dataset(
+    path: Path, x: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, compressed: bool = False, **extra: np.ndarray
+) -> Path:
     save = np.savez_compressed if compressed else np.savez
     save(path, x_train=x[: len(y_train)], y_train=y_train, x_test=x[: len(y_test)], y_test=y_test, **extra)
     return path
@@ -76,10 +80,14 @@ def truncated_bmp(path: Path, digit: np.ndarray) -> Path:
 def test_predict_refuses_a_named_pipe_instead_of_hanging(golden_int8: Path, tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
-    assert_one_line_error(cli("predict", str(golden_int8), str(fifo), timeout=60), "is a named pipe, not a regular file")
+    assert_one_line_error(
+        cli("predict", str(golden_int8), str(fifo), timeout=60), "is a named pipe, not a regular file"
+    )
 
 
-def test_predict_reads_16bit_png_and_float_tiff_at_their_depth(golden_int8: Path, tmp_path: Path, digit: np.ndarray) -> None:
+def test_predict_reads_16bit_png_and_float_tiff_at_their_depth(
+    golden_int8: Path, tmp_path: Path, digit: np.ndarray
+) -> None:
     """16-bit (0..65535) and float (0..1) copies of a digit predict exactly like the 8-bit one."""
     ref, g16, f01 = tmp_path / "ref.png", tmp_path / "g16.png", tmp_path / "f01.tif"
     Image.fromarray(digit).save(ref)
@@ -132,7 +140,9 @@ def test_labels_with_gaps_are_refused_by_the_loader(golden_int8: Path, tmp_path:
     y = np.arange(200) % 10
     y[3] = 200
     path = npz_dataset(tmp_path / "y200.npz", np.repeat(digit[None], 200, axis=0), y, np.arange(50) % 10)
-    assert_one_line_error(cli("eval", str(golden_int8), "--dataset", f"npz:{path}"), "go up to 200, which would make 201 classes")
+    assert_one_line_error(
+        cli("eval", str(golden_int8), "--dataset", f"npz:{path}"), "go up to 200, which would make 201 classes"
+    )
 
 
 # ---------------------------------------------------------------- the rules, in-process
@@ -210,7 +220,11 @@ def test_special_files_are_refused_everywhere(tmp_path: Path, digit: np.ndarray)
         (np.array([0, 1, np.nan, 1]), {}, "must hold integer labels"),
         (np.array([0, 1, 1]), {}, "3 labels but x_train has 4 images"),
         (np.array([0, 1, 2**64 - 1, 1], np.uint64), {}, "go up to 18446744073709551615"),
-        (np.array([0, 1, 5, 1]), {"class_names": np.array(["a", "b", "c"])}, r"class_names has 3 names but labels go up to 5"),
+        (
+            np.array([0, 1, 5, 1]),
+            {"class_names": np.array(["a", "b", "c"])},
+            r"class_names has 3 names but labels go up to 5",
+        ),
     ],
 )
 def test_npz_labels_must_be_0_to_k_minus_1(tmp_path: Path, y_train: np.ndarray, extra: dict, match: str) -> None:
@@ -229,13 +243,23 @@ def test_npz_label_gaps_are_flagged_for_training(tmp_path: Path) -> None:
     np.savez(path, x_train=x, y_train=np.array([0, 1, 200, 1]), x_test=x[:2], y_test=np.array([0, 1]))
     ds = load_dataset(f"npz:{path}")
     assert ds.num_classes == 201
-    assert ds.label_gaps and "labels {0, 1, 200} are 3 distinct values but go up to 200, which would make 201 classes" in ds.label_gaps
+    assert (
+        ds.label_gaps
+        and "labels {0, 1, 200} are 3 distinct values but go up to 200, which would make 201 classes" in ds.label_gaps
+    )
 
 
 def test_npz_label_gaps_are_fine_when_class_names_cover_them(tmp_path: Path) -> None:
     x = np.zeros((4, 5, 5), np.uint8)
     path = tmp_path / "d.npz"
-    np.savez(path, x_train=x, y_train=np.array([0, 3, 3, 0]), x_test=x[:2], y_test=np.array([0, 3]), class_names=np.array(list("abcd")))
+    np.savez(
+        path,
+        x_train=x,
+        y_train=np.array([0, 3, 3, 0]),
+        x_test=x[:2],
+        y_test=np.array([0, 3]),
+        class_names=np.array(list("abcd")),
+    )
     assert load_dataset(f"npz:{path}").classes == list("abcd")
 
 
@@ -255,7 +279,9 @@ def test_arrays_are_bounded_typed_and_never_unpickled(tmp_path: Path) -> None:
     with NpzArchive(path) as npz:
         with pytest.raises(FFEdgeError, match=r"array 'big'.*1,000,000,000,000 bytes"):
             npz.array("big")
-        with pytest.raises(FFEdgeError, match="member holds 137 bytes, the .npy header accounts for 132"):  # longer than its header says
+        with pytest.raises(
+            FFEdgeError, match="member holds 137 bytes, the .npy header accounts for 132"
+        ):  # longer than its header says
             npz.array("long")
     arr = np.arange(12, dtype=">f4").reshape(3, 4)
     np.save(tmp_path / "g.npy", np.asfortranarray(arr))

@@ -185,7 +185,12 @@ def test_onehot_writes_the_first_k_pixels_row_major() -> None:
 def test_morph_default_transforms_and_order_relations() -> None:
     enc = make_encoding("morph", 10, (1, 28, 28))
     assert [enc.describe(k) for k in (0, 3, 4, 8, 9)] == [
-        "dilate 3px 0deg", "dilate 3px 135deg", "erode 3px 0deg", "open 3px 0deg", "open 3px 90deg"]
+        "dilate 3px 0deg",
+        "dilate 3px 135deg",
+        "erode 3px 0deg",
+        "open 3px 0deg",
+        "open 3px 90deg",
+    ]
     x = images(5, (1, 28, 28))
     every = enc.encode_all(x).reshape(5, 10, 1, 28, 28)
     assert np.all(every[:, :4] >= x[:, None]) and np.all(every[:, 4:] <= x[:, None])  # dilate up, erode/open down
@@ -235,7 +240,10 @@ def test_bad_construction_raises_user_errors() -> None:
         (lambda: make_encoding("fourier", 10, (1, 28, 28), mode="sideways"), "mode"),
         (lambda: make_encoding("fourier", 10, (1, 28, 28), amplitude=-1), "amplitude"),
         (lambda: make_encoding("fourier", 10, (1, 28, 28), freqs=[4.0] * 10), "all of freqs"),
-        (lambda: make_encoding("fourier", 2, (1, 28, 28), freqs=[4, 4], angles=[0, 0], phases=[0, 0]), "same label pattern"),
+        (
+            lambda: make_encoding("fourier", 2, (1, 28, 28), freqs=[4, 4], angles=[0, 0], phases=[0, 0]),
+            "same label pattern",
+        ),
         (lambda: make_encoding("fourier", 2, (1, 28, 28), freqs=[4, 20], angles=[0, 0], phases=[0, 0]), "Nyquist"),
         (lambda: make_encoding("fourier", 100, (1, 8, 8)), "fits only"),
         (lambda: make_encoding("onehot", 100, (1, 8, 8)), "do not fit"),
@@ -244,10 +252,18 @@ def test_bad_construction_raises_user_errors() -> None:
         (lambda: make_encoding("morph", 100, (1, 5, 5)), "larger images"),
         (lambda: make_encoding("morph", 10, (1, 28, 28), radii=[14]), "longer than"),
         (lambda: make_encoding("morph", 10, (1, 28, 28), shrink_max_radius=-1), "shrink_max_radius"),
-        (lambda: make_encoding("morph", 2, (1, 28, 28), transforms=[["dilate", 0, 1], ["dilate", 0, -1]]), "same transform"),
+        (
+            lambda: make_encoding("morph", 2, (1, 28, 28), transforms=[["dilate", 0, 1], ["dilate", 0, -1]]),
+            "same transform",
+        ),
         (lambda: make_encoding("morph", 2, (1, 28, 28), transforms=[["dilate", 0, 1]], ops=["erode"]), "not both"),
         (lambda: encoding_from_config({"num_classes": 10}), "name"),
-        (lambda: encoding_from_config({"name": "onehot", "version": 99, "num_classes": 10, "image_shape": [1, 8, 8]}), "version"),
+        (
+            lambda: encoding_from_config(
+                {"name": "onehot", "version": 99, "num_classes": 10, "image_shape": [1, 8, 8]}
+            ),
+            "version",
+        ),
         (lambda: encoding_from_config({"name": "onehot", "image_shape": [1, 8, 8]}), "num_classes"),
     ]
     for build, message in cases:
@@ -294,7 +310,18 @@ def test_label_sheet_draws_every_encoding(tmp_path: Path, name: str, params: dic
 def test_labels_command_writes_png_and_rejects_bad_options(tmp_path: Path) -> None:
     pytest.importorskip("ffedge.datasets")
     out = tmp_path / "labels.png"
-    ok = cli("labels", "--dataset", "mnist-5k", "--labels", "fourier", "--label-mode", "channel", "--out", str(out), timeout=120)
+    ok = cli(
+        "labels",
+        "--dataset",
+        "mnist-5k",
+        "--labels",
+        "fourier",
+        "--label-mode",
+        "channel",
+        "--out",
+        str(out),
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > img.height > 100

@@ -42,6 +42,7 @@ def _set(path: str, value: Any) -> Callable[[Path, dict[str, Any]], None]:
         for p in parents:
             m = m[p]
         m[last] = value
+
     return edit
 
 
@@ -91,19 +92,36 @@ MALFORMED = [
     ("head.layers=[99]", _set("head.layers", [99]), "'head.layers' must list distinct layer numbers in 0..2, got [99]"),
     ("fused.file absolute", _set("fused.file", "/etc/passwd"), "'fused.file' must name a listed file"),
     ("master.file unlisted", _set("master", {"file": "elsewhere.npz"}), "'master.file' must name a listed file"),
-    ("label array is an onnx file", _set("label_arrays.patterns", "head.onnx"), "'label_arrays.patterns' must name a .npy file"),
+    (
+        "label array is an onnx file",
+        _set("label_arrays.patterns", "head.onnx"),
+        "'label_arrays.patterns' must name a .npy file",
+    ),
     ("files with ..", _dotdot, "'files' must be a plain relative path inside the bundle"),
     ("sha256 not hex", lambda b, m: m["files"].update({"layer0.onnx": "abc"}), "map 'layer0.onnx' to a sha256 digest"),
-    ("encoding for 5 classes", _set("encoding.num_classes", 5), "'encoding.num_classes' must be the number of classes (10)"),
+    (
+        "encoding for 5 classes",
+        _set("encoding.num_classes", 5),
+        "'encoding.num_classes' must be the number of classes (10)",
+    ),
     ("layers do not chain", _set("layers.1.in_shape", [3, 14, 14]), "'layers[1].in_shape' must be layer 0's out_shape"),
-    ("quant scale 0", _set("layers.0.quant.output_scale", 0), "'layers[0].quant.output_scale' must be a finite number > 0"),
-    ("newline in precision", _set("precision", "int8\nerror: forged line"), r"unknown precision 'int8\nerror: forged line'"),
+    (
+        "quant scale 0",
+        _set("layers.0.quant.output_scale", 0),
+        "'layers[0].quant.output_scale' must be a finite number > 0",
+    ),
+    (
+        "newline in precision",
+        _set("precision", "int8\nerror: forged line"),
+        r"unknown precision 'int8\nerror: forged line'",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case, edit, needle", MALFORMED, ids=[c[0] for c in MALFORMED])
-def test_malformed_manifest_is_one_line_naming_the_key(golden_int8: Path, tmp_path: Path, x_npy: Path, case: str,
-                                                        edit: Callable, needle: str) -> None:
+def test_malformed_manifest_is_one_line_naming_the_key(
+    golden_int8: Path, tmp_path: Path, x_npy: Path, case: str, edit: Callable, needle: str
+) -> None:
     b = _edited(golden_int8, tmp_path / "b", edit)
     with pytest.raises(FFEdgeError, match="manifest.json"):
         open_bundle(b)
@@ -129,20 +147,29 @@ def _copy_over(src: str, dst: str) -> Callable[[Path, dict[str, Any]], None]:
     def edit(b: Path, m: dict[str, Any]) -> None:
         shutil.copyfile(b / src, b / dst)
         m["files"][dst] = _sha(b / dst)
+
     return edit
 
 
-def test_a_graph_that_is_not_the_one_described_is_one_line_in_every_mode(golden_int8: Path, tmp_path: Path, x_npy: Path) -> None:
+def test_a_graph_that_is_not_the_one_described_is_one_line_in_every_mode(
+    golden_int8: Path, tmp_path: Path, x_npy: Path
+) -> None:
     net = _edited(golden_int8, tmp_path / "net", _copy_over("layer0.onnx", "net.onnx"))
     for mode in ("all", "head", "topk"):
-        assert_one_line_error(cli_inprocess("predict", str(net), str(x_npy), "--mode", mode),
-                              "'net.onnx' (fused) does not fit the manifest: its outputs are ['y', 'goodness', 'feature']")
+        assert_one_line_error(
+            cli_inprocess("predict", str(net), str(x_npy), "--mode", mode),
+            "'net.onnx' (fused) does not fit the manifest: its outputs are ['y', 'goodness', 'feature']",
+        )
     head = _edited(golden_int8, tmp_path / "head", _copy_over("layer0.onnx", "head.onnx"))
     r = cli("predict", str(head), str(x_npy), "--mode", "head", timeout=120)
-    assert_one_line_error(r, "'head.onnx' (head) does not fit the manifest: its inputs are ['x'], expected ['f1', 'f2']")
+    assert_one_line_error(
+        r, "'head.onnx' (head) does not fit the manifest: its inputs are ['x'], expected ['f1', 'f2']"
+    )
     # A layer file is checked where it is opened (info, bench, finetune), against its own entry.
     layer = _edited(golden_int8, tmp_path / "layer", _copy_over("layer0.onnx", "layer1.onnx"))
-    assert_one_line_error(cli_inprocess("info", str(layer)), "'layer1.onnx' (layer 1) does not fit the manifest: input 'x'")
+    assert_one_line_error(
+        cli_inprocess("info", str(layer)), "'layer1.onnx' (layer 1) does not fit the manifest: input 'x'"
+    )
     # A head for another number of classes (no consistent 9-class bundle holds a 10-class head: checked directly).
     from ffedge.runtime import Graph, check_graph, make_session
 
@@ -159,10 +186,16 @@ def test_info_loads_and_checks_every_file(golden_int8: Path, tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     loaded = json.loads(r.stdout)["loaded"]
     assert set(loaded) == set(json.loads((golden_int8 / MANIFEST).read_text())["files"])
-    assert all("onnxruntime" in loaded[n] for n in ("layer0.onnx", "layer1.onnx", "layer2.onnx", "net.onnx", "head.onnx"))
+    assert all(
+        "onnxruntime" in loaded[n] for n in ("layer0.onnx", "layer1.onnx", "layer2.onnx", "net.onnx", "head.onnx")
+    )
     assert "no pickles" in loaded["labels_patterns.npy"]
     text = cli_inprocess("info", str(golden_int8)).stdout
-    assert "checksums: ok" in text and "loaded and checked:" in text and "layer2.onnx: sha256, opened with onnxruntime" in text
+    assert (
+        "checksums: ok" in text
+        and "loaded and checked:" in text
+        and "layer2.onnx: sha256, opened with onnxruntime" in text
+    )
 
     def truncate(b: Path, m: dict[str, Any]) -> None:
         data = (b / "layer0.onnx").read_bytes()
@@ -196,9 +229,13 @@ def test_links_and_paths_out_of_the_bundle_are_refused(golden_int8: Path, tmp_pa
         os.symlink(outside / "head.onnx", b / "head.onnx")
 
     head = _edited(golden_int8, tmp_path / "head-link", link_head)
-    assert_one_line_error(cli_inprocess("predict", str(head), str(x_npy)), "'head.onnx' is or passes through a symbolic link")
+    assert_one_line_error(
+        cli_inprocess("predict", str(head), str(x_npy)), "'head.onnx' is or passes through a symbolic link"
+    )
 
-    def fused_elsewhere(b: Path, m: dict[str, Any]) -> None:  # today's main ran predictions on it and said "checksums ok"
+    def fused_elsewhere(
+        b: Path, m: dict[str, Any]
+    ) -> None:  # today's main ran predictions on it and said "checksums ok"
         shutil.copyfile(b / "net.onnx", outside / "net.onnx")
         m["fused"]["file"] = str(outside / "net.onnx")
 
@@ -207,23 +244,26 @@ def test_links_and_paths_out_of_the_bundle_are_refused(golden_int8: Path, tmp_pa
         assert_one_line_error(cli_inprocess(*args), "'fused.file' must name a listed file")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["eval", "{b}", "--threads", "100000"], "--threads must be between 1 and"),
-    (["eval", "{b}", "--threads", "-1"], "--threads must be between 1 and"),
-    (["eval", "{b}", "--latency-images", "-5"], "--latency-images must be >= 0, got -5"),
-    (["eval", "{b}", "--limit", "-5"], "--limit must be >= 1, got -5"),
-    (["eval", "{b}", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
-    (["eval", "{b}", "--mode", "topk", "--k", "0"], "--k must be >= 1, got 0"),
-    (["eval", "{b}", "--mode", "topk", "--k", "11"], "--k must be between 1 and 10, got 11"),
-    (["eval", "{b}", "--mode", "nosuch"], "unknown mode 'nosuch'"),
-    (["predict", "{b}", "{x}", "--threads", "0"], "--threads must be between 1 and"),
-    (["predict", "{b}", "{x}", "--mode", "topk", "--k", "0"], "--k must be >= 1, got 0"),
-    (["predict", "{b}", "{x}", "--top", "0"], "--top must be >= 1, got 0"),
-    (["bench", "{b}", "--threads", "100000"], "--threads must be between 1 and"),
-    (["bench", "{b}", "--iters", "0"], "--iters must be >= 1, got 0"),
-    (["bench", "{b}", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
-    (["bench", "{b}", "--limit", "0"], "--limit must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["eval", "{b}", "--threads", "100000"], "--threads must be between 1 and"),
+        (["eval", "{b}", "--threads", "-1"], "--threads must be between 1 and"),
+        (["eval", "{b}", "--latency-images", "-5"], "--latency-images must be >= 0, got -5"),
+        (["eval", "{b}", "--limit", "-5"], "--limit must be >= 1, got -5"),
+        (["eval", "{b}", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["eval", "{b}", "--mode", "topk", "--k", "0"], "--k must be >= 1, got 0"),
+        (["eval", "{b}", "--mode", "topk", "--k", "11"], "--k must be between 1 and 10, got 11"),
+        (["eval", "{b}", "--mode", "nosuch"], "unknown mode 'nosuch'"),
+        (["predict", "{b}", "{x}", "--threads", "0"], "--threads must be between 1 and"),
+        (["predict", "{b}", "{x}", "--mode", "topk", "--k", "0"], "--k must be >= 1, got 0"),
+        (["predict", "{b}", "{x}", "--top", "0"], "--top must be >= 1, got 0"),
+        (["bench", "{b}", "--threads", "100000"], "--threads must be between 1 and"),
+        (["bench", "{b}", "--iters", "0"], "--iters must be >= 1, got 0"),
+        (["bench", "{b}", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
+        (["bench", "{b}", "--limit", "0"], "--limit must be >= 1, got 0"),
+    ],
+)
 def test_options_are_checked_before_any_work(golden_int8: Path, x_npy: Path, args: list[str], needle: str) -> None:
     argv = [a.format(b=golden_int8, x=x_npy) for a in args]
     assert_one_line_error(cli_inprocess(*argv), needle)
@@ -231,7 +271,9 @@ def test_options_are_checked_before_any_work(golden_int8: Path, x_npy: Path, arg
 
 def test_eval_with_absurd_threads_fails_at_once(golden_int8: Path) -> None:
     """Today's main hung here (onnxruntime starting 100000 threads)."""
-    assert_one_line_error(cli("eval", str(golden_int8), "--threads", "100000", timeout=60), "--threads must be between 1 and")
+    assert_one_line_error(
+        cli("eval", str(golden_int8), "--threads", "100000", timeout=60), "--threads must be between 1 and"
+    )
 
 
 def test_a_manifest_that_is_a_named_pipe_does_not_hang(golden_int8: Path, tmp_path: Path) -> None:

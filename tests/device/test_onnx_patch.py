@@ -37,12 +37,16 @@ def _tensor(name: str, arr: np.ndarray, raw: bool) -> TensorProto:
 
 def _qcdq_values() -> dict[str, np.ndarray]:
     return {
-        "in_scale": np.array(0.02, np.float32), "in_zp": np.array(0, np.int8),
+        "in_scale": np.array(0.02, np.float32),
+        "in_zp": np.array(0, np.int8),
         "conv_w_q": RNG.integers(-127, 128, (3, 2, 3, 3)).astype(np.int8),
-        "conv_w_scale": np.array([0.01, 0.02, 0.015], np.float32), "w_zp": np.zeros(3, np.int8),
-        "conv_b_q": RNG.integers(-2000, 2000, 3).astype(np.int32), "conv_b_scale": np.array(2e-4, np.float32),
+        "conv_w_scale": np.array([0.01, 0.02, 0.015], np.float32),
+        "w_zp": np.zeros(3, np.int8),
+        "conv_b_q": RNG.integers(-2000, 2000, 3).astype(np.int32),
+        "conv_b_scale": np.array(2e-4, np.float32),
         "b_zp": np.array(0, np.int32),
-        "head_w": RNG.normal(size=(3, 4)).astype(np.float32), "head_b": RNG.normal(size=4).astype(np.float32),
+        "head_w": RNG.normal(size=(3, 4)).astype(np.float32),
+        "head_b": RNG.normal(size=4).astype(np.float32),
     }
 
 
@@ -60,7 +64,8 @@ def _qcdq_model(raw: bool) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "head_w", "head_b"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "qcdq",
+        nodes,
+        "qcdq",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 5, 5])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
         initializer=[_tensor(k, v, raw) for k, v in _qcdq_values().items()],
@@ -87,7 +92,9 @@ def _patched_by_onnx(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> o
     ref.CopyFrom(model)
     for t in ref.graph.initializer:
         if t.name in values:
-            t.CopyFrom(numpy_helper.from_array(np.asarray(values[t.name]).astype(numpy_helper.to_array(t).dtype), t.name))
+            t.CopyFrom(
+                numpy_helper.from_array(np.asarray(values[t.name]).astype(numpy_helper.to_array(t).dtype), t.name)
+            )
     return ref
 
 
@@ -122,14 +129,22 @@ def test_read_matches_onnx(tmp_path: Path, raw: bool) -> None:
 @pytest.mark.parametrize("raw", [True, False], ids=["raw_data", "typed"])
 def test_read_all_dtypes(tmp_path: Path, raw: bool) -> None:
     arrays = {
-        "f32": np.array([[1.5, -2.0, np.inf]], np.float32), "u8": np.array([0, 255], np.uint8),
-        "i8": np.array([-128, 127, -1], np.int8), "u16": np.array([65535], np.uint16), "i16": np.array([-32768], np.int16),
-        "i32": np.array([-(2**31), 2**31 - 1], np.int32), "i64": np.array([[-(2**63)], [2**63 - 1]], np.int64),
-        "f16": np.array([0.5, -65504.0], np.float16), "f64": np.array(-1e300, np.float64), "empty": np.zeros((0, 3), np.float32),
+        "f32": np.array([[1.5, -2.0, np.inf]], np.float32),
+        "u8": np.array([0, 255], np.uint8),
+        "i8": np.array([-128, 127, -1], np.int8),
+        "u16": np.array([65535], np.uint16),
+        "i16": np.array([-32768], np.int16),
+        "i32": np.array([-(2**31), 2**31 - 1], np.int32),
+        "i64": np.array([[-(2**63)], [2**63 - 1]], np.int64),
+        "f16": np.array([0.5, -65504.0], np.float16),
+        "f64": np.array(-1e300, np.float64),
+        "empty": np.zeros((0, 3), np.float32),
     }
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "dtypes",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "dtypes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
         initializer=[_tensor(k, v, raw) for k, v in arrays.items()],
     )
     model = helper.make_model(graph)
@@ -149,8 +164,13 @@ def test_read_packed_dims_and_unpacked_data(tmp_path: Path) -> None:
         "odd": head + b"\x0a" + _varint(len(dims)) + dims + floats,
         "odd_i8": TensorProto(name="odd_i8", data_type=TensorProto.INT8, dims=[2]).SerializeToString() + ints,
     }
-    graph = helper.make_graph([], "g", [], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              initializer=[numpy_helper.from_array(np.ones(1, np.float32), "x")])
+    graph = helper.make_graph(
+        [],
+        "g",
+        [],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        initializer=[numpy_helper.from_array(np.ones(1, np.float32), "x")],
+    )
     gbytes = graph.SerializeToString() + b"".join(b"\x2a" + _varint(len(t)) + t for t in tensors.values())
     mbytes = helper.make_model(helper.make_graph([], "", [], [])).SerializeToString()
     model = onnx.ModelProto.FromString(mbytes)
@@ -202,8 +222,16 @@ def test_patch_matches_onnx_package(tmp_path: Path, raw: bool) -> None:
             assert got == want
         else:
             assert got == orig  # untouched tensors keep their storage form
-    assert out.graph.node == model.graph.node and out.graph.input == model.graph.input and out.graph.output == model.graph.output
-    assert (out.ir_version, out.opset_import, out.producer_name) == (model.ir_version, model.opset_import, model.producer_name)
+    assert (
+        out.graph.node == model.graph.node
+        and out.graph.input == model.graph.input
+        and out.graph.output == model.graph.output
+    )
+    assert (out.ir_version, out.opset_import, out.producer_name) == (
+        model.ir_version,
+        model.opset_import,
+        model.producer_name,
+    )
 
     x = {"x": RNG.normal(size=(4, 2, 5, 5)).astype(np.float32)}
     got_y, ref_y, old_y = _run(dst, x)[0], _run(ref, x)[0], _run(src, x)[0]
@@ -228,7 +256,10 @@ def test_patch_in_place_and_unchanged_is_byte_exact(tmp_path: Path) -> None:
 def _feeds(path: Path) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
-    return {i.name: rng.uniform(0, 2, [d if isinstance(d, int) else 3 for d in i.shape]).astype(np.float32) for i in sess.get_inputs()}
+    return {
+        i.name: rng.uniform(0, 2, [d if isinstance(d, int) else 3 for d in i.shape]).astype(np.float32)
+        for i in sess.get_inputs()
+    }
 
 
 @needs_onnx
@@ -249,7 +280,9 @@ def test_bundle_files_read_and_round_trip_byte_exact(golden_int8: Path, tmp_path
 
 
 @needs_onnx
-@pytest.mark.parametrize(("file", "name"), [("layer2.onnx", "conv_w_q"), ("net.onnx", "l2_conv_w_q"), ("head.onnx", "head_w")])
+@pytest.mark.parametrize(
+    ("file", "name"), [("layer2.onnx", "conv_w_q"), ("net.onnx", "l2_conv_w_q"), ("head.onnx", "head_w")]
+)
 def test_bundle_patch_matches_onnx_package(golden_int8: Path, tmp_path: Path, file: str, name: str) -> None:
     src, dst = golden_int8 / file, tmp_path / file
     old = read_initializers(src)[name]
@@ -284,7 +317,9 @@ def test_bad_values_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
         assert f"'{name}'" in msg and str(src) in msg
     msg = raises_one_line(patch_initializers, src, dst, {"nope": w, "conv_w_q": w})
     assert "'nope'" in msg and "conv_w_q" in msg
-    assert raises_one_line(patch_initializers, src, dst, {"conv_w_q": w.astype(np.int32) * 2}).endswith("range [-128, 127]")
+    assert raises_one_line(patch_initializers, src, dst, {"conv_w_q": w.astype(np.int32) * 2}).endswith(
+        "range [-128, 127]"
+    )
     assert not dst.exists() and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
@@ -344,6 +379,9 @@ def test_external_data_is_refused(tmp_path: Path) -> None:
 
 
 def test_imports_without_onnx_torch_or_protobuf() -> None:
-    code = "import ffedge.bundle.onnx_patch; assert not {'onnx', 'torch', 'google'} & {m.split('.')[0] for m in sys.modules if sys.modules[m]}"
+    code = (
+        "import ffedge.bundle.onnx_patch; assert not {'onnx', 'torch', 'google'} "
+        "& {m.split('.')[0] for m in sys.modules if sys.modules[m]}"
+    )
     r = python(code, blocked=("onnx", "torch", "google.protobuf"), cwd=REPO)
     assert r.returncode == 0, r.stderr

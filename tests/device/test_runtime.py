@@ -167,7 +167,21 @@ def test_predict_files(golden_int8: Path, tmp_path: Path) -> None:
 
 
 def test_eval_cli_json(golden_int8: Path) -> None:
-    r = cli("eval", str(golden_int8), "--dataset", "mnist-5k", "--limit", "100", "--latency-images", "5", "--mode", "topk", "--k", "2", "--json")
+    r = cli(
+        "eval",
+        str(golden_int8),
+        "--dataset",
+        "mnist-5k",
+        "--limit",
+        "100",
+        "--latency-images",
+        "5",
+        "--mode",
+        "topk",
+        "--k",
+        "2",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["images"] == 100 and 0.3 < res["accuracy"] <= 1.0

@@ -45,9 +45,19 @@ def _import_blocked(module: str) -> subprocess.CompletedProcess:
 
 
 def test_the_walk_finds_every_concern_and_skips_training() -> None:
-    for name in ("ffedge.errors", "ffedge.cli.inference_cmds", "ffedge.datasets.files", "ffedge.labels.fourier",
-                 "ffedge.labels.draw", "ffedge.bundle.names", "ffedge.bundle.update", "ffedge.runtime.session",
-                 "ffedge.runtime.preprocess", "ffedge.finetuning.loop", "ffedge.finetuning.numerics"):
+    for name in (
+        "ffedge.errors",
+        "ffedge.cli.inference_cmds",
+        "ffedge.datasets.files",
+        "ffedge.labels.fourier",
+        "ffedge.labels.draw",
+        "ffedge.bundle.names",
+        "ffedge.bundle.update",
+        "ffedge.runtime.session",
+        "ffedge.runtime.preprocess",
+        "ffedge.finetuning.loop",
+        "ffedge.finetuning.numerics",
+    ):
         assert name in DEVICE_MODULES, name
     assert not [m for m in DEVICE_MODULES if m == TRAIN or m.startswith(f"{TRAIN}.")]
 

@@ -52,8 +52,26 @@ INT8, FP32, INFO = HERE / "bundle-int8", HERE / "bundle-fp32", HERE / "golden.js
 # The run: three small conv layers (the device tests need three: per-layer files layer0..layer2, a head on
 # layers 1 and 2), int8 QAT in the last epoch; about a minute on one CPU thread.
 LAYERS = "8x5p,32x5p,32x3"
-TRAIN_ARGS = ["--dataset", "mnist-5k", "--layers", LAYERS, "--epochs", "3", "--batch-size", "32", "--head-epochs", "20",
-              "--eval-samples", "100", "--seed", "0", "--threads", "1", "--precision", "fp32"]
+TRAIN_ARGS = [
+    "--dataset",
+    "mnist-5k",
+    "--layers",
+    LAYERS,
+    "--epochs",
+    "3",
+    "--batch-size",
+    "32",
+    "--head-epochs",
+    "20",
+    "--eval-samples",
+    "100",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+    "--precision",
+    "fp32",
+]
 EXPORT_ARGS = ["--min-agreement", "0.95"]  # a tiny net: one-step rounding flips a few of its close calls
 
 
@@ -63,7 +81,9 @@ def ffedge(*args: str) -> str:
     print("+ ffedge " + shlex.join(args), flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if r.returncode != 0:
-        sys.exit(f"make_golden: `ffedge {shlex.join(args)}` failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
+        sys.exit(
+            f"make_golden: `ffedge {shlex.join(args)}` failed ({r.returncode}):\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
+        )
     return r.stdout
 
 
@@ -75,7 +95,9 @@ def version(package: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True, text=True, cwd=REPO
+    )
     return r.stdout.strip() or None if r.returncode == 0 else None
 
 
@@ -86,21 +108,29 @@ def bundle_facts(folder: Path) -> dict:
         "bytes": sum(p.stat().st_size for p in files),
         "files": {str(p.relative_to(folder)): p.stat().st_size for p in files},
         "manifest_sha256": hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest(),
-        "format": m["format"], "version": m["version"], "precision": m["precision"],
-        "parity": {k: m.get("parity", {}).get(k) for k in ("samples", "agreement", "torch_accuracy", "bundle_accuracy")},
+        "format": m["format"],
+        "version": m["version"],
+        "precision": m["precision"],
+        "parity": {
+            k: m.get("parity", {}).get(k) for k in ("samples", "agreement", "torch_accuracy", "bundle_accuracy")
+        },
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ffedge-golden-") as tmp:
         work = Path(tmp)
         run = work / "run"
         train = ["train", *TRAIN_ARGS, "--out", str(run)]
         ffedge(*train)
-        exports = {INT8: ["export", str(run), "--int8", "--master", *EXPORT_ARGS],
-                   FP32: ["export", str(run), "--fp32", *EXPORT_ARGS]}
+        exports = {
+            INT8: ["export", str(run), "--int8", "--master", *EXPORT_ARGS],
+            FP32: ["export", str(run), "--fp32", *EXPORT_ARGS],
+        }
         for target, args in exports.items():
             ffedge(*args, "--out", str(work / target.name))
         for target in exports:  # replace the committed bundles only once both exports passed their checks
@@ -111,18 +141,25 @@ def main() -> None:
             "made_by": "python tests/golden/make_golden.py",
             "commands": {
                 "train": "ffedge " + shlex.join(train).replace(str(work) + "/", ""),
-                **{t.name: "ffedge " + shlex.join([*a, "--out", f"tests/golden/{t.name}"]).replace(str(work) + "/", "")
-                   for t, a in exports.items()},
+                **{
+                    t.name: "ffedge " + shlex.join([*a, "--out", f"tests/golden/{t.name}"]).replace(str(work) + "/", "")
+                    for t, a in exports.items()
+                },
             },
             "ffedge_commit": git_commit(),
-            "versions": {"python": platform.python_version(), **{p: version(p) for p in ("torch", "brevitas", "onnx", "onnxruntime", "numpy")}},
+            "versions": {
+                "python": platform.python_version(),
+                **{p: version(p) for p in ("torch", "brevitas", "onnx", "onnxruntime", "numpy")},
+            },
             "run": {k: metrics.get(k) for k in ("epochs", "test_accuracy", "head_test_accuracy")},
             "bundles": {t.name: bundle_facts(t) for t in exports},
         }
     INFO.write_text(json.dumps(info, indent=2) + "\n")
     sizes = ", ".join(f"{name}: {b['bytes'] / 1024:.0f} KB" for name, b in info["bundles"].items())
-    print(f"wrote {INT8.relative_to(REPO)}, {FP32.relative_to(REPO)} ({sizes}) and {INFO.relative_to(REPO)}; "
-          f"run accuracy {info['run']['test_accuracy']}")
+    print(
+        f"wrote {INT8.relative_to(REPO)}, {FP32.relative_to(REPO)} ({sizes}) and {INFO.relative_to(REPO)}; "
+        f"run accuracy {info['run']['test_accuracy']}"
+    )
 
 
 if __name__ == "__main__":

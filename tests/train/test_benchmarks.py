@@ -33,7 +33,16 @@ def test_help(script: str) -> None:
 
 
 def test_missing_dataset_is_one_clear_line(tmp_path: Path) -> None:
-    r = _run(str(BENCH / "accuracy.py"), "--quick", "--datasets", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "acc"))
+    r = _run(
+        str(BENCH / "accuracy.py"),
+        "--quick",
+        "--datasets",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "acc"),
+    )
     assert r.returncode != 0
     assert "cifar10.npz not found" in r.stderr and "make-cifar10" in r.stderr
     assert "Traceback" not in r.stderr
@@ -43,10 +52,30 @@ def test_missing_dataset_is_one_clear_line(tmp_path: Path) -> None:
 def test_label_ablation_quick_runs_for_real(tmp_path: Path) -> None:
     pytest.importorskip("brevitas")
     ds = load_dataset("mnist-5k")  # stands in for mnist.npz: same format, no ../shared needed
-    np.savez(tmp_path / "mnist.npz", x_train=ds.x_train[..., 0], y_train=ds.y_train, x_test=ds.x_test[..., 0], y_test=ds.y_test)
+    np.savez(
+        tmp_path / "mnist.npz",
+        x_train=ds.x_train[..., 0],
+        y_train=ds.y_train,
+        x_test=ds.x_test[..., 0],
+        y_test=ds.y_test,
+    )
     out = tmp_path / "abl"
-    r = _run(str(BENCH / "label_ablation.py"), "--quick", "--datasets", "mnist", "--encodings", "onehot,fourier", "--train-args", TINY,
-             "--data-dir", str(tmp_path), "--work", str(tmp_path / "runs"), "--out", str(out))
+    r = _run(
+        str(BENCH / "label_ablation.py"),
+        "--quick",
+        "--datasets",
+        "mnist",
+        "--encodings",
+        "onehot,fourier",
+        "--train-args",
+        TINY,
+        "--data-dir",
+        str(tmp_path),
+        "--work",
+        str(tmp_path / "runs"),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
     assert [row["labels"] for row in result["rows"]] == ["onehot", "fourier"]
@@ -63,8 +92,26 @@ def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path, small_npz: str) ->
     pytest.importorskip("brevitas")
     out = tmp_path / "tta"
     # The smallest honest run: two scoring points per method on 100 held-out digits, 600 training digits.
-    args = [str(BENCH / "time_to_accuracy.py"), "--quick", "--methods", "ff,backprop", "--dataset", small_npz, "--budget-s", "4",
-            "--every-s", "2", "--eval-images", "100", "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work")]
+    args = [
+        str(BENCH / "time_to_accuracy.py"),
+        "--quick",
+        "--methods",
+        "ff,backprop",
+        "--dataset",
+        small_npz,
+        "--budget-s",
+        "4",
+        "--every-s",
+        "2",
+        "--eval-images",
+        "100",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+    ]
     r = _run(*args)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
@@ -77,7 +124,9 @@ def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path, small_npz: str) ->
         assert all(pt["probe_seconds"] > 0 and 0.0 <= pt["accuracy"] <= 1.0 for pt in row["points"])
     # The default recipe trains in float until its last epoch: a 4 s budget stops it in the float phase,
     # and the run is quantized (calibrated) before the int8 export.
-    assert not any(pt["fake_quant"] for pt in rows["ff"]["points"]) and not any(pt["fake_quant"] for pt in rows["backprop"]["points"])
+    assert not any(pt["fake_quant"] for pt in rows["ff"]["points"]) and not any(
+        pt["fake_quant"] for pt in rows["backprop"]["points"]
+    )
     int8 = rows["ff"]["int8"]
     assert int8["images"] == 100 and 0.0 <= int8["accuracy"] <= 1.0 and int8["parity"]
     md = out.with_suffix(".md").read_text()
@@ -103,8 +152,21 @@ def test_time_to_accuracy_help_and_usage_errors(tmp_path: Path) -> None:
     r = _run(script, "--quick", "--paper-every-s", "0", "--out", str(tmp_path / "t"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "t.json").exists()
     if importlib.util.find_spec("ffedge.train.presets") is None:
-        r = _run(script, "--quick", "--methods", "paper,backprop", "--out", str(tmp_path / "t"), "--work", str(tmp_path / "w"))
-        assert r.returncode == 1 and "preset 'paper' not available in this ffedge" in r.stderr and "--methods ff,backprop" in r.stderr
+        r = _run(
+            script,
+            "--quick",
+            "--methods",
+            "paper,backprop",
+            "--out",
+            str(tmp_path / "t"),
+            "--work",
+            str(tmp_path / "w"),
+        )
+        assert (
+            r.returncode == 1
+            and "preset 'paper' not available in this ffedge" in r.stderr
+            and "--methods ff,backprop" in r.stderr
+        )
         assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
 
 
@@ -142,14 +204,22 @@ def _digits(folder: Path, n_train: int, n_test: int) -> Path:
     """A small mnist.npz (the embedded mnist-5k's first digits, same format as the shared file) in folder."""
     ds = load_dataset("mnist-5k")
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "mnist.npz", x_train=ds.x_train[:n_train, ..., 0], y_train=ds.y_train[:n_train],
-             x_test=ds.x_test[:n_test, ..., 0], y_test=ds.y_test[:n_test])
+    np.savez(
+        folder / "mnist.npz",
+        x_train=ds.x_train[:n_train, ..., 0],
+        y_train=ds.y_train[:n_train],
+        x_test=ds.x_test[:n_test, ..., 0],
+        y_test=ds.y_test[:n_test],
+    )
     return folder
 
 
 def _checksums(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and "quick" not in p.relative_to(folder).parts}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "quick" not in p.relative_to(folder).parts
+    }
 
 
 QUICK_CASES = {  # script -> options for its --quick run (smaller ones it supports)
@@ -171,8 +241,14 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
     assert _checksums(root / "benchmarks" / "results") == committed and "accuracy.json" in committed
     data = _digits(tmp_path / "data", 300, 200)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, str(root / "benchmarks" / script), "--quick", "--data-dir", str(data), *QUICK_CASES[script]],
-                       capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--quick", "--data-dir", str(data), *QUICK_CASES[script]],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert _checksums(root / "benchmarks" / "results") == committed
     name = script.removesuffix(".py")
@@ -191,13 +267,24 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
         assert result["quick"] and row["seed"] == 0 and row["epochs"] == 1 and row["n_test"] == 1000
         assert row["int8_ort_accuracy"] == row["parity"]["bundle_accuracy"] and not row["meets_bar"]
     else:  # trained and exported its own --master bundle, fine-tuned it, compared with torch
-        assert [row["name"] for row in result] == ["bundle before", "ffedge finetune, anchor 0.005", "torch backprop (last layer + head)"]
-        assert result[1]["examples"] == 100 and (root / "runs" / "bench-finetune-quick" / "bundle-int8-master" / "manifest.json").is_file()
-        assert "ffedge export" in (quick / f"{name}.log").read_text() and "--master" in (quick / f"{name}.log").read_text()
+        assert [row["name"] for row in result] == [
+            "bundle before",
+            "ffedge finetune, anchor 0.005",
+            "torch backprop (last layer + head)",
+        ]
+        assert (
+            result[1]["examples"] == 100
+            and (root / "runs" / "bench-finetune-quick" / "bundle-int8-master" / "manifest.json").is_file()
+        )
+        assert (
+            "ffedge export" in (quick / f"{name}.log").read_text() and "--master" in (quick / f"{name}.log").read_text()
+        )
 
 
 def test_finetune_shift_missing_bundle_is_one_clear_line(tmp_path: Path) -> None:
-    r = _run(str(BENCH / "finetune_shift.py"), "--quick", "--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "ft"))
+    r = _run(
+        str(BENCH / "finetune_shift.py"), "--quick", "--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "ft")
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "no bundle there" in r.stderr and "omit --bundle" in r.stderr
     assert not list(tmp_path.iterdir())
@@ -208,8 +295,21 @@ def test_accuracy_presets_keep_finished_datasets_and_resume_a_cut_run(tmp_path: 
     pytest.importorskip("brevitas")
     data = _digits(tmp_path / "data", 300, 200)
     out, work = tmp_path / "acc", tmp_path / "work"
-    args = [str(BENCH / "accuracy.py"), "--quick", "--presets", "--datasets", "mnist", "--train-args", TINY,
-            "--data-dir", str(data), "--work", str(work), "--out", str(out)]
+    args = [
+        str(BENCH / "accuracy.py"),
+        "--quick",
+        "--presets",
+        "--datasets",
+        "mnist",
+        "--train-args",
+        TINY,
+        "--data-dir",
+        str(data),
+        "--work",
+        str(work),
+        "--out",
+        str(out),
+    ]
     r = _run(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]

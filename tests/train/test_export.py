@@ -32,7 +32,9 @@ def test_int8_layers_store_int8_weights_and_fuse_to_integer_convs(int8_bundle: P
         n_weights = net.layers[i].conv.weight.numel()
         int8_sizes = [int(np.prod(t.dims)) for t in inits.values() if t.data_type == onnx.TensorProto.INT8]
         assert n_weights in int8_sizes, "conv weights must be stored as int8"
-        assert not any(int(np.prod(t.dims)) == n_weights and t.data_type == onnx.TensorProto.FLOAT for t in inits.values())
+        assert not any(
+            int(np.prod(t.dims)) == n_weights and t.data_type == onnx.TensorProto.FLOAT for t in inits.values()
+        )
         assert (layer.ort_ops or {}).get("QLinearConv") == 1, layer.ort_ops
         assert layer.quant is not None and layer.quant.weight_bits == 7 and layer.quant.act_bits == 8
 
@@ -53,11 +55,15 @@ def test_fp32_bundle_matches_float_model_and_int8_is_smaller(fp32_bundle: Path, 
     for layer in m["parity"]["layers"]:
         assert layer["max_rel"] < 1e-4
     i8, f32 = open_bundle(int8_bundle), open_bundle(fp32_bundle)
-    ratio = sum((int8_bundle / l.file).stat().st_size for l in i8.layers) / sum((fp32_bundle / l.file).stat().st_size for l in f32.layers)
+    ratio = sum((int8_bundle / l.file).stat().st_size for l in i8.layers) / sum(
+        (fp32_bundle / l.file).stat().st_size for l in f32.layers
+    )
     assert ratio < 0.4, ratio
 
 
-def test_existing_out_needs_force_and_int8_needs_a_quantized_run(tmp_path: Path, tiny_run: Path, int8_bundle: Path) -> None:
+def test_existing_out_needs_force_and_int8_needs_a_quantized_run(
+    tmp_path: Path, tiny_run: Path, int8_bundle: Path
+) -> None:
     with pytest.raises(FFEdgeError, match="--force"):
         export_bundle(tiny_run, int8_bundle, verify_samples=0)
     open_bundle(int8_bundle)  # untouched

@@ -74,9 +74,15 @@ def test_conv2d_forward_backward_match_torch(kernel: int, pad: int) -> None:
 def _random_layer(rng: np.random.Generator, pool: bool) -> tuple[ffn.QuantFFLayer, np.ndarray]:
     c, o, k = 3, 5, 3
     layer = ffn.QuantFFLayer(
-        rng.normal(scale=0.3, size=(o, c, k, k)), rng.normal(scale=0.2, size=o),
-        rng.normal(scale=0.1, size=c), rng.uniform(0.5, 2.0, size=c), 1e-5,
-        input_scale=0.03, output_scale=1.0, pool=pool, dtype=np.float64,
+        rng.normal(scale=0.3, size=(o, c, k, k)),
+        rng.normal(scale=0.2, size=o),
+        rng.normal(scale=0.1, size=c),
+        rng.uniform(0.5, 2.0, size=c),
+        1e-5,
+        input_scale=0.03,
+        output_scale=1.0,
+        pool=pool,
+        dtype=np.float64,
     )
     x = rng.normal(size=(6, c, 7, 8))
     # An output scale that saturates the top ~10% of positive pre-activations.
@@ -95,7 +101,9 @@ def _torch_ste_layer(torch: Any, layer: ffn.QuantFFLayer, x: np.ndarray) -> tupl
     w = torch.tensor(layer.weight, requires_grad=True)
     b = torch.tensor(layer.bias, requires_grad=True)
     c = len(layer.bn_mean)
-    z = (torch.tensor(x) - torch.tensor(layer.bn_mean).view(1, c, 1, 1)) / torch.sqrt(torch.tensor(layer.bn_var) + layer.bn_eps).view(1, c, 1, 1)
+    z = (torch.tensor(x) - torch.tensor(layer.bn_mean).view(1, c, 1, 1)) / torch.sqrt(
+        torch.tensor(layer.bn_var) + layer.bn_eps
+    ).view(1, c, 1, 1)
     s_in, s_out = float(layer.input_scale), float(layer.output_scale)
     zq = torch.clamp(torch.round(z / s_in), -128, 127) * s_in
     s_w = (w.abs().max() / 63).detach()
@@ -161,7 +169,9 @@ def test_ff_loss_and_gradients_match_torch(name: str) -> None:
     lt = ff_loss(name, tp, tn, alpha=3.0, threshold=0.7)
     lt.backward()
     assert loss == pytest.approx(lt.item(), rel=1e-6)
-    assert np.allclose(dp, tp.grad.numpy(), rtol=1e-5, atol=1e-9) and np.allclose(dn, tn.grad.numpy(), rtol=1e-5, atol=1e-9)
+    assert np.allclose(dp, tp.grad.numpy(), rtol=1e-5, atol=1e-9) and np.allclose(
+        dn, tn.grad.numpy(), rtol=1e-5, atol=1e-9
+    )
 
 
 # ---------------------------------------------------------------------------- head

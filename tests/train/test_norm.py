@@ -29,8 +29,16 @@ def rms_run(tmp_path_factory: pytest.TempPathFactory, small_npz: str) -> Path:
     from ffedge.train import train_run
 
     out = tmp_path_factory.mktemp("rms") / "run"
-    cfg = TrainConfig(dataset=small_npz, layers=TINY_EXPORT_LAYERS, norm="rms", epochs=3, batch_size=32, head_epochs=10,
-                      eval_samples=100, threads=1)
+    cfg = TrainConfig(
+        dataset=small_npz,
+        layers=TINY_EXPORT_LAYERS,
+        norm="rms",
+        epochs=3,
+        batch_size=32,
+        head_epochs=10,
+        eval_samples=100,
+        threads=1,
+    )
     train_run(cfg, out)
     return out
 
@@ -130,8 +138,24 @@ def test_numpy_layers_match_onnxruntime_on_rms_layers(rms_bundle: Path) -> None:
 
 def test_finetune_works_on_an_rms_bundle(rms_bundle: Path, small_npz: str, tmp_path: Path) -> None:
     out = tmp_path / "ft"
-    r = cli("finetune", str(rms_bundle), "--data", small_npz, "--epochs", "1", "--max-examples", "60", "--eval-examples", "60",
-            "--head-epochs", "2", "--threads", "1", "--out", str(out))
+    r = cli(
+        "finetune",
+        str(rms_bundle),
+        "--data",
+        small_npz,
+        "--epochs",
+        "1",
+        "--max-examples",
+        "60",
+        "--eval-examples",
+        "60",
+        "--head-epochs",
+        "2",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "version 2" in r.stdout and _manifest(out)["layers"][-1]["norm"] == "rms"
 

@@ -16,8 +16,13 @@ def test_quickstart_trains_exports_and_predicts(tmp_path: Path) -> None:
     import pytest
 
     pytest.importorskip("torch")
-    r = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py"), "--epochs", "1", "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py"), "--epochs", "1", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "int8 bundle" in r.stdout and "parity agreement" in r.stdout
     assert (tmp_path / "run-int8" / "manifest.json").is_file()

@@ -69,7 +69,9 @@ def test_prepare_data_takes_a_given_encoding_that_fits_the_dataset(small_npz: st
         prepare_data(cfg, make_encoding("fourier", 5, (1, 28, 28)))
 
 
-def test_resume_with_a_recorded_encoding_that_does_not_fit_keeps_the_checkpoint(one_epoch_run: Path, tmp_path: Path) -> None:
+def test_resume_with_a_recorded_encoding_that_does_not_fit_keeps_the_checkpoint(
+    one_epoch_run: Path, tmp_path: Path
+) -> None:
     out, cfg = _copy(one_epoch_run, tmp_path)
     cfg["encoding"] = make_encoding("fourier", 5, (1, 28, 28)).to_config()
     (out / CONFIG).write_text(json.dumps(cfg))

@@ -35,7 +35,7 @@ def _reference_grads(net: FFNet, cfg: TrainConfig, x_pos, x_neg, pair: bool) -> 
         for layer in net.layers:
             inputs.append(layer(inputs[-1])[1])
     grads = [[torch.zeros_like(p) for p in layer.parameters()] for layer in net.layers]
-    for l, layer in enumerate(net.layers):
+    for l in range(len(net.layers)):
         block = [l - 1, l] if pair and l > 0 else [l]
         h = inputs[block[0]].detach()
         for i in block:
@@ -43,7 +43,9 @@ def _reference_grads(net: FFNet, cfg: TrainConfig, x_pos, x_neg, pair: bool) -> 
         g = goodness(hh)
         loss = ff_loss(cfg.loss, g[:b], g[b:], cfg.alpha, cfg.threshold)
         for i in block:
-            for acc, gr in zip(grads[i], torch.autograd.grad(loss, list(net.layers[i].parameters()), retain_graph=True)):
+            for acc, gr in zip(
+                grads[i], torch.autograd.grad(loss, list(net.layers[i].parameters()), retain_graph=True)
+            ):
                 acc += gr
     return grads
 
@@ -134,7 +136,10 @@ def test_probe_is_off_the_clock_and_can_stop_training(tmp_path: Path, small_npz:
 
 
 def test_float_baseline_and_options(tmp_path: Path, small_npz: str) -> None:
-    m = train_run(_cfg(small_npz, quant=False, local="layer", loss="bce", negatives="hard", epochs=1, predict_layers=[1, 2]), tmp_path / "f")
+    m = train_run(
+        _cfg(small_npz, quant=False, local="layer", loss="bce", negatives="hard", epochs=1, predict_layers=[1, 2]),
+        tmp_path / "f",
+    )
     assert m["predict_layers"] == [1, 2]
     cfg, net = load_run(tmp_path / "f")
     assert cfg["model"]["quant"] is False

@@ -77,13 +77,19 @@ def test_augment_translates_within_the_border_and_flips() -> None:
     assert all(m or k for m, k in zip(mirrored, kept)) and 10 < sum(mirrored) < 54
 
 
-def test_float_epochs_then_qat_gives_a_quantized_run_and_resumes_across_the_switch(tmp_path: Path, small_npz: str) -> None:
-    m = train_run(_cfg(small_npz, layers="16x5p,64x5p,64x3", batch_size=32, epochs=4, qat_epochs=1, shift=1), tmp_path / "a")
+def test_float_epochs_then_qat_gives_a_quantized_run_and_resumes_across_the_switch(
+    tmp_path: Path, small_npz: str
+) -> None:
+    m = train_run(
+        _cfg(small_npz, layers="16x5p,64x5p,64x3", batch_size=32, epochs=4, qat_epochs=1, shift=1), tmp_path / "a"
+    )
     cfg, net = load_run(tmp_path / "a")
     assert cfg["train"]["qat_epochs"] == 1 and net.quant.enabled
     assert load_torch(tmp_path / "a" / CHECKPOINT)["quantized"] is True
     # 3 float epochs and 1 QAT epoch on 600 digits: far above chance (10%), as a net quantized from the start.
-    assert m["test_accuracy"] > 0.5 and m["history"][-1]["heldout_accuracy"] >= m["history"][-2]["heldout_accuracy"] - 0.1
+    assert (
+        m["test_accuracy"] > 0.5 and m["history"][-1]["heldout_accuracy"] >= m["history"][-2]["heldout_accuracy"] - 0.1
+    )
     # Stopped after the float epoch, resumed: the switch to QAT happens in the resumed epoch.
     train_run(_cfg(small_npz, epochs=1, qat_epochs=None, quant=False), tmp_path / "b")
     first = load_torch(tmp_path / "b" / CHECKPOINT)
@@ -136,7 +142,9 @@ def test_augment_rotates_and_scales_around_the_centre_and_fills_the_border() -> 
     assert not np.array_equal(out, x) and np.all(out[:, :, 5:7, 5:7] > 0.5)  # the square moved, by little
 
 
-def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16_and_old_runs_stay_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_auto_is_bf16_only_on_cpus_with_native_bf16_and_old_runs_stay_fp32(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from ffedge.train import trainer
 
     monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
@@ -162,17 +170,33 @@ def test_bf16_float_phase_trains_in_bf16_and_the_qat_phase_in_fp32(tmp_path: Pat
         x = torch.randn(16, 2, 28, 28, generator=torch.Generator().manual_seed(1))
         steps[precision] = np.array(t.step(x, x.flip(0)))
     # Same weights, same data: the losses agree to bf16's precision but not exactly (bf16 was used).
-    assert np.allclose(steps["fp32"], steps["bf16"], rtol=5e-2, atol=1e-2) and not np.array_equal(steps["fp32"], steps["bf16"])
+    assert np.allclose(steps["fp32"], steps["bf16"], rtol=5e-2, atol=1e-2) and not np.array_equal(
+        steps["fp32"], steps["bf16"]
+    )
     qnet = build_model(TrainConfig(layers=TINY), 2, (28, 28), 10, quant=True)
     assert LocalTrainer(qnet, _cfg(small_npz, precision="bf16")).bf16 is False
     # A whole run each way: bf16 learns as fp32 does (4 epochs on 600 digits, both far above chance).
     runs = {}
     for precision in ("fp32", "bf16"):
-        runs[precision] = train_run(_cfg(small_npz, layers="16x5p,64x5p,64x3", batch_size=32, epochs=4, quant=False, shift=1,
-                                         rotate=0.0, scale=0.0, precision=precision), tmp_path / precision)
+        runs[precision] = train_run(
+            _cfg(
+                small_npz,
+                layers="16x5p,64x5p,64x3",
+                batch_size=32,
+                epochs=4,
+                quant=False,
+                shift=1,
+                rotate=0.0,
+                scale=0.0,
+                precision=precision,
+            ),
+            tmp_path / precision,
+        )
         assert runs[precision]["float_precision"] == precision
         assert json.loads((tmp_path / precision / "config.json").read_text())["train"]["precision"] == precision
-    assert runs["bf16"]["test_accuracy"] > 0.5 and abs(runs["bf16"]["test_accuracy"] - runs["fp32"]["test_accuracy"]) < 0.1
+    assert (
+        runs["bf16"]["test_accuracy"] > 0.5 and abs(runs["bf16"]["test_accuracy"] - runs["fp32"]["test_accuracy"]) < 0.1
+    )
 
 
 def test_native_bf16_probe_asks_torch_for_amx_then_avx512_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
