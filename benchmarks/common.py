@@ -39,6 +39,16 @@ QUICK_RESULTS = RESULTS / "quick"  # --quick runs (git-ignored)
 FFEDGE = [sys.executable, "-m", "ffedge.cli"]
 
 
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark script: its docstring's first line as the description, the rest
+    (usage examples) verbatim as the epilog."""
+    return argparse.ArgumentParser(
+        description=doc.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(doc.splitlines()[2:]),
+    )
+
+
 def add_out_option(p: argparse.ArgumentParser, name: str) -> None:
     """The --out option every script has (default: see out_stem)."""
     p.add_argument(

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_out_option, choices, command, dataset_file, machine, out_stem, write_results  # noqa: E402
+from common import add_out_option, choices, command, dataset_file, machine, out_stem, script_parser, write_results  # noqa: E402
 
 
 def _mem(device: str) -> float:
@@ -196,11 +196,7 @@ def run_child(method: str, a: argparse.Namespace) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = script_parser(__doc__)
     p.add_argument(
         "--dataset",
         default="mnist-5k",

@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    script_parser,
     add_out_option,
     command,
     export_int8,
@@ -135,11 +136,7 @@ def torch_child(run: str, data: str, examples: int, epochs: int, lr: float, seed
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = script_parser(__doc__)
     p.add_argument(
         "--bundle",
         type=Path,

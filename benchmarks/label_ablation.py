@@ -14,7 +14,6 @@ gratings and morphological labels spread the label over the whole image.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    script_parser,
     SHARED,
     add_out_option,
     choices,
@@ -64,11 +64,7 @@ def markdown(rows: list[dict], info: dict, cmd: str) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = script_parser(__doc__)
     p.add_argument("--datasets", default="mnist,cifar10", help="comma-separated: mnist, cifar10")
     p.add_argument("--encodings", default=",".join(ENCODINGS), help=f"comma-separated: {', '.join(ENCODINGS)}")
     p.add_argument("--epochs", type=int, default=3)

@@ -48,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    script_parser,
     ROOT,
     backprop_step,
     choices,
@@ -482,11 +483,7 @@ def resolve_dataset(a: argparse.Namespace) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )
+    p = script_parser(__doc__)
     p.add_argument(
         "--dataset",
         default="mnist-5k",
