@@ -102,6 +102,15 @@ def markdown(rows: list[dict], info: dict, cmd: str, recipe: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write(out: Path, rows: list[dict], cfg: dict, quick: bool) -> None:
+    """OUT.json and OUT.md for the rows so far (written after every trained seed: a cut run keeps them)."""
+    info = machine()
+    recipe = shlex.join(f"{k}={v}" for k, v in cfg.items() if k not in ("seed", "data_dir", "threads", "device"))
+    cmd = command("default_recipe.py")
+    result = {"rows": rows, "machine": info, "command": cmd, "quick": quick, "recipe": cfg}
+    write_results(out, result, markdown(rows, info, cmd, recipe))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -130,10 +139,12 @@ def main() -> int:
     out = out_stem("default_recipe", a.out, a.quick)
     work = work_dir("bench-default", a.work, a.quick)
     done: dict[int, dict] = {}
+    recipe_of_kept: dict | None = None
     if out.with_suffix(".json").is_file() and not a.force:
         old = json.loads(out.with_suffix(".json").read_text())
         if old.get("quick") == a.quick and _same_recipe(old.get("recipe"), a.quick):
             done = {r["seed"]: r for r in old.get("rows", [])}
+            recipe_of_kept = old.get("recipe")
     log = out.with_suffix(".log") if done else fresh_log(out)
     with tempfile.TemporaryDirectory() as tmp:
         train_args: list[str] = []
@@ -150,6 +161,7 @@ def main() -> int:
             train_args = ["--dataset", f"npz:{small}", "--epochs", "1", "--qat-epochs", "1"]
         train_args += shlex.split(a.train_args)
         rows = []
+        cfg: dict | None = recipe_of_kept  # the training config of the last seed trained (or of the kept rows)
         for seed in seeds:
             if seed in done:
                 print(f"seed {seed}: kept from {out.with_suffix('.json')}", flush=True)
@@ -159,22 +171,11 @@ def main() -> int:
             rows.append(run_seed(seed, work, log, train_args))
             r = rows[-1]
             print(f"  int8 ORT {pct(r['int8_ort_accuracy'])} after {r['train_seconds']:.0f} s of training", flush=True)
-            info = machine()
             cfg = json.loads((work / f"seed{seed}" / "config.json").read_text())["train"]
-            recipe = shlex.join(
-                f"{k}={v}" for k, v in cfg.items() if k not in ("seed", "data_dir", "threads", "device")
-            )
-            write_results(
-                out,
-                {
-                    "rows": rows,
-                    "machine": info,
-                    "command": command("default_recipe.py"),
-                    "quick": a.quick,
-                    "recipe": cfg,
-                },
-                markdown(rows, info, command("default_recipe.py"), recipe),
-            )
+            _write(out, rows, cfg, a.quick)
+        # Rows kept after the last trained seed belong in the table too.
+        if cfg is not None:
+            _write(out, rows, cfg, a.quick)
     print(out.with_suffix(".md").read_text())
     return 0
 

@@ -380,6 +380,80 @@ def finetune(
         return _finetune(Path(bundle), cfg, out, reporter or QuietReporter(), cleanup)
 
 
+def _train_layers(
+    net: HybridNet,
+    layers: dict[int, QuantFFLayer],
+    b: Bundle,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    cfg: FinetuneConfig,
+    rng: np.random.Generator,
+    rep: Reporter,
+) -> list[float]:
+    """The FF epochs of the trainable layers (cosine learning rate, one wrong label per image); the mean loss per epoch."""
+    mean, std = b.manifest.input.mean, b.manifest.input.std
+    k = len(b.classes)
+    opts = {i: Adam(layer.params, lr=cfg.lr) for i, layer in layers.items()}
+    steps = cfg.epochs * math.ceil(len(y_tr) / cfg.batch_size)
+    step = 0
+    history = []
+    for epoch in range(cfg.epochs):
+        perm = rng.permutation(len(y_tr))
+        losses = []
+        with rep.task(f"epoch {epoch + 1}/{cfg.epochs}", len(perm)) as advance:
+            for s in range(0, len(perm), cfg.batch_size):
+                idx = perm[s : s + cfg.batch_size]
+                for o in opts.values():
+                    o.lr = cosine_lr(cfg.lr, step, steps)
+                xn = normalize(x_tr[idx], mean, std)
+                y = y_tr[idx]
+                wrong = wrong_labels(y, k, rng)
+                losses.append(
+                    net.train_batch(
+                        b.encoding.encode(xn, y),
+                        b.encoding.encode(xn, wrong),
+                        opts,
+                        b.manifest.objective.options() if b.manifest.objective else {},
+                    )
+                )
+                step += 1
+                advance(len(idx), loss=f"{np.mean(losses[-1]):.3f}")
+        history.append(float(np.mean(losses)))
+        rep.log(f"epoch {epoch + 1}/{cfg.epochs}  FF loss {history[-1]:.4f}")
+    return history
+
+
+def _fit_head(
+    net: HybridNet,
+    b: Bundle,
+    master: dict[str, np.ndarray],
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    cfg: FinetuneConfig,
+    rng: np.random.Generator,
+    rep: Reporter,
+) -> SoftmaxHead | None:
+    """The softmax head refitted on the fine-tuned net's neutral-label features (None without a head or head epochs)."""
+    mean, std = b.manifest.input.mean, b.manifest.input.std
+    head = None
+    if b.head and cfg.head_epochs:
+        head = SoftmaxHead.from_master(master)
+        hl = list(b.head.layers)
+        feats = np.concatenate(
+            [
+                head.features(net.features(b.encoding.neutral(normalize(x_tr[s : s + 64], mean, std)), hl))
+                for s in range(0, len(y_tr), 64)
+            ]
+        )
+        with rep.task("softmax head", cfg.head_epochs) as advance:
+            for _ in range(cfg.head_epochs):
+                perm = rng.permutation(len(y_tr))
+                for s in range(0, len(perm), 64):
+                    head.train_step(feats[perm[s : s + 64]], y_tr[perm[s : s + 64]])
+                advance(1)
+    return head
+
+
 def _finetune(
     bundle: Path, cfg: FinetuneConfig, out: str | Path | None, rep: Reporter, cleanup: contextlib.ExitStack
 ) -> dict[str, Any]:
@@ -410,8 +484,6 @@ def _finetune(
         x_tr, y_tr = np.concatenate([x_tr, x_old]), np.concatenate([y_tr, y_old])
     layers = {i: QuantFFLayer.from_master(master, i, b.layers[i].to_dict()) for i in which}
     net = HybridNet(rt, layers, cfg.anchor)
-    k = len(b.classes)
-    mean, std = b.manifest.input.mean, b.manifest.input.std
     rep.log(
         f"fine-tuning {b.path} on {cfg.data}: {n_new} examples (+{len(y_tr) - n_new} "
         f"replayed), layers {which} + head, {cfg.epochs} epochs; "
@@ -419,50 +491,9 @@ def _finetune(
     )
     before = accuracy(rt, x_te, y_te, cfg.mode)
     rep.log(f"held-out accuracy before: {before:.2%}")
-    opts = {i: Adam(layer.params, lr=cfg.lr) for i, layer in layers.items()}
     rng = np.random.default_rng(cfg.seed)
-    steps = cfg.epochs * math.ceil(len(y_tr) / cfg.batch_size)
-    step = 0
-    history = []
-    for epoch in range(cfg.epochs):
-        perm = rng.permutation(len(y_tr))
-        losses = []
-        with rep.task(f"epoch {epoch + 1}/{cfg.epochs}", len(perm)) as advance:
-            for s in range(0, len(perm), cfg.batch_size):
-                idx = perm[s : s + cfg.batch_size]
-                for o in opts.values():
-                    o.lr = cosine_lr(cfg.lr, step, steps)
-                xn = normalize(x_tr[idx], mean, std)
-                y = y_tr[idx]
-                wrong = wrong_labels(y, k, rng)
-                losses.append(
-                    net.train_batch(
-                        b.encoding.encode(xn, y),
-                        b.encoding.encode(xn, wrong),
-                        opts,
-                        b.manifest.objective.options() if b.manifest.objective else {},
-                    )
-                )
-                step += 1
-                advance(len(idx), loss=f"{np.mean(losses[-1]):.3f}")
-        history.append(float(np.mean(losses)))
-        rep.log(f"epoch {epoch + 1}/{cfg.epochs}  FF loss {history[-1]:.4f}")
-    head = None
-    if b.head and cfg.head_epochs:
-        head = SoftmaxHead.from_master(master)
-        hl = list(b.head.layers)
-        feats = np.concatenate(
-            [
-                head.features(net.features(b.encoding.neutral(normalize(x_tr[s : s + 64], mean, std)), hl))
-                for s in range(0, len(y_tr), 64)
-            ]
-        )
-        with rep.task("softmax head", cfg.head_epochs) as advance:
-            for _ in range(cfg.head_epochs):
-                perm = rng.permutation(len(y_tr))
-                for s in range(0, len(perm), 64):
-                    head.train_step(feats[perm[s : s + 64]], y_tr[perm[s : s + 64]])
-                advance(1)
+    history = _train_layers(net, layers, b, x_tr, y_tr, cfg, rng, rep)
+    head = _fit_head(net, b, master, x_tr, y_tr, cfg, rng, rep)
     with _temp_folder(base) as tmpdir:
         files = _write_candidates(b, net, head, master, tmpdir)
         del rt, net  # free the training sessions before the candidate's are opened (peak memory)
