@@ -144,6 +144,11 @@ def _cam_image_column(
     )
 
 
+def _map_label(ax: Any, text: str) -> None:
+    """A number written in the top-left corner of a map, white on a dark box."""
+    ax.text(0.03, 0.97, text, transform=ax.transAxes, ha="left", va="top", fontsize=8, color="white", bbox=_LABEL_BOX)
+
+
 def _cam_layer_column(
     top: Any,
     grid: Any,
@@ -167,34 +172,14 @@ def _cam_layer_column(
     ax.imshow(m, cmap=heat, norm=Normalize(0.0, float(m.max()) or 1.0), alpha=0.7)
     if title is not None:
         ax.set_title(title, fontsize=9, fontweight="bold")
-    ax.text(
-        0.03,
-        0.97,
-        f"g={g_true:.3g}",
-        transform=ax.transAxes,
-        ha="left",
-        va="top",
-        fontsize=8,
-        color="white",
-        bbox=_LABEL_BOX,
-    )
+    _map_label(ax, f"g={g_true:.3g}")
     ax = top.add_subplot(grid[2 * r + 1, 1 + layer])
     _show_image(ax, raw_hwc, alpha=0.5)
     lim = float(np.abs(d).max()) or 1.0
     rgba = div(Normalize(-lim, lim)(d))
     rgba[..., 3] = 0.2 + 0.8 * np.clip(np.abs(d) / lim, 0.0, 1.0)  # faint where both labels agree
     ax.imshow(rgba)
-    ax.text(
-        0.03,
-        0.97,
-        f"\u0394g={dg:+.3g}",
-        transform=ax.transAxes,
-        ha="left",
-        va="top",
-        fontsize=8,
-        color="white",
-        bbox=_LABEL_BOX,
-    )
+    _map_label(ax, f"\u0394g={dg:+.3g}")
 
 
 def _cam_keys(bottom: Any, heat: Any, div: Any) -> None:
