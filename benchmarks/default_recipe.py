@@ -174,7 +174,7 @@ def main() -> int:
             cfg = json.loads((work / f"seed{seed}" / "config.json").read_text())["train"]
             _write(out, rows, cfg, a.quick)
         # Rows kept after the last trained seed belong in the table too.
-        if cfg is not None:
+        if cfg is not None and seeds and seeds[-1] in done:
             _write(out, rows, cfg, a.quick)
     print(out.with_suffix(".md").read_text())
     return 0
