@@ -275,6 +275,17 @@ class FusedEntry(_Entry):
 
 
 @dataclass
+class SharedEntry(_Entry):
+    """The whole-net graph with layer 0's image part once per image: ``x`` [N, C, H, W] and ``labels`` [N, K']
+    (rows of its label table; ``neutral`` is the neutral label's row) -> ``goodness`` [N, K'] and
+    ``feature{i}`` [N*K', C_i]."""
+
+    file: str
+    neutral: int
+    ort_ops: dict[str, int] | None = None
+
+
+@dataclass
 class FileEntry(_Entry):
     """A file with nothing more to say about it (``master``)."""
 
@@ -369,6 +380,7 @@ class Manifest(_Entry):
     objective: Objective | None = None
     head: HeadEntry | None = None
     fused: FusedEntry | None = None
+    shared: SharedEntry | None = None
     quantization: dict[str, Any] | None = None
     parity: Parity | None = None
     master: FileEntry | None = None
@@ -389,6 +401,7 @@ class Manifest(_Entry):
             refs.setdefault(layer.file, f"layer {i}")
         for what, entry in (
             ("fused graph", self.fused),
+            ("shared-layer-0 graph", self.shared),
             ("head", self.head),
             ("master weights", self.master),
             ("replay examples", self.replay),
@@ -445,6 +458,7 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
         objective=_opt(obj, "objective", lambda v: _objective(w, v)),
         head=_opt(obj, "head", lambda v: _head(w, v, files, n)),
         fused=_opt(obj, "fused", lambda v: _fused(w, v, files)),
+        shared=_opt(obj, "shared", lambda v: _shared(w, v, files, len(classes))),
         quantization=_opt(obj, "quantization", lambda v: copy.deepcopy(_obj(w, "quantization", v))),
         parity=_opt(obj, "parity", lambda v: _parity(w, v)),
         master=_opt(obj, "master", lambda v: _file_entry(w, "master", v, files, ".npz", FileEntry)),
@@ -638,6 +652,18 @@ def _fused(w: str, v: Any, files: Mapping[str, str]) -> FusedEntry:
         file=_ref(w, "fused.file", d.get("file"), files, ".onnx"),
         ort_ops=_opt(d, "ort_ops", lambda x: _op_counts(w, "fused.ort_ops", x)),
         **_split(d, FusedEntry),
+    )
+
+
+def _shared(w: str, v: Any, files: Mapping[str, str], n_classes: int) -> SharedEntry:
+    d = _obj(w, "shared", v, "an object with a 'file' and 'neutral'")
+    if "neutral" not in d:
+        raise _fail(w, "shared.neutral", "be present (the label table's neutral row)")
+    return SharedEntry(
+        file=_ref(w, "shared.file", d.get("file"), files, ".onnx"),
+        neutral=_int(w, "shared.neutral", d["neutral"], n_classes, n_classes),
+        ort_ops=_opt(d, "ort_ops", lambda x: _op_counts(w, "shared.ort_ops", x)),
+        **_split(d, SharedEntry),
     )
 
 

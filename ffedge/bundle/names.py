@@ -12,6 +12,7 @@ from __future__ import annotations
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.onnx"  # the softmax head
 FUSED_FILE = "net.onnx"  # every layer in one graph
+SHARED_FILE = "net_shared.onnx"  # every layer in one graph, layer 0's image part once per image
 MASTER_FILE = "master.npz"  # float master weights (fine-tuning)
 REPLAY_FILE = "replay.npz"  # rehearsal examples (fine-tuning)
 
@@ -58,6 +59,8 @@ GOODNESS = "goodness"  # [N]: a layer's goodness; the fused graph's, summed over
 FEATURE = "feature"  # [N, C]: a layer's spatial mean before pooling, what the head reads
 LAYER_OUTPUTS = (NEXT, GOODNESS, FEATURE)
 PROBS = "probs"  # the head's output [N, K]
+LABELS = "labels"  # the shared graph's second input: [N, K'] int64 rows of its label table (class index, K: neutral)
+SHARED_LABEL_TABLE = "l0_label_table"  # the shared graph's label channels [K + 1, L, H, W] (initializer)
 FUSED_FEATURE_PATTERN = r"feature([0-9]{1,6})"
 
 

@@ -211,11 +211,11 @@ def _write_candidates(
         files[name] = tmp / name
         fused_values.update({fused_name(i, k): v for k, v in q.items()})
         master[master_key(i, MASTER_WEIGHT)], master[master_key(i, MASTER_BIAS)] = layer.weight, layer.bias
-    fused = b.manifest.fused
-    if fused:
-        name = Path(fused.file).name
-        patch_initializers(b.file(fused.file), tmp / name, fused_values)
-        files[name] = tmp / name
+    for graph in (b.manifest.fused, b.manifest.shared):  # both carry every layer's weights under the same names
+        if graph:
+            name = Path(graph.file).name
+            patch_initializers(b.file(graph.file), tmp / name, fused_values)
+            files[name] = tmp / name
     if head is not None and b.head:
         name = Path(b.head.file).name
         patch_initializers(b.file(b.head.file), tmp / name, {HEAD_W: head.weight, HEAD_B: head.bias})
@@ -304,6 +304,7 @@ def _replaced_bytes(b: Bundle, which: list[int]) -> int:
     m = b.manifest
     names = {b.layers[i].file for i in which} | {
         m.fused.file if m.fused else None,
+        m.shared.file if m.shared else None,
         b.head.file if b.head else None,
         m.master.file if m.master else None,
     }

@@ -160,6 +160,15 @@ class LabelEncoding(ABC):
         reps = np.repeat(x, classes.size, axis=0)
         return self._encode(reps, np.tile(classes, x.shape[0]))
 
+    def label_channels(self) -> np.ndarray | None:
+        """The label channels by themselves, when the encoding appends them to the unchanged image.
+
+        float32 ``[K + 1, L, H, W]``: row k is what ``encode`` appends for class k, row K what
+        ``neutral`` appends. None (the default) when the label is mixed into the image's own
+        channels: then a network's first layer cannot see image and label apart.
+        """
+        return None
+
     def to_config(self) -> dict[str, Any]:
         """JSON-able description holding every parameter needed to rebuild this encoding exactly."""
         return {

@@ -190,6 +190,13 @@ class FourierEncoding(LabelEncoding):
         out[:, :c] = x
         return out
 
+    def label_channels(self) -> np.ndarray | None:
+        """Channel mode: the gratings, then a channel of zeros (neutral); add mode: None."""
+        if self.mode == "add":
+            return None
+        neutral = np.zeros((1,) + self._patterns.shape[1:], dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate([self._patterns, neutral]), dtype=np.float32)
+
     def _params(self) -> dict[str, Any]:
         return {
             "mode": self.mode,

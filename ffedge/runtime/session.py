@@ -5,10 +5,14 @@ The modes are those of :mod:`ffedge.runtime.modes`; each is a ``predict_<mode>``
 
 - ``all``: every image with every label; the label whose hypothesis has the
   highest goodness (summed over the bundle's prediction layers) wins. All B*K
-  hypotheses go through each layer session in one call (chunked only above
-  ``max_hypotheses``).
+  hypotheses go through the graph in one call (chunked only above ``max_hypotheses``).
 - ``head``: one pass with the neutral label; the softmax head decides.
 - ``topk``: the head proposes ``k`` labels, goodness decides among them.
+
+A bundle with a shared graph (``net_shared.onnx``, manifest ``shared``) runs every mode
+on it: it takes each image once with the label rows to try, and computes layer 0's
+image part once per image. Other bundles (and ``shared=False``) encode every
+hypothesis and run ``net.onnx``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ffedge.bundle.names import (
     FUSED_FEATURE_PATTERN,
     GOODNESS,
     INPUT,
+    LABELS,
     MASTER_HEAD_BIAS,
     MASTER_HEAD_WEIGHT,
     NEXT,
@@ -132,8 +137,16 @@ class Graph:
         return self.session.get_outputs()
 
 
-def _signature(args: Sequence, want: dict[str, Dims], what: str, where: str, ordered: bool = True) -> None:  # type: ignore[type-arg]
-    """Graph inputs or outputs ``args`` have exactly the names of ``want`` (in its order), float32 and the shapes given.
+def _signature(
+    args: Sequence,  # type: ignore[type-arg]
+    want: dict[str, Dims],
+    what: str,
+    where: str,
+    ordered: bool = True,
+    ints: Sequence[str] = (),
+) -> None:
+    """Graph inputs or outputs ``args`` have exactly the names of ``want`` (in its order), float32 (int64 for the
+    names in ``ints``) and the shapes given.
 
     A dim of ``want`` that is None is free (the batch); a symbolic dim of the graph fits any size.
     """
@@ -142,9 +155,10 @@ def _signature(args: Sequence, want: dict[str, Dims], what: str, where: str, ord
         raise FFEdgeError(f"{where} does not fit the manifest: its {what} are {quoted(got)}, expected {list(want)}")
     for a in args:
         dims = want[a.name]
+        kind = "int64" if a.name in ints else "float"
         shape = list(a.shape) if a.shape is not None else None
         bad = (
-            a.type != "tensor(float)"
+            a.type != f"tensor({kind})"
             or shape is None
             or len(shape) != len(dims)
             or any(d is not None and isinstance(s, int) and s != d for s, d in zip(shape, dims))
@@ -153,12 +167,13 @@ def _signature(args: Sequence, want: dict[str, Dims], what: str, where: str, ord
             expected = ["N" if d is None else d for d in dims]
             raise FFEdgeError(
                 f"{where} does not fit the manifest: {what[:-1]} {quoted(a.name)} is {a.type} "
-                f"{quoted(shape)}, expected float {expected}"
+                f"{quoted(shape)}, expected {kind} {expected}"
             )
 
 
 def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None:
-    """The inputs and outputs of a ``layer`` (number ``index``), ``fused`` or ``head`` graph, against the manifest."""
+    """The inputs and outputs of a ``layer`` (number ``index``), ``fused``, ``shared`` or ``head`` graph, against
+    the manifest."""
     m = bundle.manifest
     ins, outs = graph.get_inputs(), graph.get_outputs()
     where = f"{bundle.path}: {quoted(graph.name)} ({kind if kind != 'layer' else f'layer {index}'})"
@@ -167,9 +182,12 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
         _signature(ins, {INPUT: [None, *layer.in_shape]}, "inputs", where)
         c, h, w = layer.out_shape
         _signature(outs, {NEXT: [None, c, h, w], GOODNESS: [None], FEATURE: [None, c]}, "outputs", where)
-    elif kind == "fused":
-        _signature(ins, {INPUT: [None, *m.layers[0].in_shape]}, "inputs", where)
-        want: dict[str, Dims] = {GOODNESS: [None]}
+    elif kind in ("fused", "shared"):
+        if kind == "fused":
+            _signature(ins, {INPUT: [None, *m.layers[0].in_shape]}, "inputs", where)
+        else:
+            _signature(ins, {INPUT: [None, *m.input.shape], LABELS: [None, None]}, "inputs", where, ints=[LABELS])
+        want: dict[str, Dims] = {GOODNESS: [None] if kind == "fused" else [None, None]}
         head_layers = m.head.layers if m.head else []
         # Features of other layers may be there too (unused); anything else (a layer's 'y') is another graph.
         found = [re.fullmatch(FUSED_FEATURE_PATTERN, a.name) for a in outs]
@@ -225,10 +243,12 @@ class Runtime:
         max_hypotheses: int = 4096,
         arena: bool = True,
         replaced: dict[str, Path] | None = None,
+        shared: bool = True,
     ) -> None:
         """``arena=False`` trades a little speed for lower peak memory. ``replaced`` maps file
         names of the bundle to other files to run instead (candidate files of an update,
-        evaluated before they are committed; they are not checksum-verified).
+        evaluated before they are committed; they are not checksum-verified). ``shared=False``
+        runs ``net.onnx`` on encoded hypotheses even where the bundle has a shared graph.
 
         Every graph opened is checked against the manifest (:func:`check_graph`).
         """
@@ -243,7 +263,8 @@ class Runtime:
         m = self.bundle.manifest
         self.head_layers = list(m.head.layers) if m.head else []
         self.head_session = self._open(m.head.file, "head", spin=False) if m.head else None
-        self.fused_session = self._open(m.fused.file, "fused", spin=True) if m.fused else None
+        self.shared_session = self._open(m.shared.file, "shared", spin=True) if (m.shared and shared) else None
+        self._fused: Graph | None = None
         self._layer_sessions: list[Graph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
 
@@ -252,6 +273,14 @@ class Runtime:
         graph = Graph(make_session(path, self.threads, spin, self.providers, arena=self.arena), name)
         check_graph(graph, kind, self.bundle, index)
         return graph
+
+    @property
+    def fused_session(self) -> Graph | None:
+        """The session of ``net.onnx`` (encoded hypotheses in), opened on first use; None without one."""
+        m = self.bundle.manifest
+        if self._fused is None and m.fused is not None:
+            self._fused = self._open(m.fused.file, "fused", spin=True)
+        return self._fused
 
     @property
     def layer_sessions(self) -> list[Graph]:
@@ -305,9 +334,33 @@ class Runtime:
                 feats.append(f)
         return np.stack(gs), feats
 
+    def run_shared(
+        self, x_norm: np.ndarray, rows: np.ndarray, feature_layers: Sequence[int] = ()
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The shared graph on images [B, C, H, W] with label-table rows [B, K'] (class indices, or the manifest's
+        ``shared.neutral``): goodness [B, K'] and the requested features [B*K', C_i]; chunked by ``max_hypotheses``."""
+        assert self.shared_session is not None
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        k = rows.shape[1]
+        per = max(1, self.max_hypotheses // max(k, 1))
+        names = [GOODNESS] + [fused_feature(i) for i in feature_layers]
+        parts = [
+            self.shared_session.run(names, {INPUT: x_norm[s : s + per], LABELS: rows[s : s + per]})
+            for s in range(0, len(x_norm), per)
+        ]
+        if not parts:
+            empty = self.shared_session.run(names, {INPUT: x_norm[:0], LABELS: rows[:0]})
+            return empty[0], empty[1:]
+        return np.concatenate([p[0] for p in parts]), [
+            np.concatenate([p[j] for p in parts]) for j in range(1, len(names))
+        ]
+
     def goodness(self, x_norm: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         """Goodness (summed over the prediction layers) of every label hypothesis: [B, K'] (K' = len(classes) or K)."""
         k = self.num_classes if classes is None else len(classes)
+        if self.shared_session is not None:
+            cls = np.arange(self.num_classes) if classes is None else np.asarray(classes, dtype=np.int64)
+            return self.run_shared(x_norm, np.tile(cls, (len(x_norm), 1)))[0]
         per = max(1, self.max_hypotheses // max(k, 1))
         out = [
             self.forward(self.encoding.encode_all(x_norm[s : s + per], classes))[0].reshape(-1, k)
@@ -315,15 +368,28 @@ class Runtime:
         ]
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
+    def neutral_features(self, x_norm: np.ndarray) -> list[np.ndarray]:
+        """The head layers' features of one neutral-label pass per image, in ``head_layers`` order."""
+        if self.shared_session is not None:
+            assert self.bundle.manifest.shared is not None
+            rows = np.full((len(x_norm), 1), self.bundle.manifest.shared.neutral, dtype=np.int64)
+            return self.run_shared(x_norm, rows, self.head_layers)[1]
+        parts = [
+            self.forward(self.encoding.neutral(x_norm[s : s + self.max_hypotheses]), self.head_layers)[1]
+            for s in range(0, len(x_norm), self.max_hypotheses)
+        ]
+        if not parts:
+            return self.forward(self.encoding.neutral(x_norm[:0]), self.head_layers)[1]
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(self.head_layers))]
+
     def head_probs(self, x_norm: np.ndarray) -> np.ndarray:
         """Softmax head on one neutral-label pass: [B, K]."""
         if self.head_session is None:
             raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
-        outs = []
-        for s in range(0, len(x_norm), self.max_hypotheses):
-            _, feats = self.forward(self.encoding.neutral(x_norm[s : s + self.max_hypotheses]), self.head_layers)
-            outs.append(self.head_session.run(None, {head_input(i): f for i, f in zip(self.head_layers, feats)})[0])
-        return np.concatenate(outs) if outs else np.zeros((0, self.num_classes), np.float32)
+        if not len(x_norm):
+            return np.zeros((0, self.num_classes), np.float32)
+        feats = self.neutral_features(x_norm)
+        return self.head_session.run(None, {head_input(i): f for i, f in zip(self.head_layers, feats)})[0]
 
     def check_mode(self, mode: str, k: int = 3) -> None:
         """A mode this bundle can run (``head`` and ``topk`` need its head) and, for ``topk``, a ``k`` in 1..K."""
@@ -360,7 +426,9 @@ class Runtime:
         probs = self.head_probs(x)
         cand = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [B, k]
         scores = np.full(probs.shape, -np.inf, dtype=np.float32)
-        if len(x):
+        if len(x) and self.shared_session is not None:
+            np.put_along_axis(scores, cand, self.run_shared(x, cand)[0], axis=1)
+        elif len(x):
             reps = np.repeat(x, k, axis=0)
             g = np.concatenate(
                 [
@@ -392,7 +460,9 @@ def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, 
     checked = {name: "sha256" for name in m.files}
     graph = "sha256, opened with onnxruntime, inputs/outputs match the manifest"
     rt.layer_sessions  # noqa: B018  (opens and checks every layer file)
-    for name in [layer.file for layer in m.layers] + [e.file for e in (m.fused, m.head) if e is not None]:
+    rt.fused_session  # noqa: B018  (opened on first use)
+    graphs = (m.fused, m.shared, m.head)
+    for name in [layer.file for layer in m.layers] + [e.file for e in graphs if e is not None]:
         checked[name] = graph
     for ref in (m.label_arrays or {}).values():
         checked[ref] = "sha256, loaded (no pickles), matches the label encoding"

@@ -108,8 +108,9 @@ def build_manifest(
     layers: list[dict[str, Any]],
     label_arrays: dict[str, str],
     fused: dict[str, Any],
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a bundle (see export/README.md)."""
+    """The manifest of a bundle (see export/README.md); ``shared``: the entry of ``net_shared.onnx``, if written."""
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     quant = {
@@ -145,6 +146,7 @@ def build_manifest(
         "objective": {k: cfg["train"].get(k) for k in ("loss", "alpha", "threshold", "negatives")},
         "head": {"file": HEAD_FILE, "layers": list(net.head_layers)},
         "fused": fused,
+        **({"shared": shared} if shared else {}),
         "quantization": quant,
         "files": files,
         "history": [],

@@ -225,6 +225,21 @@ def _rename(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
         node.output[:] = [mapping.get(n, n) for n in node.output]
 
 
+def one_opset_per_domain(model: onnx.ModelProto) -> list[onnx.OperatorSetIdProto]:
+    """The model's opset imports with one entry per domain (the highest version declared).
+
+    ``onnx.compose.merge_models`` keeps every input's entries, so a fused graph would
+    declare the default domain once per layer; onnx's version converter then upgrades
+    only the first entry and its reference evaluator refuses the graph.
+    """
+    from onnx import helper
+
+    best: dict[str, int] = {}
+    for o in model.opset_import:
+        best[o.domain] = max(best.get(o.domain, 0), o.version)
+    return [helper.make_opsetid(d, v) for d, v in best.items()]
+
+
 def fuse_layers(paths: list[Path], predict_layers: list[int], head_layers: list[int], out: Path) -> None:
     """Chain the layer files into one graph: ``x`` -> ``goodness`` (summed over the prediction
     layers) and ``feature{i}`` for the head layers.
@@ -247,6 +262,9 @@ def fuse_layers(paths: list[Path], predict_layers: list[int], head_layers: list[
     fused.graph.output.append(helper.make_tensor_value_info(GOODNESS, onnx.TensorProto.FLOAT, ["n"]))
     fused = onnx.utils.Extractor(fused).extract_model([INPUT], [GOODNESS] + [fused_feature(i) for i in head_layers])
     _short_names(fused)
+    opsets = one_opset_per_domain(fused)
+    del fused.opset_import[:]
+    fused.opset_import.extend(opsets)
     fused.producer_name = "ffedge"
     fused.producer_version = ffedge.__version__
     onnx.checker.check_model(fused, full_check=True)
