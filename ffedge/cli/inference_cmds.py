@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 
 MODE_HELP = mode_help()
 K_HELP = f"Candidates for --mode {one_of([m.name for m in MODE_REGISTRY if m.uses_k])}."
+LOW_MEMORY_HELP = (
+    "Low-memory mode for small boards: run the layer files one at a time, each opened without onnxruntime's "
+    "memory arena and dropped after its layer (never the fused graph; the head only for the modes that use it), "
+    "at most 64 label hypotheses per pass. Same predictions and lower peak memory, but slower: the layer "
+    "sessions are built again for every pass, which adds up over many images."
+)
 # Keys of every label encoding's config (ffedge.labels.base.LabelEncoding.to_config) that are not its parameters.
 ENCODING_FRAME_KEYS = ("name", "version", "num_classes", "image_shape")
 
@@ -57,6 +63,7 @@ def eval_cmd(
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
     ),
+    low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
@@ -70,7 +77,7 @@ def eval_cmd(
     check_int(batch_size, "--batch-size", 1)
     check_int(latency_images, "--latency-images", 0)
     check_int(limit, "--limit", 1)
-    rt = Runtime(str(bundle), threads=threads)
+    rt = Runtime(str(bundle), threads=threads, stream=low_memory)
     rt.check_mode(mode, k)
     x, y = first_held_out_for_bundle(
         rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit
@@ -78,11 +85,17 @@ def eval_cmd(
     r = evaluate(
         rt, x, y, mode=mode, k=k, batch_size=batch_size, latency_images=latency_images, reporter=RichReporter()
     )
-    r.update(bundle=str(bundle), dataset=dataset, precision=rt.bundle.manifest.precision, threads=threads)
+    r.update(
+        bundle=str(bundle),
+        dataset=dataset,
+        precision=rt.bundle.manifest.precision,
+        threads=threads,
+        low_memory=low_memory,
+    )
     if as_json:
         console.print_json(json.dumps(r))
         return
-    mode_txt = f"{mode} (k={k})" if mode_spec(mode).uses_k else mode
+    mode_txt = (f"{mode} (k={k})" if mode_spec(mode).uses_k else mode) + (", low-memory" if low_memory else "")
     say(f"{shown(str(bundle))} ({r['precision']}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}")
     say(f"accuracy {r['accuracy']:.2%}")
     t = Table("true \\ predicted", *[Column(Text(shown(c))) for c in r["classes"]], title="confusion matrix")
@@ -115,6 +128,7 @@ def predict(
         help="Resize (and convert grey/RGB) images to the bundle's input; otherwise a mismatch is an error.",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads."),
+    low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
 ) -> None:
     """Classify image files: the top labels with their goodness (or head probability)."""
@@ -125,7 +139,7 @@ def predict(
     check_mode(mode)
     check_int(k, "--k", 1)
     check_int(top, "--top", 1)
-    rt = Runtime(str(bundle), threads=threads)
+    rt = Runtime(str(bundle), threads=threads, stream=low_memory)
     rt.check_mode(mode, k)
     x, names = read_inputs(images, rt.bundle.input_shape, resize=resize)
     pred = rt.predict(x, mode=mode, k=k)

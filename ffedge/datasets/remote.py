@@ -9,12 +9,10 @@ download never lands under its real name.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.error import URLError
-from urllib.request import urlopen
+from typing import Any
 
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import atomic_path
@@ -101,8 +99,20 @@ def _progress():
     )
 
 
+def urlopen(url: str, timeout: float) -> Any:
+    """urllib's ``urlopen``, imported on first use: ``urllib.request`` and ``http.client`` load ``ssl``,
+    about 6 MB of resident memory that every ``ffedge`` command would carry (the CLI imports this module
+    for ``--dataset`` help). Tests replace this function to serve files."""
+    from urllib.request import urlopen as _urlopen
+
+    return _urlopen(url, timeout=timeout)
+
+
 def _read_url_into(url: str, tmp: Path, name: str) -> str:
     """Stream ``url`` into ``tmp`` and return its md5; network failures raise _NetworkError."""
+    import http.client
+    from urllib.error import URLError
+
     h = hashlib.md5(usedforsecurity=False)
     try:
         with urlopen(url, timeout=TIMEOUT_S) as resp, open(tmp, "wb") as out, _progress() as bar:

@@ -1,6 +1,7 @@
 """Running a bundle on the device: numpy and onnxruntime, no torch.
 
 - :mod:`ffedge.runtime.session`: :class:`Runtime` (classification by goodness, head or top-k), the onnxruntime sessions;
+- :mod:`ffedge.runtime.streaming`: low-memory mode (``Runtime(stream=True)``): one layer session at a time;
 - :mod:`ffedge.runtime.modes`: the registry of prediction modes (``--mode``), light enough for the CLI's help;
 - :mod:`ffedge.runtime.preprocess`: pixels -> network inputs, shared with the trainer;
 - :mod:`ffedge.runtime.inputs`: image and .npy files -> pixels a bundle takes;

@@ -67,11 +67,14 @@ class Prediction(NamedTuple):
 DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
-def session_options(threads: int | None, spin: bool = True, arena: bool = True) -> ort.SessionOptions:
+def session_options(
+    threads: int | None, spin: bool = True, arena: bool = True, mem_pattern: bool = True
+) -> ort.SessionOptions:
     """EXTENDED optimization: the level at which onnxruntime fuses QDQ convs into QLinearConv.
 
     ``spin=False`` stops idle pool threads from busy-waiting: with one pool per layer
-    session, spinning pools of finished layers steal the cores of the running one.
+    session, spinning pools of finished layers steal the cores of the running one. ``mem_pattern=False``: no
+    block planned (and held) for all intermediate tensors of a run (streaming mode).
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -83,6 +86,8 @@ def session_options(threads: int | None, spin: bool = True, arena: bool = True) 
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not arena:  # lower peak memory, a little slower: buffers are freed instead of pooled
         so.enable_cpu_mem_arena = False
+    if not mem_pattern:
+        so.enable_mem_pattern = False
     return so
 
 
@@ -93,9 +98,10 @@ def make_session(
     providers: Sequence[str] | None = None,
     optimized_path: str | Path | None = None,
     arena: bool = True,
+    mem_pattern: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session as ffedge runs it; a file onnxruntime rejects is a one-line error."""
-    so = session_options(threads, spin, arena)
+    so = session_options(threads, spin, arena, mem_pattern)
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     try:
@@ -243,9 +249,13 @@ class Runtime:
         max_hypotheses: int = 4096,
         arena: bool = True,
         replaced: dict[str, Path] | None = None,
+        stream: bool = False,
         shared: bool = True,
     ) -> None:
-        """``arena=False`` trades a little speed for lower peak memory. ``replaced`` maps file
+        """``arena=False`` trades a little speed for lower peak memory. ``stream=True`` (low-memory mode,
+        :mod:`ffedge.runtime.streaming`) opens no session here: each pass opens the layer files one at a
+        time (arena off) and drops each after its layer, the head only when a mode uses it, with at most
+        :data:`~ffedge.runtime.streaming.STREAM_HYPOTHESES` hypotheses per pass; same predictions, slower. ``replaced`` maps file
         names of the bundle to other files to run instead (candidate files of an update,
         evaluated before they are committed; they are not checksum-verified). ``shared=False``
         runs ``net.onnx`` on encoded hypotheses even where the bundle has a shared graph.
@@ -254,16 +264,22 @@ class Runtime:
         """
         self.threads = check_threads(threads)
         self.bundle: Bundle = open_bundle(bundle_dir, verify=verify)
-        self.arena = arena
+        self.stream = stream
+        self.arena = arena and not stream
         self.replaced = dict(replaced or {})
         self.encoding = self.bundle.encoding
         self.providers = list(providers) if providers else None
         self.max_hypotheses = max(1, int(max_hypotheses))
+        if stream:
+            from ffedge.runtime.streaming import STREAM_HYPOTHESES
+
+            self.max_hypotheses = min(self.max_hypotheses, STREAM_HYPOTHESES)
         self.n_layers = len(self.bundle.layers)
         m = self.bundle.manifest
         self.head_layers = list(m.head.layers) if m.head else []
-        self.head_session = self._open(m.head.file, "head", spin=False) if m.head else None
-        self.shared_session = self._open(m.shared.file, "shared", spin=True) if (m.shared and shared) else None
+        self.head_session = self._open(m.head.file, "head", spin=False) if m.head and not stream else None
+        use_shared = m.shared is not None and shared and not stream
+        self.shared_session = self._open(m.shared.file, "shared", spin=True) if use_shared else None
         self._fused: Graph | None = None
         self._layer_sessions: list[Graph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
@@ -278,7 +294,7 @@ class Runtime:
     def fused_session(self) -> Graph | None:
         """The session of ``net.onnx`` (encoded hypotheses in), opened on first use; None without one."""
         m = self.bundle.manifest
-        if self._fused is None and m.fused is not None:
+        if self._fused is None and m.fused is not None and not self.stream:
             self._fused = self._open(m.fused.file, "fused", spin=True)
         return self._fused
 
@@ -309,6 +325,10 @@ class Runtime:
 
     def forward(self, x_encoded: np.ndarray, feature_layers: Sequence[int] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
         """Encoded inputs [N, C', H, W] -> goodness summed over the prediction layers [N], and the requested features."""
+        if self.stream:
+            from ffedge.runtime.streaming import stream_forward
+
+            return stream_forward(self, x_encoded, feature_layers)
         if self.fused_session is None:
             g, feats = self.run_layers(x_encoded, feature_layers)
             return g[self.bundle.predict_layers].sum(0), feats
@@ -384,17 +404,22 @@ class Runtime:
 
     def head_probs(self, x_norm: np.ndarray) -> np.ndarray:
         """Softmax head on one neutral-label pass: [B, K]."""
-        if self.head_session is None:
+        if self.bundle.manifest.head is None:
             raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
+        if self.stream:
+            from ffedge.runtime.streaming import stream_head_probs
+
+            return stream_head_probs(self, x_norm)
         if not len(x_norm):
             return np.zeros((0, self.num_classes), np.float32)
+        assert self.head_session is not None
         feats = self.neutral_features(x_norm)
         return self.head_session.run(None, {head_input(i): f for i, f in zip(self.head_layers, feats)})[0]
 
     def check_mode(self, mode: str, k: int = 3) -> None:
         """A mode this bundle can run (``head`` and ``topk`` need its head) and, for ``topk``, a ``k`` in 1..K."""
         spec = mode_spec(mode)
-        if spec.needs_head and self.head_session is None:
+        if spec.needs_head and self.bundle.manifest.head is None:
             raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
         if spec.uses_k:
             check_int(k, "--k", 1, self.num_classes)
