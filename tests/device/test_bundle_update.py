@@ -36,7 +36,7 @@ def images() -> np.ndarray:
 @pytest.fixture(scope="module")
 def retrained(golden_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Genuinely different, valid replacements: the last layer's output channels reversed
-    (in its layer file and in the fused net), and a head with changed weights and biases
+    (in its layer file and in both fused nets), and a head with changed weights and biases
     (written as fine-tuning writes them, with ffedge.bundle.onnx_patch: no onnx package needed)."""
     out = tmp_path_factory.mktemp("retrained")
     last = len(json.loads((golden_int8 / MANIFEST).read_text())["layers"]) - 1
@@ -54,7 +54,10 @@ def retrained(golden_int8: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     layer_names = ("conv_w_q", "conv_b_q")
     return {
         f"layer{last}.onnx": edit(f"layer{last}.onnx", lambda n, a: a[::-1] if n in layer_names else None),
-        "net.onnx": edit("net.onnx", lambda n, a: a[::-1] if n in {f"l{last}_{t}" for t in layer_names} else None),
+        **{
+            net: edit(net, lambda n, a: a[::-1] if n in {f"l{last}_{t}" for t in layer_names} else None)
+            for net in ("net.onnx", "net_shared.onnx")
+        },
         "head.onnx": edit(
             "head.onnx", lambda n, a: a * 0.5 if n == "head_w" else (np.roll(a, 1) + 1.0 if n == "head_b" else None)
         ),
@@ -220,8 +223,9 @@ def test_disk_full_leaves_the_old_version(
     old = _head_scores(b, images)
     before = _snapshot(b)
     files = {name: path.read_bytes() for name, path in retrained.items()}
-    # Fail every regular-file fsync in turn: 3 new files, the saved manifest, the new manifest (the commit point).
-    for n in range(1, 6):
+    # Fail every regular-file fsync in turn: the new files, the saved manifest, the new manifest (the commit point).
+    fsyncs = len(files) + 2
+    for n in range(1, fsyncs + 1):
         with pytest.MonkeyPatch.context() as mp:
             _fail_nth_fsync(mp, n)
             with pytest.raises(FFEdgeError) as err:
@@ -241,11 +245,11 @@ def test_disk_full_leaves_the_old_version(
             commit_update(b, files, {}, {})
     assert _snapshot(b) == before
     np.testing.assert_array_equal(_head_scores(b, images), old)
-    # There were exactly 5 regular-file fsyncs to fail, and with room the same update goes through.
+    # There were exactly that many regular-file fsyncs to fail, and with room the same update goes through.
     with pytest.MonkeyPatch.context() as mp:
         calls = _fail_nth_fsync(mp, 0)
         assert bundle_version(commit_update(b, files, {}, {})) == 2
-    assert calls[0] == 5
+    assert calls[0] == fsyncs
     # A full disk during a rollback leaves the new version current.
     with pytest.MonkeyPatch.context() as mp:
         _fail_nth_fsync(mp, 2)
