@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -13,6 +12,17 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
 from ffedge.errors import FFEdgeError, quoted
+
+# CPython's own sha256 (``_sha2`` from 3.12, ``_sha256`` before) instead of hashlib's, which loads OpenSSL
+# (``_hashlib``, about 3.5 MB of resident memory in every process that checks a bundle); same digests,
+# hashlib's only where the builtin module is missing (other interpreters, builds without it).
+try:
+    from _sha2 import sha256 as _sha256_impl  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the interpreter
+    try:
+        from _sha256 import sha256 as _sha256_impl  # type: ignore[import-not-found,no-redef]
+    except ImportError:
+        from hashlib import sha256 as _sha256_impl  # type: ignore[assignment]
 
 
 def _umask() -> int:
@@ -80,9 +90,14 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def sha256(data: bytes = b"") -> Any:
+    """A sha256 hash object (``update``, ``hexdigest``) like ``hashlib.sha256(data)``, without loading OpenSSL."""
+    return _sha256_impl(data)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (constant memory)."""
-    h = hashlib.sha256()
+    h = sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)

@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import errno
-import hashlib
 import json
 import os
 import re
@@ -74,7 +73,7 @@ from ffedge.bundle.names import (  # noqa: F401  (version_path: part of this mod
     version_path,
 )
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.fsutil import atomic_path, find_link, fsync_dir
+from ffedge.fsutil import atomic_path, find_link, fsync_dir, sha256
 
 _SAVED = re.compile(SAVED_MANIFEST_PATTERN)
 _VDIR = re.compile(VERSION_DIR_PATTERN)
@@ -267,7 +266,7 @@ def _check_name(name: str) -> None:
 
 def _write_file(dest: Path, src: bytes | str | Path) -> str:
     """Write ``src`` (bytes, or a file to copy) to ``dest`` atomically; returns its sha256."""
-    h = hashlib.sha256()
+    h = sha256()
     with atomic_path(dest) as tmp:
         with open(tmp, "wb") as out:
             if isinstance(src, (bytes, bytearray, memoryview)):

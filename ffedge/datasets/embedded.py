@@ -6,7 +6,6 @@ fixed: 400 train / 100 test per class from ``default_rng(0)``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from ffedge.datasets.base import Dataset, as_labels, as_nhwc, stratified_split
 from ffedge.datasets.registry import register_dataset
 from ffedge.errors import FFEdgeError
+from ffedge.fsutil import sha256
 
 NAME = "mnist-5k"
 RESOURCE = "mnist_5k.npz"
@@ -34,7 +34,7 @@ def _read_resource() -> bytes:
 def load_mnist_5k() -> Dataset:
     """The embedded dataset, sha256-verified, with its fixed stratified 4,000/1,000 split."""
     raw = _read_resource()
-    got = hashlib.sha256(raw).hexdigest()
+    got = sha256(raw).hexdigest()
     if got != SHA256:
         raise FFEdgeError(f"{NAME}: embedded {PATH} has sha256 {got}, expected {SHA256}: reinstall ffedge")
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:

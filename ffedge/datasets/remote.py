@@ -8,7 +8,6 @@ download never lands under its real name.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +64,8 @@ class _NetworkError(Exception):
 
 def md5_file(path: Path) -> str:
     """Hex md5 of a file, read in chunks."""
+    import hashlib  # here, not at import: hashlib loads OpenSSL (~3.5 MB), needed only to check a download
+
     h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(_CHUNK), b""):
@@ -110,6 +111,7 @@ def urlopen(url: str, timeout: float) -> Any:
 
 def _read_url_into(url: str, tmp: Path, name: str) -> str:
     """Stream ``url`` into ``tmp`` and return its md5; network failures raise _NetworkError."""
+    import hashlib
     import http.client
     from urllib.error import URLError
 
