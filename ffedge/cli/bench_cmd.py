@@ -118,7 +118,9 @@ def bench(
     batch: int = typer.Option(64, "--batch", help="Batch size of the throughput measurement."),
     gemm_size: int = typer.Option(1024, "--gemm-size", help="M = K = N of the GEMM whose rate is the physical limit."),
     in_process: bool = typer.Option(
-        False, "--in-process", help="Run every variant in this process (to see how they disturb each other)."
+        False,
+        "--in-process",
+        help="Run every variant in this process, each kept open (as before; to see how they disturb each other).",
     ),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."

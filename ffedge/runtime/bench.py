@@ -14,6 +14,7 @@ the same command, never against stored numbers.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ffedge.bundle import open_bundle
+from ffedge.errors import FFEdgeError
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.bench_worker import run_isolated
 from ffedge.runtime.macs import has_shared_graph, macs_per_image
@@ -33,6 +35,9 @@ ORT_TARGET = "ffedge.runtime.bench:measure_ort"
 TORCH_TARGET = "ffedge.train.torch_bench:measure_torch"  # imported only by the process that runs it
 GEMM_TARGET = "ffedge.runtime.gemm_rate:gemm_rates"
 ACCURACY_BATCH = 100
+# Runtimes measured in this process stay open (their thread pools alive) until it ends, as they did when
+# ``ffedge bench`` ran every variant in one process: what ``--in-process`` reproduces. A worker process ends anyway.
+_OPEN: list[Any] = []
 
 
 @dataclass
@@ -112,6 +117,8 @@ def measure_ort(
     for one full pass per hypothesis where the bundle has a shared layer-0 graph."""
     from ffedge.runtime.session import Runtime
 
+    if shared is not None and "shared" not in inspect.signature(Runtime).parameters:
+        raise FFEdgeError(f"{bundle}: this ffedge's Runtime cannot choose whether to run its shared graph")
     x, y = load_images(data)
     opened: list[Runtime] = []
 
@@ -122,6 +129,7 @@ def measure_ort(
 
     out = measure_predictor(load, x, y, warmup, iters, batch)
     rt = opened[0]
+    _OPEN.append(rt)
     enc = [rt.encoding.encode_all(rt.normalize(x[i : i + 1])) for i in range(min(len(x), iters))]
     time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), warmup, 0)
     rt.reset_timings()

@@ -4,6 +4,7 @@ asserts: the figures only have to be there and be sane."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import shutil
@@ -21,7 +22,8 @@ from ffedge.runtime.bench_worker import run_isolated
 from ffedge.runtime.gemm_rate import gemm_gmacs, gemm_rates, matmul_model
 from ffedge.runtime.macs import has_shared_graph, layer_macs, macs_per_image
 from ffedge.runtime.session import session_options
-from tests.conftest import device_cli
+from ffedge.runtime.session import Runtime
+from tests.conftest import device_cli, raises_one_line
 
 STATS = {"init_ms", "first_ms", "accuracy", "p50_ms", "p90_ms", "min_ms", "max_ms", "std_ms", "images_per_s"}
 STATS |= {"best_images_per_s", "batch", "peak_rss_mb", "layer_ms", "shared_graph", "size_bytes"}
@@ -74,7 +76,7 @@ def _with_shared_key(bundle: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_a_bundle_with_a_shared_graph_is_benchmarked_both_ways(golden_int8: Path, tmp_path: Path) -> None:
+def test_a_bundle_with_a_shared_graph_is_benchmarked_both_ways(golden_int8: Path, tmp_path: Path, images: str) -> None:
     assert not has_shared_graph(open_bundle(golden_int8, verify=False).manifest)
     (plain,) = ort_variants(golden_int8)
     assert plain.name == "int8 ORT" and "shared" not in plain.kwargs
@@ -83,6 +85,11 @@ def test_a_bundle_with_a_shared_graph_is_benchmarked_both_ways(golden_int8: Path
     a, b = ort_variants(shared)
     assert (a.name, b.name) == ("int8 ORT", "int8 ORT per-hypothesis")
     assert "shared" not in a.kwargs and b.kwargs["shared"] is False
+    kw = {"bundle": str(golden_int8), "data": images, "threads": 1, "warmup": 0, "iters": 1, "batch": 1}
+    if "shared" in inspect.signature(Runtime).parameters:  # a Runtime that can run a bundle's shared graph or not
+        assert measure_ort(**kw, shared=False)["shared_graph"] is False
+    else:
+        assert "cannot choose" in raises_one_line(lambda: measure_ort(**kw, shared=False))
 
 
 def test_measure_ort_in_its_own_process(golden_int8: Path, images: str) -> None:
