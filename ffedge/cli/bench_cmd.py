@@ -62,8 +62,8 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
         "variant", "GEMM line", "MMAC/img", "MMAC/img today", "GMAC/s p50", "% p50", "GMAC/s min", "% min",
         f"GMAC/s at {result['batch']}", f"% at {result['batch']}", f"% at {result['batch']} today",
         title=f"physical limit: achieved MAC/s against onnxruntime's {g['size']}^3 GEMM on this machine, "
-        f"{g['threads']} threads: int8 {g['int8_gmacs']:.1f}, fp32 {g['fp32_gmacs']:.1f} GMAC/s "
-        "(today: layer 0 counted in full per hypothesis)",
+        f"{g['threads']} threads: int8 {g['int8_gmacs']:.1f}, fp32 {g['fp32_gmacs']:.1f} GMAC/s (the best of "
+        "a measurement before and one after the variants); today: layer 0 counted in full per hypothesis",
     )  # fmt: skip
     for r in rows:
         lim = r["limit"]

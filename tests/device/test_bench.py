@@ -115,7 +115,8 @@ def test_run_bench_rows_and_physical_limit(golden_int8: Path, golden_fp32: Path)
     variants = ort_variants(golden_fp32) + ort_variants(golden_int8)
     r = run_bench(variants, ds.x_test[:10], ds.y_test[:10], 1, 0, 2, batch=4, gemm_size=32, accuracy_base="fp32 ORT")
     assert [row["name"] for row in r["rows"]] == ["fp32 ORT", "int8 ORT"] and r["isolated"] is True
-    assert r["gemm"]["int8_gmacs"] > 0 and r["machine"]["onnxruntime"] == ort.__version__
+    assert r["gemm"]["int8_gmacs"] == max(r["gemm"]["int8_gmacs_runs"]) > 0 and len(r["gemm"]["fp32_gmacs_runs"]) == 2
+    assert r["machine"]["onnxruntime"] == ort.__version__
     int8 = r["rows"][1]
     assert int8["drop_pp"] is not None and int8["speedup"] is None  # no torch baseline here
     lim = int8["limit"]
