@@ -206,10 +206,10 @@ def run_bench(
         common = {"data": data, "threads": threads, "warmup": warmup, "iters": iters, "batch": batch}
         gemm_kw = {"size": gemm_size, "threads": threads}
         with rep.task("benchmarking", len(variants) + 2) as advance:
-            gemm_runs = [run_isolated(GEMM_TARGET, gemm_kw, isolate)]
+            gemm_runs = [run_isolated(GEMM_TARGET, gemm_kw, isolate, what="GEMM rate")]
             advance(1)
             for v in variants:
-                r = run_isolated(v.target, {**v.kwargs, **common}, isolate)
+                r = run_isolated(v.target, {**v.kwargs, **common}, isolate, what=v.name)
                 m = open_bundle(v.bundle, verify=False).manifest
                 r["limit"] = {
                     "gemm": f"{v.precision} {'MatMulInteger' if v.precision == 'int8' else 'MatMul'}",
@@ -218,7 +218,7 @@ def run_bench(
                 }
                 rows.append({"name": v.name, "precision": v.precision, **r})
                 advance(1)
-            gemm_runs.append(run_isolated(GEMM_TARGET, gemm_kw, isolate))
+            gemm_runs.append(run_isolated(GEMM_TARGET, gemm_kw, isolate, what="GEMM rate"))
             advance(1)
     gemm = _best_rates(gemm_runs)
     for r in rows:

@@ -30,9 +30,11 @@ def resolve(target: str) -> Callable[..., dict[str, Any]]:
 
 
 def run_isolated(
-    target: str, kwargs: dict[str, Any], isolate: bool = True, timeout: float | None = None
+    target: str, kwargs: dict[str, Any], isolate: bool = True, timeout: float | None = None, what: str | None = None
 ) -> dict[str, Any]:
-    """``target(**kwargs)`` in a fresh ``python`` process (``isolate``) or here; its dict (JSON types only)."""
+    """``target(**kwargs)`` in a fresh ``python`` process (``isolate``) or here; its dict (JSON types only).
+
+    The child's error is one FFEdgeError line, ``<what> (in its own process): <its error>``."""
     if not isolate:
         return json.loads(json.dumps(resolve(target)(**kwargs)))
     with tempfile.TemporaryDirectory(prefix="ffedge-bench-") as tmp:
@@ -47,7 +49,7 @@ def run_isolated(
         if r.returncode != 0 or not out.exists():
             lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
             last = lines[-1].removeprefix("error: ") if lines else f"exit status {r.returncode}"
-            raise FFEdgeError(f"{target} failed in its own process: {last}")
+            raise FFEdgeError(f"{what or target} (in its own process): {last}")
         return json.loads(out.read_text())
 
 

@@ -108,7 +108,7 @@ def test_run_isolated_reports_failures_on_one_line(images: str) -> None:
         run_isolated(
             ORT_TARGET, {"bundle": "/nonexistent", "data": images, "threads": 1, "warmup": 0, "iters": 1, "batch": 1}
         )
-    assert "failed in its own process" in str(e.value) and "\n" not in str(e.value)
+    assert "measure_ort (in its own process): " in str(e.value) and "\n" not in str(e.value)
 
 
 def test_run_bench_rows_and_physical_limit(golden_int8: Path, golden_fp32: Path) -> None:
