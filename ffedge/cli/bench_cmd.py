@@ -81,7 +81,7 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
     t = Table(
         "variant",
         *[f"layer {i} ms" for i in range(n_layers)],
-        title="where the time goes: mean ms per image per layer (ORT: layer files run one by one; "
+        title="where the time goes: median ms per image per layer (ORT: layer files run one by one; "
         "the fused net.onnx is what p50 measures)",
     )
     for r in rows:

@@ -29,7 +29,7 @@ from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.bench_worker import run_isolated
 from ffedge.runtime.macs import has_shared_graph, macs_per_image
 from ffedge.runtime.memory import peak_rss_mb
-from ffedge.runtime.timing import latency_stats, throughput, time_per_image
+from ffedge.runtime.timing import latency_stats, per_layer_ms, throughput, time_per_image
 
 ORT_TARGET = "ffedge.runtime.bench:measure_ort"
 TORCH_TARGET = "ffedge.train.torch_bench:measure_torch"  # imported only by the process that runs it
@@ -132,9 +132,7 @@ def measure_ort(
     _OPEN.append(rt)
     enc = [rt.encoding.encode_all(rt.normalize(x[i : i + 1])) for i in range(min(len(x), iters))]
     time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), warmup, 0)
-    rt.reset_timings()
-    time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), 0, iters)
-    out["layer_ms"] = [s * 1e3 / iters for s in rt.layer_seconds]
+    out.update(per_layer_ms(lambda i: rt.run_layers(enc[i]), lambda: rt.layer_seconds, len(enc), iters))
     out["shared_graph"] = getattr(rt, "shared_session", None) is not None
     out["size_bytes"] = rt.bundle.size_bytes()
     return out

@@ -16,7 +16,7 @@ import torch
 from ffedge.bundle import open_bundle
 from ffedge.runtime.bench import load_images, measure_predictor
 from ffedge.runtime.preprocess import normalize
-from ffedge.runtime.timing import time_per_image
+from ffedge.runtime.timing import per_layer_ms
 from ffedge.train.model import float_copy, goodness
 from ffedge.train.run_files import load_run
 
@@ -56,8 +56,7 @@ def measure_torch(
         return predict
 
     out = measure_predictor(load, x, y, warmup, iters, batch)
-    time_per_image(lambda i: predict(x[i : i + 1], timed=True), len(x), 0, iters)
-    out["layer_ms"] = [s * 1e3 / iters for s in state["layer_s"]]
+    out.update(per_layer_ms(lambda i: predict(x[i : i + 1], timed=True), lambda: state["layer_s"], len(x), iters))
     out["shared_graph"] = False
     out["size_bytes"] = None
     return out

@@ -23,10 +23,11 @@ from ffedge.runtime.gemm_rate import gemm_gmacs, gemm_rates, matmul_model
 from ffedge.runtime.macs import has_shared_graph, layer_macs, macs_per_image
 from ffedge.runtime.session import session_options
 from ffedge.runtime.session import Runtime
+from ffedge.runtime.timing import per_layer_ms
 from tests.conftest import device_cli, raises_one_line
 
 STATS = {"init_ms", "first_ms", "accuracy", "p50_ms", "p90_ms", "min_ms", "max_ms", "std_ms", "images_per_s"}
-STATS |= {"best_images_per_s", "batch", "peak_rss_mb", "layer_ms", "shared_graph", "size_bytes"}
+STATS |= {"best_images_per_s", "batch", "peak_rss_mb", "layer_ms", "layer_ms_mean", "shared_graph", "size_bytes"}
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +146,14 @@ def test_bench_cli_json_and_complete_tables(golden_int8: Path, golden_fp32: Path
     for header in ("peak RSS MB", "std ms", "img/s at 4", "% at 4 today", "layer 2 ms", "MatMulInteger"):
         assert header in r.stdout, header
     assert "…" not in r.stdout
+
+
+def test_per_layer_ms_is_the_median_and_the_mean() -> None:
+    sums = [0.0, 0.0]
+
+    def step(i: int) -> None:  # layer 0: 1 ms, once 100 ms (a burst of load elsewhere); layer 1: 2 ms
+        sums[0] += 0.1 if i == 0 else 0.001
+        sums[1] += 0.002
+
+    r = per_layer_ms(step, lambda: sums, 5, 5)
+    assert r["layer_ms"] == pytest.approx([1.0, 2.0]) and r["layer_ms_mean"] == pytest.approx([104 / 5, 2.0])
