@@ -7,7 +7,9 @@
 - :mod:`ffedge.runtime.inputs`: image and .npy files -> pixels a bundle takes;
 - :mod:`ffedge.runtime.evaluate`: accuracy and confusion matrix on a dataset that fits the bundle;
 - :mod:`ffedge.runtime.timing`: latency per image; :mod:`ffedge.runtime.memory`: peak resident memory;
-- :mod:`ffedge.runtime.bench`: bundles benchmarked against each other.
+- :mod:`ffedge.runtime.bench`: bundles benchmarked against each other, a torch baseline and the machine's GEMM rate
+  (:mod:`~ffedge.runtime.bench_worker`: each variant in a fresh process; :mod:`~ffedge.runtime.gemm_rate`,
+  :mod:`~ffedge.runtime.macs`, :mod:`~ffedge.runtime.machine`).
 
 ``from ffedge.runtime import Runtime`` (and the other names of :mod:`ffedge.runtime.session`) works; the
 session module, and with it onnxruntime, is imported on first use of such a name, so the numpy-only

@@ -1,65 +1,246 @@
-"""Benchmark bundles against each other and against a torch baseline (device side).
+"""Benchmark bundles against each other, a torch baseline and the machine's GEMM rate (device side).
 
-Each variant is scored on the same held-out images: accuracy (goodness over all
-labels, batched), latency per image at batch 1 (p50/p90 over ``iters`` images after
-``warmup``), where that time goes per layer, and the size on disk. Ratios are taken
-against baselines measured in the same process, never against stored numbers.
+As edge users read benchmarks (TFLite's ``benchmark_model``): per variant, load and
+session init time, first inference, batch-1 latency over ``iters`` images after
+``warmup`` (p50, p90, min, max, std: the figure moves under load), throughput at a
+batch, peak RSS, accuracy on the held-out images, time per layer, size on disk. Each
+variant runs in its own fresh process (:mod:`ffedge.runtime.bench_worker`), so no other
+runtime's thread pool is alive and peak RSS is its own. The physical-limit line: MACs
+of goodness over all labels (:mod:`ffedge.runtime.macs`) per second, against the
+GEMM rate onnxruntime reaches on this machine with the same threads
+(:mod:`ffedge.runtime.gemm_rate`). Ratios are taken against baselines measured in
+the same command, never against stored numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+import inspect
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ffedge.runtime.session import Runtime
-from ffedge.runtime.timing import time_per_image
+from ffedge.bundle import open_bundle
+from ffedge.errors import FFEdgeError
+from ffedge.progress import QuietReporter, Reporter
+from ffedge.runtime.bench_worker import run_isolated
+from ffedge.runtime.macs import has_shared_graph, macs_per_image
+from ffedge.runtime.memory import peak_rss_mb
+from ffedge.runtime.timing import latency_stats, per_layer_ms, throughput, time_per_image
+
+ORT_TARGET = "ffedge.runtime.bench:measure_ort"
+TORCH_TARGET = "ffedge.train.torch_bench:measure_torch"  # imported only by the process that runs it
+GEMM_TARGET = "ffedge.runtime.gemm_rate:gemm_rates"
+ACCURACY_BATCH = 100
+# Runtimes measured in this process stay open (their thread pools alive) until it ends, as they did when
+# ``ffedge bench`` ran every variant in one process: what ``--in-process`` reproduces. A worker process ends anyway.
+_OPEN: list[Any] = []
 
 
 @dataclass
-class BenchRow:
-    """One variant's measurements."""
+class Variant:
+    """One row of the benchmark: ``target(**kwargs, data=..., threads=..., ...)`` measures it; ``bundle`` gives
+    its MAC count (``shared_layer0``: layer 0's image part once per image) and ``precision`` its GEMM line."""
 
     name: str
-    accuracy: float
-    p50_ms: float
-    p90_ms: float
-    layer_ms: list[float]
-    size_bytes: int | None = None
+    target: str
+    bundle: str
+    precision: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def bench_runtime(
-    rt: Runtime, name: str, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, batch_size: int = 100
-) -> BenchRow:
-    """Accuracy over (x, y), batch-1 latency of goodness over all labels, and per-layer time of a bundle."""
-    pred = np.concatenate([rt.predict(x[s : s + batch_size]).labels for s in range(0, len(x), batch_size)])
-    ms = time_per_image(lambda i: rt.predict(x[i : i + 1]), len(x), warmup, iters)
+def ort_variants(bundle: str | Path) -> list[Variant]:
+    """The bundle run by onnxruntime; with a shared layer-0 graph also as before it (one full pass per hypothesis)."""
+    m = open_bundle(bundle, verify=False).manifest
+    name = f"{m.precision} ORT"
+    if not has_shared_graph(m):
+        return [Variant(name, ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle)})]
+    return [
+        Variant(name, ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle)}),
+        Variant(
+            f"{name} per-hypothesis", ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle), "shared": False}
+        ),
+    ]
+
+
+def torch_variant(run: str | Path, bundle: str | Path) -> Variant:
+    """The run's float model in torch eager mode (label encoding of ``bundle``)."""
+    return Variant("torch fp32 eager", TORCH_TARGET, str(bundle), "fp32", {"run": str(run), "bundle": str(bundle)})
+
+
+# ---------------------------------------------------------------- in the measuring process
+
+
+def load_images(data: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(data, allow_pickle=False) as z:
+        return z["x"], z["y"]
+
+
+def measure_predictor(
+    load: Callable[[], Callable[[np.ndarray], np.ndarray]],
+    x: np.ndarray,
+    y: np.ndarray,
+    warmup: int,
+    iters: int,
+    batch: int,
+) -> dict[str, Any]:
+    """``load()`` returns ``predict(pixels) -> labels``; its init and first-call time, accuracy over (x, y),
+    batch-1 latency stats, throughput at ``batch`` (images cycled to fill it) and peak RSS so far."""
+    t = time.perf_counter()
+    predict = load()
+    init_ms = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    predict(x[:1])
+    first_ms = (time.perf_counter() - t) * 1e3
+    pred = np.concatenate([predict(x[s : s + ACCURACY_BATCH]) for s in range(0, len(x), ACCURACY_BATCH)])
+    ms = time_per_image(lambda i: predict(x[i : i + 1]), len(x), warmup, iters)
+    xb = x[np.arange(batch) % len(x)]
+    thr = throughput(lambda: predict(xb), batch, max(3, iters // 20))
+    return {
+        "init_ms": init_ms,
+        "first_ms": first_ms,
+        "accuracy": float((pred == y).mean()),
+        **latency_stats(ms),
+        "batch": batch,
+        **thr,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def measure_ort(
+    bundle: str, data: str, threads: int, warmup: int, iters: int, batch: int, shared: bool | None = None
+) -> dict[str, Any]:
+    """One bundle with onnxruntime (:func:`measure_predictor`), then its time per layer file; ``shared=False`` asks
+    for one full pass per hypothesis where the bundle has a shared layer-0 graph."""
+    from ffedge.runtime.session import Runtime
+
+    if shared is not None and "shared" not in inspect.signature(Runtime).parameters:
+        raise FFEdgeError(f"{bundle}: this ffedge's Runtime cannot choose whether to run its shared graph")
+    x, y = load_images(data)
+    opened: list[Runtime] = []
+
+    def load() -> Callable[[np.ndarray], np.ndarray]:
+        kw = {} if shared is None else {"shared": shared}
+        opened.append(Runtime(bundle, threads=threads, **kw))
+        return lambda xb: opened[0].predict(xb).labels
+
+    out = measure_predictor(load, x, y, warmup, iters, batch)
+    rt = opened[0]
+    _OPEN.append(rt)
     enc = [rt.encoding.encode_all(rt.normalize(x[i : i + 1])) for i in range(min(len(x), iters))]
     time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), warmup, 0)
-    rt.reset_timings()
-    time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), 0, iters)
-    layer_ms = [s * 1e3 / iters for s in rt.layer_seconds]
-    return BenchRow(
-        name,
-        float((pred == y).mean()),
-        float(np.percentile(ms, 50)),
-        float(np.percentile(ms, 90)),
-        layer_ms,
-        rt.bundle.size_bytes(),
-    )
-
-
-def ratios(rows: Sequence[BenchRow], accuracy_base: str, speed_base: str) -> list[dict[str, Any]]:
-    """Rows as dicts with accuracy drop (pp), size ratio and speed-up against the named baselines."""
-    by = {r.name: r for r in rows}
-    acc_b, speed_b = by.get(accuracy_base), by.get(speed_base)
-    size_b = acc_b.size_bytes if acc_b else None
-    out = []
-    for r in rows:
-        d = asdict(r)
-        d["drop_pp"] = (acc_b.accuracy - r.accuracy) * 100 if acc_b else None
-        d["size_ratio"] = r.size_bytes / size_b if (size_b and r.size_bytes) else None
-        d["speedup"] = speed_b.p50_ms / r.p50_ms if speed_b and r.p50_ms > 0 else None
-        out.append(d)
+    out.update(per_layer_ms(lambda i: rt.run_layers(enc[i]), lambda: rt.layer_seconds, len(enc), iters))
+    out["shared_graph"] = getattr(rt, "shared_session", None) is not None
+    out["size_bytes"] = rt.bundle.size_bytes()
     return out
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def _limit_line(row: dict[str, Any], macs: int | None, macs_today: int | None, rate: float | None) -> dict[str, Any]:
+    """Achieved GMAC/s at batch-1 p50, batch-1 min and at the batch, and each as % of ``rate`` (GMAC/s), for the
+    MACs the graph performs and for today's count (every layer per hypothesis)."""
+    out: dict[str, Any] = {"macs_per_image": macs, "macs_per_image_today": macs_today, "gemm_gmacs": rate}
+    seconds = {
+        "p50": row["p50_ms"] / 1e3,
+        "min": row["min_ms"] / 1e3,
+        "batch": 1 / row["images_per_s"] if row.get("images_per_s") else None,
+    }
+    for at, s in seconds.items():
+        g = macs / s / 1e9 if macs and s else None
+        g_today = macs_today / s / 1e9 if macs_today and s else None
+        out[at] = {
+            "gmacs": g,
+            "pct": 100 * g / rate if g and rate else None,
+            "gmacs_today": g_today,
+            "pct_today": 100 * g_today / rate if g_today and rate else None,
+        }
+    return out
+
+
+def _best_rates(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The GEMM rates measured before and after the variants: the best of each (the machine's limit is its best;
+    a run during a burst of load elsewhere is slower), and every run."""
+    out = dict(runs[0])
+    for key in ("int8_gmacs", "fp32_gmacs"):
+        out[key] = max(r[key] for r in runs)
+        out[f"{key}_runs"] = [r[key] for r in runs]
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def run_bench(
+    variants: Sequence[Variant],
+    x: np.ndarray,
+    y: np.ndarray,
+    threads: int,
+    warmup: int,
+    iters: int,
+    batch: int = 64,
+    gemm_size: int = 1024,
+    accuracy_base: str | None = None,
+    speed_base: str | None = None,
+    isolate: bool = True,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Measure every variant (each in a fresh process with ``isolate``) and the machine's GEMM rates; rows with
+    accuracy drop (pp) against ``accuracy_base``, size ratio, speed-ups against ``speed_base`` (at p50, min and
+    batch) and the physical-limit line. Everything JSON-ready."""
+    from ffedge.runtime.machine import machine_info
+
+    rep = reporter or QuietReporter()
+    machine = machine_info()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ffedge-bench-") as tmp:
+        data = str(Path(tmp) / "images.npz")
+        np.savez(data, x=x, y=y)
+        common = {"data": data, "threads": threads, "warmup": warmup, "iters": iters, "batch": batch}
+        gemm_kw = {"size": gemm_size, "threads": threads}
+        with rep.task("benchmarking", len(variants) + 2) as advance:
+            gemm_runs = [run_isolated(GEMM_TARGET, gemm_kw, isolate, what="GEMM rate")]
+            advance(1)
+            for v in variants:
+                r = run_isolated(v.target, {**v.kwargs, **common}, isolate, what=v.name)
+                m = open_bundle(v.bundle, verify=False).manifest
+                r["limit"] = {
+                    "gemm": f"{v.precision} {'MatMulInteger' if v.precision == 'int8' else 'MatMul'}",
+                    "macs_per_image": macs_per_image(m, bool(r.get("shared_graph"))),
+                    "macs_per_image_today": macs_per_image(m, False),
+                }
+                rows.append({"name": v.name, "precision": v.precision, **r})
+                advance(1)
+            gemm_runs.append(run_isolated(GEMM_TARGET, gemm_kw, isolate, what="GEMM rate"))
+            advance(1)
+    gemm = _best_rates(gemm_runs)
+    for r in rows:
+        lim = r["limit"]
+        lim.update(_limit_line(r, lim["macs_per_image"], lim["macs_per_image_today"], gemm[f"{r['precision']}_gmacs"]))
+    machine["load_average_after"] = machine_info()["load_average"]
+    by = {r["name"]: r for r in rows}
+    acc_b, speed_b = by.get(accuracy_base or ""), by.get(speed_base or "")
+    for r in rows:
+        r["drop_pp"] = (acc_b["accuracy"] - r["accuracy"]) * 100 if acc_b else None
+        r["size_ratio"] = _ratio(r.get("size_bytes"), acc_b.get("size_bytes") if acc_b else None)
+        r["speedup"] = _ratio(speed_b["p50_ms"], r["p50_ms"]) if speed_b else None
+        r["speedup_min"] = _ratio(speed_b["min_ms"], r["min_ms"]) if speed_b else None
+        r["speedup_batch"] = _ratio(r["images_per_s"], speed_b["images_per_s"]) if speed_b else None
+    return {
+        "machine": machine,
+        "gemm": gemm,
+        "images": int(len(y)),
+        "threads": threads,
+        "iters": iters,
+        "warmup": warmup,
+        "batch": batch,
+        "isolated": isolate,
+        "accuracy_base": accuracy_base if acc_b else None,
+        "speed_base": speed_base if speed_b else None,
+        "rows": rows,
+    }

@@ -262,6 +262,8 @@ def test_links_and_paths_out_of_the_bundle_are_refused(golden_int8: Path, tmp_pa
         (["bench", "{b}", "--iters", "0"], "--iters must be >= 1, got 0"),
         (["bench", "{b}", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
         (["bench", "{b}", "--limit", "0"], "--limit must be >= 1, got 0"),
+        (["bench", "{b}", "--batch", "0"], "--batch must be >= 1, got 0"),
+        (["bench", "{b}", "--gemm-size", "0"], "--gemm-size must be between 1 and 8192, got 0"),
     ],
 )
 def test_options_are_checked_before_any_work(golden_int8: Path, x_npy: Path, args: list[str], needle: str) -> None:
