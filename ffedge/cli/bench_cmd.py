@@ -171,7 +171,7 @@ def bench(
 
             fp32_dir = Path(tmp) / "fp32"
             export_bundle(run, fp32_dir, precision="fp32", verify_samples=0, reporter=rep)
-        variants = (ort_variants(fp32_dir) if fp32_dir is not None else []) + ort_variants(bundle)
+        variants = (ort_variants(fp32_dir, both_ways=False) if fp32_dir is not None else []) + ort_variants(bundle)
         if have_torch and run is not None:
             variants.append(torch_variant(run, bundle))
         result = run_bench(

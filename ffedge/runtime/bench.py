@@ -14,7 +14,6 @@ the same command, never against stored numbers.
 
 from __future__ import annotations
 
-import inspect
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ffedge.bundle import open_bundle
-from ffedge.errors import FFEdgeError
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime.bench_worker import run_isolated
 from ffedge.runtime.macs import has_shared_graph, macs_per_image
@@ -52,11 +50,12 @@ class Variant:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def ort_variants(bundle: str | Path) -> list[Variant]:
-    """The bundle run by onnxruntime; with a shared layer-0 graph also as before it (one full pass per hypothesis)."""
+def ort_variants(bundle: str | Path, both_ways: bool = True) -> list[Variant]:
+    """The bundle run by onnxruntime; with a shared layer-0 graph and ``both_ways`` also as before it (one full pass
+    per hypothesis)."""
     m = open_bundle(bundle, verify=False).manifest
     name = f"{m.precision} ORT"
-    if not has_shared_graph(m):
+    if not (both_ways and has_shared_graph(m)):
         return [Variant(name, ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle)})]
     return [
         Variant(name, ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle)}),
@@ -117,14 +116,11 @@ def measure_ort(
     for one full pass per hypothesis where the bundle has a shared layer-0 graph."""
     from ffedge.runtime.session import Runtime
 
-    if shared is not None and "shared" not in inspect.signature(Runtime).parameters:
-        raise FFEdgeError(f"{bundle}: this ffedge's Runtime cannot choose whether to run its shared graph")
     x, y = load_images(data)
     opened: list[Runtime] = []
 
     def load() -> Callable[[np.ndarray], np.ndarray]:
-        kw = {} if shared is None else {"shared": shared}
-        opened.append(Runtime(bundle, threads=threads, **kw))
+        opened.append(Runtime(bundle, threads=threads, shared=True if shared is None else shared))
         return lambda xb: opened[0].predict(xb).labels
 
     out = measure_predictor(load, x, y, warmup, iters, batch)

@@ -14,8 +14,8 @@ from ffedge.bundle.manifest import LayerEntry, Manifest
 
 
 def has_shared_graph(m: Manifest) -> bool:
-    """Whether the manifest names a shared layer-0 graph (key ``shared``; read as an unknown key by older ffedge)."""
-    return getattr(m, "shared", None) is not None or m.extra.get("shared") is not None
+    """Whether the manifest names a shared layer-0 graph (``net_shared.onnx``)."""
+    return m.shared is not None
 
 
 def layer_macs(layer: LayerEntry, in_channels: int | None = None) -> int | None:

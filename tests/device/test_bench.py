@@ -4,7 +4,6 @@ asserts: the figures only have to be there and be sane."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import shutil
@@ -22,9 +21,8 @@ from ffedge.runtime.bench_worker import run_isolated
 from ffedge.runtime.gemm_rate import gemm_gmacs, gemm_rates, matmul_model
 from ffedge.runtime.macs import has_shared_graph, layer_macs, macs_per_image
 from ffedge.runtime.session import session_options
-from ffedge.runtime.session import Runtime
 from ffedge.runtime.timing import per_layer_ms
-from tests.conftest import device_cli, raises_one_line
+from tests.conftest import device_cli
 
 STATS = {"init_ms", "first_ms", "accuracy", "p50_ms", "p90_ms", "min_ms", "max_ms", "std_ms", "images_per_s"}
 STATS |= {"best_images_per_s", "batch", "peak_rss_mb", "layer_ms", "layer_ms_mean", "shared_graph", "size_bytes"}
@@ -70,34 +68,35 @@ def test_macs_of_the_golden_bundle_by_hand(golden_int8: Path) -> None:
     assert macs_per_image(m) is None
 
 
-def _with_shared_key(bundle: Path, tmp_path: Path) -> Path:
-    out = Path(shutil.copytree(bundle, tmp_path / "shared"))
+def _without_shared(bundle: Path, tmp_path: Path) -> Path:
+    """The bundle as an exporter that did not write the shared graph made it (file and manifest key removed)."""
+    out = Path(shutil.copytree(bundle, tmp_path / "plain"))
     m = json.loads((out / MANIFEST).read_text())
-    m["shared"] = {"file": "net_shared.onnx"}
+    entry = m.pop("shared")
+    (out / entry["file"]).unlink()
+    del m["files"][entry["file"]]
     (out / MANIFEST).write_text(json.dumps(m))
     return out
 
 
 def test_a_bundle_with_a_shared_graph_is_benchmarked_both_ways(golden_int8: Path, tmp_path: Path, images: str) -> None:
-    assert not has_shared_graph(open_bundle(golden_int8, verify=False).manifest)
-    (plain,) = ort_variants(golden_int8)
-    assert plain.name == "int8 ORT" and "shared" not in plain.kwargs
-    shared = _with_shared_key(golden_int8, tmp_path)
-    assert has_shared_graph(open_bundle(shared, verify=False).manifest)
-    a, b = ort_variants(shared)
+    assert has_shared_graph(open_bundle(golden_int8, verify=False).manifest)
+    a, b = ort_variants(golden_int8)
     assert (a.name, b.name) == ("int8 ORT", "int8 ORT per-hypothesis")
     assert "shared" not in a.kwargs and b.kwargs["shared"] is False
+    plain = _without_shared(golden_int8, tmp_path)
+    assert not has_shared_graph(open_bundle(plain, verify=False).manifest)
+    (only,) = ort_variants(plain)
+    assert only.name == "int8 ORT" and "shared" not in only.kwargs
     kw = {"bundle": str(golden_int8), "data": images, "threads": 1, "warmup": 0, "iters": 1, "batch": 1}
-    if "shared" in inspect.signature(Runtime).parameters:  # a Runtime that can run a bundle's shared graph or not
-        assert measure_ort(**kw, shared=False)["shared_graph"] is False
-    else:
-        assert "cannot choose" in raises_one_line(lambda: measure_ort(**kw, shared=False))
+    assert measure_ort(**kw)["shared_graph"] is True
+    assert measure_ort(**kw, shared=False)["shared_graph"] is False
 
 
 def test_measure_ort_in_its_own_process(golden_int8: Path, images: str) -> None:
     kw = {"bundle": str(golden_int8), "data": images, "threads": 1, "warmup": 1, "iters": 3, "batch": 5}
     r = run_isolated(ORT_TARGET, kw)
-    assert STATS <= set(r) and len(r["layer_ms"]) == 3 and r["shared_graph"] is False
+    assert STATS <= set(r) and len(r["layer_ms"]) == 3 and r["shared_graph"] is True
     assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["max_ms"] and r["peak_rss_mb"] > 0
     assert set(measure_ort(**kw)) == set(r)  # the same function in this process
 
@@ -116,13 +115,15 @@ def test_run_bench_rows_and_physical_limit(golden_int8: Path, golden_fp32: Path)
     ds = load_dataset("mnist-5k")
     variants = ort_variants(golden_fp32) + ort_variants(golden_int8)
     r = run_bench(variants, ds.x_test[:10], ds.y_test[:10], 1, 0, 2, batch=4, gemm_size=32, accuracy_base="fp32 ORT")
-    assert [row["name"] for row in r["rows"]] == ["fp32 ORT", "int8 ORT"] and r["isolated"] is True
+    names = ["fp32 ORT", "fp32 ORT per-hypothesis", "int8 ORT", "int8 ORT per-hypothesis"]
+    assert [row["name"] for row in r["rows"]] == names and r["isolated"] is True
     assert r["gemm"]["int8_gmacs"] == max(r["gemm"]["int8_gmacs_runs"]) > 0 and len(r["gemm"]["fp32_gmacs_runs"]) == 2
     assert r["machine"]["onnxruntime"] == ort.__version__
-    int8 = r["rows"][1]
+    int8, per_hypothesis = r["rows"][2], r["rows"][3]
     assert int8["drop_pp"] is not None and int8["speedup"] is None  # no torch baseline here
     lim = int8["limit"]
-    assert lim["macs_per_image"] == lim["macs_per_image_today"] == 20_195_840
+    assert (lim["macs_per_image"], lim["macs_per_image_today"]) == (17_216_640, 20_195_840)
+    assert per_hypothesis["limit"]["macs_per_image"] == per_hypothesis["limit"]["macs_per_image_today"] == 20_195_840
     assert lim["gemm"] == "int8 MatMulInteger" and lim["gemm_gmacs"] == r["gemm"]["int8_gmacs"]
     for at in ("p50", "min", "batch"):
         assert lim[at]["gmacs"] > 0 and lim[at]["pct"] == pytest.approx(100 * lim[at]["gmacs"] / lim["gemm_gmacs"])
@@ -137,7 +138,7 @@ def test_bench_cli_json_and_complete_tables(golden_int8: Path, golden_fp32: Path
     assert {"machine", "gemm", "rows", "batch", "isolated"} <= set(out)
     assert {"cpu", "gemm_flags", "onnxruntime", "numpy"} <= set(out["machine"])
     rows = {row["name"]: row for row in out["rows"]}
-    assert set(rows) == {"fp32 ORT", "int8 ORT"}
+    assert set(rows) == {"fp32 ORT", "int8 ORT", "int8 ORT per-hypothesis"}
     assert all(
         STATS | {"limit", "drop_pp", "size_ratio", "speedup", "speedup_min"} <= set(row) for row in rows.values()
     )
