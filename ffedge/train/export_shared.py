@@ -176,6 +176,7 @@ def build_shared(fused: onnx.ModelProto, label_table: np.ndarray, image_channels
         helper.make_node("Shape", [LABELS], ["s_labels_shape"]),
         helper.make_node("Reshape", ["s_goodness_flat", "s_labels_shape"], [GOODNESS]),
     ]
+    nodes = _pool_first(nodes, conv.output[0])
     x_in = next(i for i in g.input if i.name == INPUT)
     dims = [d.dim_param or d.dim_value for d in x_in.type.tensor_type.shape.dim]
     inputs = [
@@ -193,6 +194,43 @@ def build_shared(fused: onnx.ModelProto, label_table: np.ndarray, image_channels
     model.producer_version = ffedge.__version__
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+# Element-wise and non-decreasing (with positive scales): a max-pool gives the same result before them as after.
+_MONOTONE = ("Relu", "Clip", "QuantizeLinear", "DequantizeLinear")
+
+
+def _pool_first(nodes: list[onnx.NodeProto], start: str) -> list[onnx.NodeProto]:
+    """Move the max-pool after layer 0's activation (``start`` -> Relu -> Q -> DQ -> MaxPool) ahead of it, where
+    nothing else reads the activation (layer 0 neither votes nor feeds the head): max commutes with non-decreasing
+    functions, so the result is the same, and the activation runs on a quarter of the values."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    chain, cur = [], start
+    while True:
+        users = consumers.get(cur, [])
+        if len(users) != 1 or users[0].input[0] != cur:
+            return nodes
+        node = users[0]
+        if node.op_type == "MaxPool":
+            break
+        if node.op_type not in _MONOTONE:
+            return nodes
+        chain.append(node)
+        cur = node.output[0]
+    if not chain:
+        return nodes
+    pool, pooled = node, node.output[0]
+    pool.input[0], pool.output[0] = start, "s_l0_pooled"
+    chain[0].input[0] = "s_l0_pooled"
+    chain[-1].output[0] = pooled
+    moved = {id(n) for n in chain} | {id(pool)}
+    at = next(i for i, n in enumerate(nodes) if id(n) == id(chain[0]))
+    rest = [n for n in nodes if id(n) not in moved]
+    before = [n for n in nodes[:at] if id(n) not in moved]
+    return before + [pool, *chain] + rest[len(before) :]
 
 
 def _root(t: str, producer: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto]) -> str:
