@@ -17,8 +17,10 @@ hypothesis and run ``net.onnx``.
 
 from __future__ import annotations
 
+import math
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -279,14 +281,23 @@ class Runtime:
         self.head_layers = list(m.head.layers) if m.head else []
         self.head_session = self._open(m.head.file, "head", spin=False) if m.head and not stream else None
         use_shared = m.shared is not None and shared and not stream
-        self.shared_session = self._open(m.shared.file, "shared", spin=True) if use_shared else None
+        # The shared graph's hypotheses are split across ``threads`` concurrent single-threaded runs: at batch 1,
+        # onnxruntime's intra-op threads gain little on these small convolutions (see export/README.md).
+        self.workers = self.threads if (use_shared and self.threads) else 1
+        self._pool: ThreadPoolExecutor | None = None
+        self.shared_session = (
+            self._open(m.shared.file, "shared", spin=True, threads=1 if self.workers > 1 else self.threads)
+            if use_shared
+            else None
+        )
         self._fused: Graph | None = None
         self._layer_sessions: list[Graph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
 
-    def _open(self, name: str, kind: str, spin: bool, index: int = 0) -> Graph:
+    def _open(self, name: str, kind: str, spin: bool, index: int = 0, threads: int | None = None) -> Graph:
         path = self.replaced.get(Path(name).name, self.bundle.file(name))
-        graph = Graph(make_session(path, self.threads, spin, self.providers, arena=self.arena), name)
+        n = self.threads if threads is None else threads
+        graph = Graph(make_session(path, n, spin, self.providers, arena=self.arena), name)
         check_graph(graph, kind, self.bundle, index)
         return graph
 
@@ -359,21 +370,37 @@ class Runtime:
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """The shared graph on images [B, C, H, W] with label-table rows [B, K'] (class indices, or the manifest's
         ``shared.neutral``): goodness [B, K'] and the requested features [B*K', C_i]; chunked by ``max_hypotheses``."""
-        assert self.shared_session is not None
+        sess = self.shared_session
+        assert sess is not None
         rows = np.ascontiguousarray(rows, dtype=np.int64)
-        k = rows.shape[1]
-        per = max(1, self.max_hypotheses // max(k, 1))
+        b, k = rows.shape
         names = [GOODNESS] + [fused_feature(i) for i in feature_layers]
-        parts = [
-            self.shared_session.run(names, {INPUT: x_norm[s : s + per], LABELS: rows[s : s + per]})
-            for s in range(0, len(x_norm), per)
-        ]
-        if not parts:
-            empty = self.shared_session.run(names, {INPUT: x_norm[:0], LABELS: rows[:0]})
-            return empty[0], empty[1:]
-        return np.concatenate([p[0] for p in parts]), [
-            np.concatenate([p[j] for p in parts]) for j in range(1, len(names))
-        ]
+        if b == 0 or k == 0:
+            empty = sess.run(names, {INPUT: x_norm[:0], LABELS: rows[:0]})
+            return empty[0].reshape(b, k), [e[:0] for e in empty[1:]]
+        per = max(1, self.max_hypotheses // k)
+        if self.workers > 1:
+            per = min(per, math.ceil(b / self.workers))
+        chunks = [(s, min(s + per, b)) for s in range(0, b, per)]
+        # Fewer image chunks than workers: also split each chunk's labels (goodness only; features are image-major).
+        parts_k = 1 if feature_layers or len(chunks) >= self.workers else min(k, self.workers // len(chunks))
+        cuts = [round(j * k / parts_k) for j in range(parts_k + 1)]
+        jobs = [(s, e, lo, hi) for s, e in chunks for lo, hi in zip(cuts, cuts[1:])]
+
+        def run(job: tuple[int, int, int, int]) -> list[np.ndarray]:
+            s, e, lo, hi = job
+            return sess.run(names, {INPUT: x_norm[s:e], LABELS: rows[s:e, lo:hi]})
+
+        if len(jobs) > 1 and self.workers > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ffedge-shared")
+            outs = list(self._pool.map(run, jobs))
+        else:
+            outs = [run(j) for j in jobs]
+        goodness = np.concatenate(
+            [np.concatenate([o[0] for o in outs[c * parts_k : (c + 1) * parts_k]], axis=1) for c in range(len(chunks))]
+        )
+        return goodness, [np.concatenate([o[j] for o in outs]) for j in range(1, len(names))]
 
     def goodness(self, x_norm: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         """Goodness (summed over the prediction layers) of every label hypothesis: [B, K'] (K' = len(classes) or K)."""

@@ -132,3 +132,21 @@ def test_fine_tuning_patches_the_shared_graph(
     old = Runtime(tuned, shared=False).predict(x, "all")
     assert (new.labels == old.labels).all()
     np.testing.assert_allclose(new.scores, old.scores, rtol=0, atol=2e-3 * float(np.abs(old.scores).max()))
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])
+def test_hypotheses_split_across_threads_give_the_same_numbers(
+    golden_int8: Path, digits: tuple[np.ndarray, np.ndarray], n: int
+) -> None:
+    """With ``threads`` > 1 the shared graph's hypotheses run as concurrent single-threaded runs (split by label
+    for few images, by image otherwise): the same goodness and predictions as one run, in every mode."""
+    x = digits[0][:n]
+    one, two = Runtime(golden_int8, threads=1), Runtime(golden_int8, threads=3, max_hypotheses=20)
+    assert two.workers == 3 and one.workers == 1
+    xn = one.normalize(x)
+    np.testing.assert_array_equal(two.goodness(xn), one.goodness(xn))
+    np.testing.assert_array_equal(two.goodness(xn, np.array([4, 1, 8, 0])), one.goodness(xn, np.array([4, 1, 8, 0])))
+    for mode, k in (("all", 3), ("head", 3), ("topk", 2), ("topk", 5)):
+        a, b = one.predict(x, mode, k), two.predict(x, mode, k)
+        assert (a.labels == b.labels).all()
+        np.testing.assert_array_equal(a.scores, b.scores)
