@@ -38,13 +38,14 @@ from common import (
     choices,
     clean,
     command,
-    dataset_file,
+    dataset_files,
     evaluate,
     export_int8,
     machine,  # noqa: E402
     machine_line,
     out_stem,
     pct,
+    skipped_note,
     subset,
     train,
     work_dir,
@@ -133,7 +134,9 @@ def main() -> int:
         description=__doc__.splitlines()[0], epilog="Writes OUT.json and OUT.md; logs every ffedge command to OUT.log."
     )
     p.add_argument(
-        "--datasets", default="mnist,fashion_mnist,cifar10", help="comma-separated: mnist, fashion_mnist, cifar10"
+        "--datasets",
+        default=None,
+        help="comma-separated: mnist, fashion_mnist, cifar10 (default: all three; with --quick: those in --data-dir)",
     )
     p.add_argument(
         "--epochs", type=int, default=None, help="training epochs per dataset (default 3; with --presets: the preset's)"
@@ -163,8 +166,9 @@ def main() -> int:
     name = "accuracy-presets" if a.presets else "accuracy"
     out = out_stem(name, a.out, a.quick)
     work = work_dir(f"bench-{name}", a.work, a.quick)
-    names = choices(p, "--datasets", a.datasets, DATASETS)
-    paths = {n: dataset_file(n, a.data_dir) for n in names}
+    names = choices(p, "--datasets", a.datasets or ",".join(DATASETS), DATASETS)
+    paths, skipped = dataset_files(names, a.data_dir, a.quick, a.datasets is not None)
+    names = list(paths)
     if a.quick:
         a.epochs = 1
     elif a.epochs is None and not a.presets:
@@ -202,8 +206,9 @@ def main() -> int:
         )
     info = machine()
     cmd = command("accuracy.py")
-    md = markdown(rows, info, cmd)
-    write_results(out, {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick}, md)
+    md = markdown(rows, info, cmd) + skipped_note(skipped)
+    result = {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick, "skipped": skipped}
+    write_results(out, result, md)
     print(md)
     return 0
 

@@ -234,6 +234,13 @@ def main() -> int:
     methods = choices(p, "--methods", a.methods, METHODS)
     if "backprop" not in methods:
         p.error("--methods: include backprop (the baseline the ratios divide by)")
+    from ffedge.datasets import load_dataset
+    from ffedge.errors import FFEdgeError
+
+    try:  # here, so that a bad --dataset is one line rather than a traceback from each method's process
+        load_dataset(a.dataset)
+    except FFEdgeError as e:
+        sys.exit(f"error: --dataset {a.dataset}: {e}")
     rows = [run_child(m, a) for m in methods]
     bp = rows[methods.index("backprop")]
     for r in rows:
