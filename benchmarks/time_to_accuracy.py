@@ -58,26 +58,11 @@ from common import (  # noqa: E402
     head_accuracy_neutral,
     machine,
     machine_line,
+    out_stem,
     pct,
+    work_dir,
     write_results,
 )
-
-try:
-    from common import out_stem, work_dir  # noqa: E402
-except ImportError:  # a common.py without the shared output-folder helpers
-
-    def out_stem(name: str, out: Path | str | None, quick: bool) -> Path:
-        """--out when given, else benchmarks/results/NAME, or benchmarks/results/quick/NAME for --quick."""
-        if out is not None:
-            return Path(out).absolute()
-        return ROOT / "benchmarks" / "results" / ("quick" if quick else "") / name
-
-    def work_dir(name: str, work: Path | str | None, quick: bool) -> Path:
-        """--work when given, else runs/NAME, or runs/NAME-quick for --quick."""
-        if work is not None:
-            return Path(work).absolute()
-        return ROOT / "runs" / (f"{name}-quick" if quick else name)
-
 
 NAME = "time_to_accuracy"
 METHODS = ("ff", "paper", "backprop")
@@ -515,8 +500,8 @@ def main() -> int:
     p.add_argument(
         "--eval-images",
         type=int,
-        default=1000,
-        help="held-out images scored (the first N; at least 1,000 unless --quick)",
+        default=None,
+        help="held-out images scored (the first N; default 1,000, --quick: 200; at least 1,000 unless --quick)",
     )
     p.add_argument(
         "--epochs",
@@ -531,7 +516,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads per training")
     p.add_argument("--device", default="cpu", help="torch device of the trainings (cpu, cuda, ...)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 20 s per method, scored every 10 s")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 20 s per method, scored every 10 s on 200 held-out images"
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -557,6 +544,7 @@ def main() -> int:
     a.budget_s = a.budget_s if a.budget_s is not None else (20.0 if a.quick else 300.0)
     a.every_s = a.every_s if a.every_s is not None else (10.0 if a.quick else 15.0)
     a.paper_every_s = a.paper_every_s if a.paper_every_s is not None else a.every_s
+    a.eval_images = a.eval_images if a.eval_images is not None else (200 if a.quick else 1000)
     if a.budget_s <= 0 or a.every_s <= 0 or a.paper_every_s <= 0:
         p.error("--budget-s, --every-s and --paper-every-s must be positive")
     if a.eval_images < (1 if a.quick else 1000):
@@ -564,6 +552,7 @@ def main() -> int:
     if a.epochs is not None and a.epochs < 1:
         p.error("--epochs must be at least 1")
     methods = choices(p, "--methods", a.methods, METHODS)
+    out, work = out_stem(NAME, a.out, a.quick), work_dir(f"bench-{NAME}", a.work, a.quick)
     dataset = resolve_dataset(a)
     if "paper" in methods:
         try:
@@ -579,7 +568,6 @@ def main() -> int:
         sys.exit(f"error: {e}")
     if n_test < a.eval_images:
         sys.exit(f"error: {dataset} has {n_test:,} held-out images, fewer than --eval-images {a.eval_images:,}")
-    out, work = out_stem(NAME, a.out, a.quick), work_dir(f"bench-{NAME}", a.work, a.quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     log = out.with_suffix(".log")
