@@ -17,8 +17,8 @@ own epochs unless --epochs) and the results go to benchmarks/results/accuracy-pr
 survive: a dataset whose row is kept in OUT-DATASET.json (same settings) is not trained again unless
 --force, and a run cut short (a checkpoint without metrics.json) continues with `ffedge train --resume`,
 so rerunning the same command finishes an interrupted benchmark.
-    python benchmarks/accuracy.py --quick        # 1 epoch on 2,000 training images per dataset (about a minute each),
-                                                 # written to benchmarks/results/quick/
+    python benchmarks/accuracy.py --quick --data-dir ../shared/data   # 1 epoch on 2,000 training images per dataset
+        # (about a minute each), into benchmarks/results/quick/; without --datasets, one whose .npz is not there is skipped
 """
 
 from __future__ import annotations

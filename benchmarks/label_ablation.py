@@ -9,7 +9,8 @@ CNNs, because the convolutions barely see a few label pixels; Fourier
 gratings and morphological labels spread the label over the whole image.
 
     python benchmarks/label_ablation.py --data-dir ../shared/data
-    python benchmarks/label_ablation.py --quick       # 1 epoch on 1,000 training images, into benchmarks/results/quick/
+    python benchmarks/label_ablation.py --quick --data-dir ../shared/data   # 1 epoch on 1,000 training images,
+        # into benchmarks/results/quick/; without --datasets, one whose .npz is not there is skipped
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def _quick(root: Path, script: str, data: Path, *args: str) -> subprocess.Comple
 QUICK_CASES = {  # script -> options for its --quick run (smaller ones it supports); the data folder holds mnist.npz only
     "accuracy.py": ["--train-args", TINY],  # fashion_mnist and cifar10 are skipped, as with the shared data folder
     "label_ablation.py": ["--encodings", "onehot,fourier", "--train-args", TINY],  # cifar10 skipped
-    "ff_vs_backprop.py": ["--dataset", "mnist", "--methods", "ff-layer,backprop", "--layers", "8x3p"],
+    "ff_vs_backprop.py": ["--dataset", "mnist", "--layers", "8x3p"],  # --quick: ff-layer and backprop
     "finetune_shift.py": ["--train-images", "300", "--train-args", TINY],
     "default_recipe.py": ["--train-args", TINY],
 }
