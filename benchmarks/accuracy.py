@@ -17,7 +17,7 @@ own epochs unless --epochs) and the results go to benchmarks/results/accuracy-pr
 survive: a dataset whose row is kept in OUT-DATASET.json (same settings) is not trained again unless
 --force, and a run cut short (a checkpoint without metrics.json) continues with `ffedge train --resume`,
 so rerunning the same command finishes an interrupted benchmark.
-    python benchmarks/accuracy.py --quick --data-dir ../shared/data   # 1 epoch on 2,000 training images per dataset
+    python benchmarks/accuracy.py --quick --data-dir ../shared/data   # 1 epoch on 500 training images per dataset
         # (about a minute each), into benchmarks/results/quick/; without --datasets, one whose .npz is not there is skipped
 """
 
@@ -75,7 +75,14 @@ def train_preset(name: str, spec: str, run: Path, epochs: int | None, train_args
 
 
 def run_dataset(
-    name: str, path: Path, epochs: int | None, work: Path, log: Path, train_args: list[str], presets: bool = False
+    name: str,
+    path: Path,
+    epochs: int | None,
+    work: Path,
+    log: Path,
+    train_args: list[str],
+    presets: bool = False,
+    latency_images: int = 100,
 ) -> dict:
     spec = f"npz:{path}"
     if presets:
@@ -84,7 +91,7 @@ def run_dataset(
     else:
         metrics = train(spec, work / "runs" / name, epochs, train_args, log)
     parity = export_int8(work / "runs" / name, work / "export" / name, log)
-    evals = {f"{m}{k or ''}": evaluate(work / "export" / name, spec, m, k, log) for m, k in MODES}
+    evals = {f"{m}{k or ''}": evaluate(work / "export" / name, spec, m, k, log, latency_images) for m, k in MODES}
     return {
         "dataset": name,
         "epochs": epochs,
@@ -160,7 +167,7 @@ def main() -> int:
         help="where runs and bundles go (default: runs/bench-accuracy; with --quick: runs/bench-accuracy-quick)",
     )
     p.add_argument("--train-args", default="", help="extra ffedge train options, e.g. '--layers 32x5p,64x3p'")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 2,000 training and 1,000 test images")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 500 training and 200 test images")
     add_out_option(p, "accuracy")
     a = p.parse_args()
     name = "accuracy-presets" if a.presets else "accuracy"
@@ -193,10 +200,10 @@ def main() -> int:
         if a.force or (kept and kept.get("settings") != settings):
             clean(work / "runs" / n)  # a run of other settings is not resumed
         # In the work folder, not a temp dir: a quick run cut short resumes from the same file.
-        path = subset(paths[n], work / "data" / f"{n}.npz", 2000, 1000) if a.quick else paths[n]
+        path = subset(paths[n], work / "data" / f"{n}.npz", 500, 200) if a.quick else paths[n]
         recipe = f"preset {PRESET_OF[n]}" if a.presets else "default recipe"
         print(f"{DATASETS[n]}: train ({recipe}, {a.epochs or 'its'} epochs), export int8, eval ...", flush=True)
-        rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets))
+        rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets, 20 if a.quick else 100))
         atomic_write_json(kept_path, {"settings": settings, "row": rows[-1]})
         r = rows[-1]
         print(

@@ -9,7 +9,7 @@ CNNs, because the convolutions barely see a few label pixels; Fourier
 gratings and morphological labels spread the label over the whole image.
 
     python benchmarks/label_ablation.py --data-dir ../shared/data
-    python benchmarks/label_ablation.py --quick --data-dir ../shared/data   # 1 epoch on 1,000 training images,
+    python benchmarks/label_ablation.py --quick --data-dir ../shared/data   # 1 epoch on 500 training images,
         # into benchmarks/results/quick/; without --datasets, one whose .npz is not there is skipped
 """
 
@@ -88,7 +88,7 @@ def main() -> int:
     p.add_argument(
         "--train-args", default="", help="extra ffedge train options for every encoding, e.g. '--layers 32x5p,64x3p'"
     )
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 1,000 training and 500 test images")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 500 training and 200 test images")
     add_out_option(p, "label_ablation")
     a = p.parse_args()
     out = out_stem("label_ablation", a.out, a.quick)
@@ -97,7 +97,7 @@ def main() -> int:
     paths, skipped = dataset_files(names, a.data_dir, a.quick, a.datasets is not None)
     encodings = choices(p, "--encodings", a.encodings, ENCODINGS)
     if a.quick:
-        a.epochs, a.train_images, a.test_images = 1, 1000, 500
+        a.epochs, a.train_images, a.test_images = 1, 500, 200
     log = fresh_log(out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
