@@ -6,14 +6,17 @@ accuracy and latency from `ffedge eval --json`).
 
 Where results go (every script, new ones too): `--out OUT` when given; else
 `benchmarks/results/NAME` for a full run and `benchmarks/results/quick/NAME`
-(git-ignored) for `--quick`, so a smoke run never overwrites committed results.
-A script does::
+(git-ignored) for `--quick`, so a smoke run never overwrites committed results (and a `--quick` run with an
+`--out` among them is refused). A script does::
 
     add_out_option(p, "NAME")                 # --out, default None, with the help text
     a = p.parse_args()
     out = out_stem("NAME", a.out, a.quick)    # then OUT.json, OUT.md (write_results), OUT.log (fresh_log)
 
-and, for the runs and bundles it trains, `work_dir("bench-NAME", a.work, a.quick)` (runs/, git-ignored).
+and, for the runs and bundles it trains, `work_dir("bench-NAME", a.work, a.quick)` (runs/, git-ignored): a `--quick`
+run makes everything it needs there itself. Its data files: `dataset_files` (a `--quick` run without `--datasets` skips
+the ones not in `--data-dir`, naming them: `skipped_note`), cut with `subset`; a missing or unreadable file is one
+`error:` line.
 """
 
 from __future__ import annotations
