@@ -55,7 +55,7 @@ def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path) -> None:
     root, committed = _clone(tmp_path)
     data = _digits(tmp_path / "data", 300, 200)
     # The smallest honest run: two scoring points per method on 100 held-out digits, 300 training digits.
-    args = ["--methods", "ff,backprop", "--dataset", "mnist", "--budget-s", "4", "--every-s", "2"]
+    args = ["--dataset", "mnist", "--budget-s", "4", "--every-s", "2"]  # --quick: ff and backprop
     args += ["--eval-images", "100", "--threads", "1"]
     r = _quick(root, "time_to_accuracy.py", data, *args)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
