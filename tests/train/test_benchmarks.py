@@ -64,7 +64,10 @@ def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path) -> None:
     result = json.loads(out.with_suffix(".json").read_text())
     rows = {row["method"]: row for row in result["rows"]}
     assert list(rows) == ["ff", "backprop"] and result["settings"]["eval_images"] == 100 and result["quick"]
-    assert result["settings"]["dataset"] == f"npz:{data / 'mnist.npz'}"
+    assert (
+        result["settings"]["dataset"]
+        == f"npz:{root / 'runs' / 'bench-time_to_accuracy-quick' / 'data' / 'quick-100.npz'}"
+    )
     for row in rows.values():
         ts = [pt["train_seconds"] for pt in row["points"]]
         assert len(ts) >= 2 and ts == sorted(ts) and len(set(ts)) == len(ts), ts
