@@ -64,8 +64,8 @@ def add_out_option(p: argparse.ArgumentParser, name: str) -> None:
 
 def out_stem(name: str, out: Path | str | None, quick: bool) -> Path:
     """Where a run writes OUT.json, OUT.md and OUT.log: --out when given, else results/NAME, or results/quick/NAME for
-    --quick. A --quick run is refused (one-line error, exit 1) an OUT among the committed full results (results/ outside
-    results/quick/), so a smoke figure can never replace a measured one."""
+    --quick. A --quick run whose OUT lies among the committed full results (results/ outside results/quick/) stops
+    with a one-line error (exit 1) before it does anything, so a smoke figure can never replace a measured one."""
     if out is None:
         return (QUICK_RESULTS if quick else RESULTS) / name
     stem = Path(out).absolute()
