@@ -17,8 +17,8 @@ own epochs unless --epochs) and the results go to benchmarks/results/accuracy-pr
 survive: a dataset whose row is kept in OUT-DATASET.json (same settings) is not trained again unless
 --force, and a run cut short (a checkpoint without metrics.json) continues with `ffedge train --resume`,
 so rerunning the same command finishes an interrupted benchmark.
-    python benchmarks/accuracy.py --quick        # 1 epoch on 2,000 training images per dataset (about a minute each),
-                                                 # written to benchmarks/results/quick/
+    python benchmarks/accuracy.py --quick --data-dir ../shared/data   # 1 epoch on 500 training images per dataset
+        # (about a minute each), into benchmarks/results/quick/; without --datasets, one whose .npz is not there is skipped
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ from common import (
     choices,
     clean,
     command,
-    dataset_file,
+    dataset_files,
     evaluate,
     export_int8,
     machine,  # noqa: E402
     machine_line,
     out_stem,
     pct,
+    skipped_note,
     subset,
     train,
     work_dir,
@@ -74,7 +75,14 @@ def train_preset(name: str, spec: str, run: Path, epochs: int | None, train_args
 
 
 def run_dataset(
-    name: str, path: Path, epochs: int | None, work: Path, log: Path, train_args: list[str], presets: bool = False
+    name: str,
+    path: Path,
+    epochs: int | None,
+    work: Path,
+    log: Path,
+    train_args: list[str],
+    presets: bool = False,
+    latency_images: int = 100,
 ) -> dict:
     spec = f"npz:{path}"
     if presets:
@@ -83,7 +91,7 @@ def run_dataset(
     else:
         metrics = train(spec, work / "runs" / name, epochs, train_args, log)
     parity = export_int8(work / "runs" / name, work / "export" / name, log)
-    evals = {f"{m}{k or ''}": evaluate(work / "export" / name, spec, m, k, log) for m, k in MODES}
+    evals = {f"{m}{k or ''}": evaluate(work / "export" / name, spec, m, k, log, latency_images) for m, k in MODES}
     return {
         "dataset": name,
         "epochs": epochs,
@@ -133,7 +141,9 @@ def main() -> int:
         description=__doc__.splitlines()[0], epilog="Writes OUT.json and OUT.md; logs every ffedge command to OUT.log."
     )
     p.add_argument(
-        "--datasets", default="mnist,fashion_mnist,cifar10", help="comma-separated: mnist, fashion_mnist, cifar10"
+        "--datasets",
+        default=None,
+        help="comma-separated: mnist, fashion_mnist, cifar10 (default: all three; with --quick: those in --data-dir)",
     )
     p.add_argument(
         "--epochs", type=int, default=None, help="training epochs per dataset (default 3; with --presets: the preset's)"
@@ -157,14 +167,15 @@ def main() -> int:
         help="where runs and bundles go (default: runs/bench-accuracy; with --quick: runs/bench-accuracy-quick)",
     )
     p.add_argument("--train-args", default="", help="extra ffedge train options, e.g. '--layers 32x5p,64x3p'")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 2,000 training and 1,000 test images")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch on 500 training and 200 test images")
     add_out_option(p, "accuracy")
     a = p.parse_args()
     name = "accuracy-presets" if a.presets else "accuracy"
     out = out_stem(name, a.out, a.quick)
     work = work_dir(f"bench-{name}", a.work, a.quick)
-    names = choices(p, "--datasets", a.datasets, DATASETS)
-    paths = {n: dataset_file(n, a.data_dir) for n in names}
+    names = choices(p, "--datasets", a.datasets or ",".join(DATASETS), DATASETS)
+    paths, skipped = dataset_files(names, a.data_dir, a.quick, a.datasets is not None)
+    names = list(paths)
     if a.quick:
         a.epochs = 1
     elif a.epochs is None and not a.presets:
@@ -189,10 +200,10 @@ def main() -> int:
         if a.force or (kept and kept.get("settings") != settings):
             clean(work / "runs" / n)  # a run of other settings is not resumed
         # In the work folder, not a temp dir: a quick run cut short resumes from the same file.
-        path = subset(paths[n], work / "data" / f"{n}.npz", 2000, 1000) if a.quick else paths[n]
+        path = subset(paths[n], work / "data" / f"{n}.npz", 500, 200) if a.quick else paths[n]
         recipe = f"preset {PRESET_OF[n]}" if a.presets else "default recipe"
         print(f"{DATASETS[n]}: train ({recipe}, {a.epochs or 'its'} epochs), export int8, eval ...", flush=True)
-        rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets))
+        rows.append(run_dataset(n, path, a.epochs, work, log, a.train_args.split(), a.presets, 20 if a.quick else 100))
         atomic_write_json(kept_path, {"settings": settings, "row": rows[-1]})
         r = rows[-1]
         print(
@@ -202,8 +213,9 @@ def main() -> int:
         )
     info = machine()
     cmd = command("accuracy.py")
-    md = markdown(rows, info, cmd)
-    write_results(out, {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick}, md)
+    md = markdown(rows, info, cmd) + skipped_note(skipped)
+    result = {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick, "skipped": skipped}
+    write_results(out, result, md)
     print(md)
     return 0
 

@@ -6,14 +6,17 @@ accuracy and latency from `ffedge eval --json`).
 
 Where results go (every script, new ones too): `--out OUT` when given; else
 `benchmarks/results/NAME` for a full run and `benchmarks/results/quick/NAME`
-(git-ignored) for `--quick`, so a smoke run never overwrites committed results.
-A script does::
+(git-ignored) for `--quick`, so a smoke run never overwrites committed results (and a `--quick` run with an
+`--out` among them is refused). A script does::
 
     add_out_option(p, "NAME")                 # --out, default None, with the help text
     a = p.parse_args()
     out = out_stem("NAME", a.out, a.quick)    # then OUT.json, OUT.md (write_results), OUT.log (fresh_log)
 
-and, for the runs and bundles it trains, `work_dir("bench-NAME", a.work, a.quick)` (runs/, git-ignored).
+and, for the runs and bundles it trains, `work_dir("bench-NAME", a.work, a.quick)` (runs/, git-ignored): a `--quick`
+run makes everything it needs there itself. Its data files: `dataset_files` (a `--quick` run without `--datasets` skips
+the ones not in `--data-dir`, naming them: `skipped_note`), cut with `subset`; a missing or unreadable file is one
+`error:` line.
 """
 
 from __future__ import annotations
@@ -60,10 +63,22 @@ def add_out_option(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def out_stem(name: str, out: Path | str | None, quick: bool) -> Path:
-    """Where a run writes OUT.json, OUT.md and OUT.log: --out when given, else results/NAME, or results/quick/NAME for --quick."""
-    if out is not None:
-        return Path(out).absolute()
-    return (QUICK_RESULTS if quick else RESULTS) / name
+    """Where a run writes OUT.json, OUT.md and OUT.log: --out when given, else results/NAME, or results/quick/NAME for
+    --quick. A --quick run whose OUT lies among the committed full results (results/ outside results/quick/) stops
+    with a one-line error (exit 1) before it does anything, so a smoke figure can never replace a measured one."""
+    if out is None:
+        return (QUICK_RESULTS if quick else RESULTS) / name
+    stem = Path(out).absolute()
+    if quick and _inside(stem, RESULTS) and not _inside(stem, QUICK_RESULTS):
+        sys.exit(
+            f"error: --out {out}: a --quick run does not write among the committed full results in {RESULTS}; "
+            f"leave --out out (it writes to {QUICK_RESULTS / name}) or give another folder"
+        )
+    return stem
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def work_dir(name: str, work: Path | str | None, quick: bool) -> Path:
@@ -74,19 +89,60 @@ def work_dir(name: str, work: Path | str | None, quick: bool) -> Path:
     return ROOT / "runs" / (f"{name}-quick" if quick else name)
 
 
+def _missing(name: str, data_dir: Path) -> str:
+    hint = " (build it with ../shared/data/make-cifar10 OUT.npz)" if name == "cifar10" else ""
+    return f"{data_dir / f'{name}.npz'} not found{hint}"
+
+
 def dataset_file(name: str, data_dir: Path) -> Path:
     """The .npz of a benchmark dataset (mnist, fashion_mnist, cifar10) in data_dir; a clear exit if missing."""
     path = data_dir / f"{name}.npz"
     if not path.is_file():
-        hint = " (build it with ../shared/data/make-cifar10 OUT.npz)" if name == "cifar10" else ""
-        sys.exit(f"error: {path} not found{hint}; pass --data-dir")
+        sys.exit(f"error: {_missing(name, data_dir)}; pass --data-dir")
     return path
+
+
+def dataset_files(names: list[str], data_dir: Path, quick: bool, named: bool) -> tuple[dict[str, Path], dict[str, str]]:
+    """The .npz of each dataset in names, and the ones skipped (name -> why). A missing file is a clear exit, except in
+    a --quick run whose --datasets was not given (named False): there it is skipped with a printed note, so that the
+    smoke run works on the shared data folder, which holds no cifar10.npz until make-cifar10 builds it. At least one
+    dataset must be there."""
+    if not (quick and not named):
+        return {n: dataset_file(n, data_dir) for n in names}, {}
+    paths = {n: data_dir / f"{n}.npz" for n in names if (data_dir / f"{n}.npz").is_file()}
+    skipped = {n: _missing(n, data_dir) for n in names if n not in paths}
+    if not paths:
+        sys.exit(f"error: none of {', '.join(f'{n}.npz' for n in names)} in {data_dir}; pass --data-dir")
+    for why in skipped.values():
+        print(f"skipped: {why} (--quick goes on without it)", flush=True)
+    return paths, skipped
+
+
+def skipped_note(skipped: dict[str, str]) -> str:
+    """The Markdown line naming the datasets a --quick run skipped ('' if none)."""
+    return "".join(f"\nSkipped: {why}.\n" for why in skipped.values())
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """A dataset .npz's arrays (x_train, y_train, x_test, y_test, ...); a clear exit if it is not one."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        sys.exit(f"error: {path}: not a readable .npz ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    absent = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if absent:
+        sys.exit(
+            f"error: {path}: no {', '.join(absent)} array(s); a dataset .npz holds x_train, y_train, x_test, y_test"
+        )
+    return arrays
 
 
 def subset(src: Path, dst: Path, n_train: int | None, n_test: int | None, seed: int = 0) -> Path:
     """Write a class-mixed random subset of an .npz dataset (for --quick runs and fixed budgets)."""
-    with np.load(src, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = read_npz(src)
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
         if n is not None and n < len(arrays[f"y_{split}"]):

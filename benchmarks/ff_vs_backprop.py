@@ -17,7 +17,7 @@ the graph, counted by storage, via torch.autograd.graph.saved_tensors_hooks): th
 memory itself, without the allocator's caches and the convolutions' scratch buffers.
 
     python benchmarks/ff_vs_backprop.py --epochs 5
-    python benchmarks/ff_vs_backprop.py --quick      # 1 epoch on 1,000 digits, into benchmarks/results/quick/
+    python benchmarks/ff_vs_backprop.py --quick      # ff-layer and backprop, 1 epoch on 1,000 digits, into benchmarks/results/quick/
 """
 
 from __future__ import annotations
@@ -216,10 +216,14 @@ def main() -> int:
         default="16x5p,64x5p,128x3,128x3",
         help="network, as ffedge train --layers (default: ffedge's default)",
     )
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, from {', '.join(METHODS)} (default: all; --quick: ff-layer,backprop)",
+    )
     p.add_argument("--limit", type=int, default=100000, help="training examples used at most")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--quick", action="store_true", help="1 epoch on 1,000 examples")
+    p.add_argument("--quick", action="store_true", help="1 epoch on 1,000 examples, ff-layer and backprop")
     add_out_option(p, "ff_vs_backprop")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -231,9 +235,17 @@ def main() -> int:
     out = out_stem("ff_vs_backprop", a.out, a.quick)
     if a.data_dir is not None and a.dataset.lower().replace("-", "_") in ("mnist", "fashion_mnist", "cifar10"):
         a.dataset = f"npz:{dataset_file(a.dataset.lower().replace('-', '_'), a.data_dir)}"
-    methods = choices(p, "--methods", a.methods, METHODS)
+    default = "ff-layer,backprop" if a.quick else ",".join(METHODS)  # --quick: each code path once
+    methods = choices(p, "--methods", a.methods or default, METHODS)
     if "backprop" not in methods:
         p.error("--methods: include backprop (the baseline the ratios divide by)")
+    from ffedge.datasets import load_dataset
+    from ffedge.errors import FFEdgeError
+
+    try:  # here, so that a bad --dataset is one line rather than a traceback from each method's process
+        load_dataset(a.dataset)
+    except FFEdgeError as e:
+        sys.exit(f"error: --dataset {a.dataset}: {e}")
     rows = [run_child(m, a) for m in methods]
     bp = rows[methods.index("backprop")]
     for r in rows:

@@ -9,7 +9,8 @@ CNNs, because the convolutions barely see a few label pixels; Fourier
 gratings and morphological labels spread the label over the whole image.
 
     python benchmarks/label_ablation.py --data-dir ../shared/data
-    python benchmarks/label_ablation.py --quick       # 1 epoch on 1,000 training images, into benchmarks/results/quick/
+    python benchmarks/label_ablation.py --quick --data-dir ../shared/data   # 1 epoch on 500 training images,
+        # into benchmarks/results/quick/; without --datasets, one whose .npz is not there is skipped
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from common import (
     add_out_option,
     choices,
     command,
-    dataset_file,
+    dataset_files,
     fresh_log,
     machine,
     out_stem,
     pct,
+    skipped_note,
     subset,
     train,  # noqa: E402
     work_dir,
@@ -65,7 +67,11 @@ def markdown(rows: list[dict], info: dict, cmd: str) -> str:
 
 def main() -> int:
     p = script_parser(__doc__)
-    p.add_argument("--datasets", default="mnist,cifar10", help="comma-separated: mnist, cifar10")
+    p.add_argument(
+        "--datasets",
+        default=None,
+        help="comma-separated: mnist, cifar10 (default: both; with --quick: those in --data-dir)",
+    )
     p.add_argument("--encodings", default=",".join(ENCODINGS), help=f"comma-separated: {', '.join(ENCODINGS)}")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument(
@@ -82,20 +88,21 @@ def main() -> int:
     p.add_argument(
         "--train-args", default="", help="extra ffedge train options for every encoding, e.g. '--layers 32x5p,64x3p'"
     )
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 1,000 training and 500 test images")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, 500 training and 200 test images")
     add_out_option(p, "label_ablation")
     a = p.parse_args()
     out = out_stem("label_ablation", a.out, a.quick)
     work = work_dir("bench-labels", a.work, a.quick)
-    names = choices(p, "--datasets", a.datasets, DATASETS)
+    names = choices(p, "--datasets", a.datasets or ",".join(DATASETS), DATASETS)
+    paths, skipped = dataset_files(names, a.data_dir, a.quick, a.datasets is not None)
     encodings = choices(p, "--encodings", a.encodings, ENCODINGS)
     if a.quick:
-        a.epochs, a.train_images, a.test_images = 1, 1000, 500
+        a.epochs, a.train_images, a.test_images = 1, 500, 200
     log = fresh_log(out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for n in names:
-            data = subset(dataset_file(n, a.data_dir), Path(tmp) / f"{n}.npz", a.train_images, a.test_images)
+        for n in paths:
+            data = subset(paths[n], Path(tmp) / f"{n}.npz", a.train_images, a.test_images)
             for enc in encodings:
                 print(f"{DATASETS[n]}, {enc} labels: train {a.epochs} epoch(s) ...", flush=True)
                 m = train(f"npz:{data}", work / f"{n}-{enc}", a.epochs, ["--labels", enc, *a.train_args.split()], log)
@@ -120,8 +127,8 @@ def main() -> int:
                 print(f"  held-out {pct(m['test_accuracy'])}, head {pct(m['head_test_accuracy'])}", flush=True)
     info = machine()
     cmd = command("label_ablation.py")
-    md = markdown(rows, info, cmd)
-    write_results(out, {"rows": rows, "machine": info, "command": cmd, "quick": a.quick}, md)
+    md = markdown(rows, info, cmd) + skipped_note(skipped)
+    write_results(out, {"rows": rows, "machine": info, "command": cmd, "quick": a.quick, "skipped": skipped}, md)
     print(md)
     return 0
 

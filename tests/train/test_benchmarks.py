@@ -49,74 +49,25 @@ def test_missing_dataset_is_one_clear_line(tmp_path: Path) -> None:
     assert not (tmp_path / "acc.json").exists()
 
 
-def test_label_ablation_quick_runs_for_real(tmp_path: Path) -> None:
+def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path) -> None:
+    """--quick with no --out from a copy of benchmarks/, --dataset mnist read from --data-dir: results/quick/."""
     pytest.importorskip("brevitas")
-    ds = load_dataset("mnist-5k")  # stands in for mnist.npz: same format, no ../shared needed
-    np.savez(
-        tmp_path / "mnist.npz",
-        x_train=ds.x_train[..., 0],
-        y_train=ds.y_train,
-        x_test=ds.x_test[..., 0],
-        y_test=ds.y_test,
-    )
-    out = tmp_path / "abl"
-    r = _run(
-        str(BENCH / "label_ablation.py"),
-        "--quick",
-        "--datasets",
-        "mnist",
-        "--encodings",
-        "onehot,fourier",
-        "--train-args",
-        TINY,
-        "--data-dir",
-        str(tmp_path),
-        "--work",
-        str(tmp_path / "runs"),
-        "--out",
-        str(out),
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(out.with_suffix(".json").read_text())
-    assert [row["labels"] for row in result["rows"]] == ["onehot", "fourier"]
-    for row in result["rows"]:
-        assert row["n_train"] + row["n_test"] == 1500 and row["n_test"] == 500
-        metrics = json.loads((tmp_path / "runs" / f"mnist-{row['labels']}" / "metrics.json").read_text())
-        assert row["test_accuracy"] == metrics["test_accuracy"]
-        assert 0.0 <= row["test_accuracy"] <= 1.0 and len(row["per_layer_test_accuracy"]) == 2  # TINY's two layers
-    md = out.with_suffix(".md").read_text()
-    assert "| MNIST | onehot | 1 |" in md and "Command: `python benchmarks/label_ablation.py --quick" in md
-
-
-def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path, small_npz: str) -> None:
-    pytest.importorskip("brevitas")
-    out = tmp_path / "tta"
-    # The smallest honest run: two scoring points per method on 100 held-out digits, 600 training digits.
-    args = [
-        str(BENCH / "time_to_accuracy.py"),
-        "--quick",
-        "--methods",
-        "ff,backprop",
-        "--dataset",
-        small_npz,
-        "--budget-s",
-        "4",
-        "--every-s",
-        "2",
-        "--eval-images",
-        "100",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-        "--work",
-        str(tmp_path / "work"),
-    ]
-    r = _run(*args)
+    root, committed = _clone(tmp_path)
+    data = _digits(tmp_path / "data", 300, 200)
+    # The smallest honest run: two scoring points per method on 100 held-out digits, 300 training digits.
+    args = ["--dataset", "mnist", "--budget-s", "4", "--every-s", "2"]  # --quick: ff and backprop
+    args += ["--eval-images", "100", "--threads", "1"]
+    r = _quick(root, "time_to_accuracy.py", data, *args)
     assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-3000:]
+    assert _checksums(root / "benchmarks" / "results") == committed
+    out = root / "benchmarks" / "results" / "quick" / "time_to_accuracy"
     result = json.loads(out.with_suffix(".json").read_text())
     rows = {row["method"]: row for row in result["rows"]}
-    assert list(rows) == ["ff", "backprop"] and result["settings"]["eval_images"] == 100
+    assert list(rows) == ["ff", "backprop"] and result["settings"]["eval_images"] == 100 and result["quick"]
+    assert (
+        result["settings"]["dataset"]
+        == f"npz:{root / 'runs' / 'bench-time_to_accuracy-quick' / 'data' / 'quick-100.npz'}"
+    )
     for row in rows.values():
         ts = [pt["train_seconds"] for pt in row["points"]]
         assert len(ts) >= 2 and ts == sorted(ts) and len(set(ts)) == len(ts), ts
@@ -129,16 +80,18 @@ def test_time_to_accuracy_quick_runs_for_real(tmp_path: Path, small_npz: str) ->
     )
     int8 = rows["ff"]["int8"]
     assert int8["images"] == 100 and 0.0 <= int8["accuracy"] <= 1.0 and int8["parity"]
+    assert (root / "runs" / "bench-time_to_accuracy-quick").is_dir()
     md = out.with_suffix(".md").read_text()
     assert "| method | trained | final accuracy, torch | int8 ORT | 90% | 95% | 97% | 98% | 99% |" in md
     assert "| FF, ffedge default (int8 QAT) |" in md and "\n| backprop |" in md and "scoring time" in md
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Run again: both results are kept (nothing trains); with other settings a kept result is refused.
-    again = _run(*args)
+    again = _quick(root, "time_to_accuracy.py", data, *args)
     assert again.returncode == 0 and "ff: kept from" in again.stdout and "backprop: kept from" in again.stdout
     assert json.loads(out.with_suffix(".json").read_text())["rows"] == result["rows"]
-    other = _run(*[("5" if a == "4" else a) for a in args])
+    other = _quick(root, "time_to_accuracy.py", data, *[("5" if a == "4" else a) for a in args])
     assert other.returncode != 0 and "other settings (budget_s)" in other.stderr and "Traceback" not in other.stderr
+    assert _checksums(root / "benchmarks" / "results") == committed
 
 
 def test_time_to_accuracy_help_and_usage_errors(tmp_path: Path) -> None:
@@ -222,9 +175,33 @@ def _checksums(folder: Path) -> dict[str, str]:
     }
 
 
-QUICK_CASES = {  # script -> options for its --quick run (smaller ones it supports)
-    "accuracy.py": ["--datasets", "mnist", "--train-args", TINY],
-    "ff_vs_backprop.py": ["--dataset", "mnist", "--methods", "ff-layer,backprop", "--layers", "8x3p"],
+def _clone(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of benchmarks/ (scripts and committed results, as a fresh clone has them) in tmp_path/clone, so that
+    the defaults (results/quick/, runs/) land there and not in this checkout; and the committed results' checksums."""
+    root = tmp_path / "clone"
+    shutil.copytree(BENCH, root / "benchmarks", ignore=shutil.ignore_patterns("__pycache__", "quick"))
+    committed = _checksums(BENCH / "results")
+    assert _checksums(root / "benchmarks" / "results") == committed and "accuracy.json" in committed
+    return root, committed
+
+
+def _quick(root: Path, script: str, data: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/SCRIPT --quick --data-dir DATA ARGS` of the copy in root, with this checkout's ffedge."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, str(root / "benchmarks" / script), "--quick", "--data-dir", str(data), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=root.parent,
+    )
+
+
+QUICK_CASES = {  # script -> options for its --quick run (smaller ones it supports); the data folder holds mnist.npz only
+    "accuracy.py": ["--train-args", TINY],  # fashion_mnist and cifar10 are skipped, as with the shared data folder
+    "label_ablation.py": ["--encodings", "onehot,fourier", "--train-args", TINY],  # cifar10 skipped
+    "ff_vs_backprop.py": ["--dataset", "mnist", "--layers", "8x3p"],  # --quick: ff-layer and backprop
     "finetune_shift.py": ["--train-images", "300", "--train-args", TINY],
     "default_recipe.py": ["--train-args", TINY],
 }
@@ -235,20 +212,9 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
     """--quick with no --out, from a copy of benchmarks/ (scripts and committed results): the defaults land in the
     copy (results/quick/, runs/), not in this checkout. Data: a 300/200 mnist.npz written here, or the embedded mnist-5k."""
     pytest.importorskip("brevitas")
-    root = tmp_path / "clone"
-    shutil.copytree(BENCH, root / "benchmarks", ignore=shutil.ignore_patterns("__pycache__", "quick"))
-    committed = _checksums(BENCH / "results")
-    assert _checksums(root / "benchmarks" / "results") == committed and "accuracy.json" in committed
+    root, committed = _clone(tmp_path)
     data = _digits(tmp_path / "data", 300, 200)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / script), "--quick", "--data-dir", str(data), *QUICK_CASES[script]],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        cwd=tmp_path,
-    )
+    r = _quick(root, script, data, *QUICK_CASES[script])
     assert r.returncode == 0, r.stderr[-3000:]
     assert _checksums(root / "benchmarks" / "results") == committed
     name = script.removesuffix(".py")
@@ -259,12 +225,27 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
         (row,) = result["rows"]
         assert result["quick"] and row["epochs"] == 1 and (row["n_train"], row["n_test"]) == (300, 200)
         assert 0.0 <= row["int8_ort"]["all"]["accuracy"] <= 1.0 and row["parity"]
+        assert (
+            sorted(result["skipped"]) == ["cifar10", "fashion_mnist"] and "make-cifar10" in result["skipped"]["cifar10"]
+        )
+        assert "skipped: " in r.stdout and "Skipped: " in (quick / f"{name}.md").read_text()
+    elif script == "label_ablation.py":
+        assert result["quick"] and list(result["skipped"]) == ["cifar10"]
+        assert [row["labels"] for row in result["rows"]] == ["onehot", "fourier"]
+        for row in result["rows"]:
+            assert row["dataset"] == "mnist" and (row["n_train"], row["n_test"]) == (300, 200)
+            metrics = json.loads(
+                (root / "runs" / "bench-labels-quick" / f"mnist-{row['labels']}" / "metrics.json").read_text()
+            )
+            assert row["test_accuracy"] == metrics["test_accuracy"]
+            assert 0.0 <= row["test_accuracy"] <= 1.0 and len(row["per_layer_test_accuracy"]) == 2  # TINY's two layers
+        assert "| MNIST | onehot | 1 |" in (quick / f"{name}.md").read_text()
     elif script == "ff_vs_backprop.py":
         assert result["quick"] and [row["method"] for row in result["rows"]] == ["ff-layer", "backprop"]
         assert all(row["examples"] == 300 and row["saved_for_backward_mb"] > 0 for row in result["rows"])
     elif script == "default_recipe.py":
         (row,) = result["rows"]
-        assert result["quick"] and row["seed"] == 0 and row["epochs"] == 1 and row["n_test"] == 1000
+        assert result["quick"] and row["seed"] == 0 and row["epochs"] == 1 and row["n_test"] == 200
         assert row["int8_ort_accuracy"] == row["parity"]["bundle_accuracy"] and not row["meets_bar"]
     else:  # trained and exported its own --master bundle, fine-tuned it, compared with torch
         assert [row["name"] for row in result] == [
@@ -325,3 +306,49 @@ def test_accuracy_presets_keep_finished_datasets_and_resume_a_cut_run(tmp_path: 
     resumed = _run(*args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "--resume" in out.with_suffix(".log").read_text()
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "time_to_accuracy.py"])
+def test_quick_out_among_the_committed_results_is_refused(tmp_path: Path, script: str) -> None:
+    """--quick --out benchmarks/results/NAME: one line, exit 1, before anything trains or is written."""
+    root, committed = _clone(tmp_path)
+    stem = root / "benchmarks" / "results" / script.removesuffix(".py")
+    r = _quick(root, script, _digits(tmp_path / "data", 30, 20), "--out", str(stem))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().count("\n") == 0 and "does not write among the committed full results" in r.stderr
+    assert _checksums(root / "benchmarks" / "results") == committed and not (root / "runs").exists()
+
+
+def test_bad_data_is_one_clear_line(tmp_path: Path) -> None:
+    """An unreadable mnist.npz (accuracy, label_ablation) and an unknown --dataset (ff_vs_backprop): one line, exit 1."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mnist.npz").write_bytes(b"not a zip")
+    for script in ("accuracy.py", "label_ablation.py"):
+        r = _run(
+            str(BENCH / script),
+            "--quick",
+            "--data-dir",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+            "--work",
+            str(tmp_path / "w"),
+        )
+        assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, (script, r.stderr[-3000:])
+        assert "mnist.npz: not a readable .npz" in r.stderr and not (tmp_path / "o.json").exists()
+    np.savez(data / "mnist.npz", x=np.zeros((2, 28, 28), np.uint8))
+    r = _run(
+        str(BENCH / "accuracy.py"),
+        "--quick",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(tmp_path / "o"),
+        "--work",
+        str(tmp_path / "w"),
+    )
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "no x_train, y_train, x_test, y_test" in r.stderr
+    r = _run(str(BENCH / "ff_vs_backprop.py"), "--quick", "--dataset", "nope", "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr[-3000:]
+    assert "--dataset nope: unknown dataset" in r.stderr and not (tmp_path / "o.json").exists()
