@@ -18,7 +18,7 @@ import torch
 
 from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, MAX_HEAD_GRID
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import compute_normalization, normalize
@@ -58,6 +58,7 @@ class TrainConfig:
     wrong_labels: int = 1
     predict_layers: list[int] | None = None
     head_epochs: int = 40
+    head_grid: int = 2
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -103,6 +104,7 @@ class TrainConfig:
         check_int(self.epochs, "--epochs", 1)
         check_int(self.batch_size, "--batch-size", 1)
         check_int(self.head_epochs, "--head-epochs", 0)
+        check_int(self.head_grid, "--head-grid", 1, MAX_HEAD_GRID)
         check_int(self.eval_samples, "--eval-samples", 0)
         check_int(self.shift, "--shift", 0, MAX_SHIFT)
         check_float(self.rotate, "--rotate", 0.0, 180.0)
@@ -181,7 +183,8 @@ class TrainConfig:
             d = {**d, "weight_bits": d.get("bits", 8)}
         # Runs made before the float phase and augmentation existed: QAT from the first step, no augmentation.
         # Runs made before the precision option trained in fp32.
-        d = {"qat_epochs": None, "shift": 0, "rotate": 0.0, "scale": 0.0, "precision": "fp32", **d}
+        # Runs made before the head grid existed: the head read the global spatial mean.
+        d = {"qat_epochs": None, "shift": 0, "rotate": 0.0, "scale": 0.0, "precision": "fp32", "head_grid": 1, **d}
         cfg = cls(**d)
         cfg.check_types(source)
         return cfg
@@ -295,7 +298,15 @@ def build_model(
     cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], num_classes: int, quant: bool | None = None
 ) -> FFNet:
     """The network described by ``cfg`` (fresh weights); ``quant=False`` builds its float version."""
-    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config(quant), norm=cfg.norm)
+    return FFNet(
+        in_channels,
+        image_hw,
+        num_classes,
+        parse_layers(cfg.layers),
+        cfg.quant_config(quant),
+        norm=cfg.norm,
+        head_grid=cfg.head_grid,
+    )
 
 
 def to_quantized(net: FFNet, cfg: TrainConfig) -> FFNet:
@@ -452,7 +463,9 @@ def neutral_features(
     net.eval()
     feats = [
         net.head_features(
-            net.forward_layers(torch.from_numpy(enc.neutral(x[s : s + batch])).to(device)), net.head_layers
+            net.forward_layers(torch.from_numpy(enc.neutral(x[s : s + batch])).to(device)),
+            net.head_layers,
+            net.head_grid,
         )
         for s in range(0, len(x), batch)
     ]
