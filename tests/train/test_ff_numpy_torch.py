@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ffedge import ff
 from ffedge.errors import FFEdgeError
 from ffedge.finetuning import numerics as ffn
 from tests.device.test_ff_numpy import _layer, _steps, layer_data
@@ -191,6 +192,12 @@ def test_head_features_match_ffnet_head_features() -> None:
     assert np.allclose(f, ref, atol=1e-6)
     # A layer session's ``feature`` output (spatial means) gives the same features.
     assert np.allclose(ffn.SoftmaxHead.features([hs[i].mean(axis=(2, 3)) for i in which]), ref, atol=1e-6)
+    # A 2x2 grid: per-cell pooled, per-cell normalized, from activities or from the layers' pooled outputs.
+    ref2 = FFNet.head_features([torch.from_numpy(h) for h in hs], which, 2).numpy()
+    assert ref2.shape == (5, 36)
+    assert np.allclose(ffn.SoftmaxHead.features([hs[i] for i in which], 2), ref2, atol=1e-6)
+    pooled = [ff.head_pool(hs[i], 2) for i in which]
+    assert np.allclose(ffn.SoftmaxHead.features(pooled, 2), ref2, atol=1e-6)
 
 
 def test_head_gradients_match_torch_cross_entropy() -> None:
