@@ -42,7 +42,7 @@ def test_int8_layers_store_int8_weights_and_fuse_to_integer_convs(int8_bundle: P
 def test_parity_is_recorded_and_tight(int8_bundle: Path) -> None:
     p = json.loads((int8_bundle / MANIFEST).read_text())["parity"]
     assert p["samples"] == 200
-    assert p["agreement"] >= 0.97 and p["head_agreement"] >= 0.97
+    assert p["agreement"] >= 0.97 and p["head_agreement"] >= 0.97 and 0 <= p["head_max_prob_diff"] < 0.05
     assert abs(p["torch_accuracy"] - p["bundle_accuracy"]) <= 0.02
     # onnxruntime's integer convs round like the fake-quant model up to one output step.
     for layer in p["layers"]:
