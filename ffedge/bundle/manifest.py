@@ -241,7 +241,7 @@ class Quant(_Entry):
 
 @dataclass
 class LayerEntry(_Entry):
-    """One FF layer file: ``x`` [N, *in_shape] -> ``y`` [N, *out_shape], ``goodness`` [N], ``feature`` [N, C']."""
+    """One FF layer file: ``x`` [N, *in_shape] -> ``y`` [N, *out_shape], ``goodness`` [N], ``feature`` [N, C' * g * g] (g: head grid)."""
 
     file: str
     in_shape: tuple[int, int, int]
