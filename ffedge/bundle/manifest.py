@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from ffedge.bundle.names import MANIFEST, VERSION_DIR_PATTERN, VERSIONS
 from ffedge.errors import FFEdgeError, quoted
+from ffedge.ff.measures import MAX_HEAD_GRID
 
 BUNDLE_FORMAT = "ffedge-bundle"
 BUNDLE_VERSION = 1
@@ -240,7 +241,7 @@ class Quant(_Entry):
 
 @dataclass
 class LayerEntry(_Entry):
-    """One FF layer file: ``x`` [N, *in_shape] -> ``y`` [N, *out_shape], ``goodness`` [N], ``feature`` [N, C']."""
+    """One FF layer file: ``x`` [N, *in_shape] -> ``y`` [N, *out_shape], ``goodness`` [N], ``feature`` [N, C' * g * g] (g: head grid)."""
 
     file: str
     in_shape: tuple[int, int, int]
@@ -260,10 +261,26 @@ class LayerEntry(_Entry):
 
 @dataclass
 class HeadEntry(_Entry):
-    """The softmax head: inputs ``f{i}`` for each of ``layers``, output ``probs`` [N, K]."""
+    """The softmax head: inputs ``f{i}`` [N, C_i * grid * grid] for each of ``layers``, output ``probs`` [N, K].
+
+    ``grid``: each head layer's ``feature`` is its activity averaged over a grid x grid grid of cells
+    (absent in bundles made before the key existed: 1, the global mean).
+    """
 
     file: str
     layers: list[int]
+    grid: int | None = None
+
+    @property
+    def cells(self) -> int:
+        """Cells per head feature: grid * grid (1 when ``grid`` is absent)."""
+        g = self.grid if self.grid is not None else 1
+        return g * g
+
+    @property
+    def grid_size(self) -> int:
+        """``grid``, or 1 when absent (bundles made before the key existed)."""
+        return self.grid if self.grid is not None else 1
 
 
 @dataclass
@@ -456,7 +473,7 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
         source=_opt(obj, "source", lambda v: _source(w, v)),
         label_arrays=label_arrays,
         objective=_opt(obj, "objective", lambda v: _objective(w, v)),
-        head=_opt(obj, "head", lambda v: _head(w, v, files, n)),
+        head=_opt(obj, "head", lambda v: _head(w, v, files, layers)),
         fused=_opt(obj, "fused", lambda v: _fused(w, v, files)),
         shared=_opt(obj, "shared", lambda v: _shared(w, v, files, len(classes))),
         quantization=_opt(obj, "quantization", lambda v: copy.deepcopy(_obj(w, "quantization", v))),
@@ -637,13 +654,20 @@ def _file_entry(w: str, key: str, v: Any, files: Mapping[str, str], suffix: str,
     return cls(file=_ref(w, f"{key}.file", d.get("file"), files, suffix), **_split(d, cls))
 
 
-def _head(w: str, v: Any, files: Mapping[str, str], n: int) -> HeadEntry:
+def _head(w: str, v: Any, files: Mapping[str, str], layers: list[LayerEntry]) -> HeadEntry:
     d = _obj(w, "head", v, "an object with a 'file' and its input 'layers'")
-    return HeadEntry(
+    head = HeadEntry(
         file=_ref(w, "head.file", d.get("file"), files, ".onnx"),
-        layers=_indices(w, "head.layers", d.get("layers"), n),
+        layers=_indices(w, "head.layers", d.get("layers"), len(layers)),
+        grid=_opt(d, "grid", lambda x: _int(w, "head.grid", x, 1, MAX_HEAD_GRID)),
         **_split(d, HeadEntry),
     )
+    for i in head.layers:  # the grid's cells must fit each head layer's activity (before pooling: in_shape's H, W)
+        if head.grid_size > min(layers[i].in_shape[1:]):
+            raise _fail(
+                w, "head.grid", f"fit layer {i}'s {layers[i].in_shape[1]}x{layers[i].in_shape[2]} activity", head.grid
+            )
+    return head
 
 
 def _fused(w: str, v: Any, files: Mapping[str, str]) -> FusedEntry:

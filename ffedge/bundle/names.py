@@ -56,7 +56,7 @@ def saved_manifest_name(version: int) -> str:
 INPUT = "x"  # a layer's and the fused graph's input: encoded images [N, C, H, W]
 NEXT = "y"  # a layer's output: the next layer's input
 GOODNESS = "goodness"  # [N]: a layer's goodness; the fused graph's, summed over the prediction layers
-FEATURE = "feature"  # [N, C]: a layer's spatial mean before pooling, what the head reads
+FEATURE = "feature"  # [N, C*g*g]: the activity before pooling averaged over the head's g x g grid; what the head reads
 LAYER_OUTPUTS = (NEXT, GOODNESS, FEATURE)
 PROBS = "probs"  # the head's output [N, K]
 LABELS = "labels"  # the shared graph's second input: [N, K'] int64 rows of its label table (class index, K: neutral)

@@ -264,7 +264,11 @@ def _print_info(
             str(fused),
         )
     console.print(t)
-    head = f"{shown(m.head.file)} on layers {m.head.layers}" if m.head else "none"
+    head = (
+        f"{shown(m.head.file)} on layers {m.head.layers}, {m.head.grid_size}x{m.head.grid_size} grid"
+        if m.head
+        else "none"
+    )
     say(f"prediction by goodness of layer(s) {m.predict_layers}; head: {head}")
     say(f"size: {total / 1e6:.3f} MB in {len(sizes) + 1} files")
     p = m.parity

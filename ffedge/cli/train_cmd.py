@@ -123,6 +123,16 @@ def train(
     head_epochs: Optional[int] = typer.Option(
         None, help="Epochs of the softmax head on frozen neutral-label activities (default: 40)."
     ),
+    head_grid: Optional[int] = typer.Option(
+        None,
+        help="The head reads each head layer's activity averaged over a GRID x GRID grid of cells, "
+        "each cell length-normalized; 1 = the global mean (default: 2).",
+    ),
+    head_augment: Optional[int] = typer.Option(
+        None,
+        help="Augmented copies of the training images (the FF training's --shift/--rotate/--scale/--flip) "
+        "the head is fitted on, besides the images themselves; 0 = none (default: 4).",
+    ),
     seed: Optional[int] = typer.Option(None, help="Random seed; same seed, same machine: same result (default: 0)."),
     device: Optional[str] = typer.Option(None, help="torch device: cpu or cuda (default: cpu)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
@@ -182,6 +192,8 @@ def train(
         wrong_labels=wrong_labels,
         predict_layers=parse_int_list(predict_layers, "--predict-layers"),
         head_epochs=head_epochs,
+        head_grid=head_grid,
+        head_augment=head_augment,
         seed=seed,
         device=device,
         threads=threads,

@@ -46,7 +46,7 @@ from ffedge.bundle.names import (
 from ffedge.bundle.onnx_patch import patch_initializers
 from ffedge.bundle.update import bundle_version, check_no_links, commit_update, os_reason, update_lock
 from ffedge.errors import FFEdgeError
-from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, wrong_labels
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, head_pool, wrong_labels
 from ffedge.finetuning.numerics import Adam, QuantFFLayer, SoftmaxHead, cosine_lr, ff_step
 from ffedge.fsutil import fsync_dir
 from ffedge.options import check_float, check_int, check_threads
@@ -156,14 +156,15 @@ class HybridNet:
         self.start = {i: [p.copy() for p in layer.params] for i, layer in layers.items()}
         self.sessions = rt.layer_sessions
 
-    def features(self, x_encoded: np.ndarray, which: list[int]) -> list[np.ndarray]:
-        """Spatial means of the activities (before pooling) of layers ``which``."""
+    def features(self, x_encoded: np.ndarray, which: list[int], grid: int = 1) -> list[np.ndarray]:
+        """The head features of layers ``which``: their activities (before pooling) averaged over a
+        ``grid`` x ``grid`` grid (:func:`ffedge.ff.head_pool`; the bundle's layer files output it so)."""
         out: dict[int, np.ndarray] = {}
         cur = x_encoded
         for i in range(max(which) + 1):
             if i in self.layers:
                 h, cur, _, _ = self.layers[i].forward(cur)
-                out[i] = h.mean(axis=(2, 3))
+                out[i] = head_pool(h, grid)
             else:
                 cur, out[i] = self.sessions[i].run([NEXT, FEATURE], {INPUT: cur})
         return [out[i] for i in which]
@@ -439,10 +440,10 @@ def _fit_head(
     head = None
     if b.head and cfg.head_epochs:
         head = SoftmaxHead.from_master(master)
-        hl = list(b.head.layers)
+        hl, grid = list(b.head.layers), b.head.grid_size
         feats = np.concatenate(
             [
-                head.features(net.features(b.encoding.neutral(normalize(x_tr[s : s + 64], mean, std)), hl))
+                head.features(net.features(b.encoding.neutral(normalize(x_tr[s : s + 64], mean, std)), hl, grid), grid)
                 for s in range(0, len(y_tr), 64)
             ]
         )

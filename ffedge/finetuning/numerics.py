@@ -51,7 +51,7 @@ from ffedge.bundle.names import (  # noqa: F401  (master_keys: part of this modu
     master_prefix,
 )
 from ffedge.errors import FFEdgeError
-from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, ff_loss, goodness, normalize_features
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, ff_loss, goodness, head_pool, normalize_features
 
 # Upper bound on the im2col buffer of one chunk of the batch (the batch is processed in chunks).
 COLS_CHUNK_BYTES = 4 << 20
@@ -443,7 +443,8 @@ def ff_step(
 
 
 class SoftmaxHead:
-    """Linear softmax head on normalized per-layer features: W [K, F], b [K]; trained with Adam."""
+    """Linear softmax head on grid-pooled, per-cell normalized per-layer features (:meth:`features`):
+    W [K, F], b [K]; trained with Adam."""
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, lr: float = 1e-2) -> None:
         self.weight = np.array(weight, dtype=np.float32)
@@ -459,21 +460,24 @@ class SoftmaxHead:
         return cls(master[MASTER_HEAD_WEIGHT], master[MASTER_HEAD_BIAS], lr)
 
     @staticmethod
-    def features(acts: Sequence[np.ndarray]) -> np.ndarray:
+    def features(acts: Sequence[np.ndarray], grid: int = 1) -> np.ndarray:
         """Head input [N, F] from the head layers' activities, in head-layer order.
 
-        Each is [N, C, H, W] (activity before pooling; spatially averaged here) or
-        [N, C] (already averaged: a layer session's ``feature`` output). Each is
-        normalized as :func:`ffedge.ff.normalize_features` (divided by its L2 norm + ``HEAD_NORM_EPS``),
-        then all are concatenated.
+        Each is [N, C, H, W] (activity before pooling; pooled here to the head's ``grid`` x ``grid``
+        cells, :func:`ffedge.ff.head_pool`) or [N, C * grid * grid] (already pooled: a layer
+        session's ``feature`` output). Each cell's C-vector is normalized as
+        :func:`ffedge.ff.normalize_features` (divided by its L2 norm + ``HEAD_NORM_EPS``), then all are
+        concatenated.
         """
         feats = []
         for a in acts:
             f = np.asarray(a, dtype=np.float32)
-            f = f.mean(axis=(2, 3)) if f.ndim == 4 else f
-            if f.ndim != 2:
-                raise FFEdgeError(f"head features must be [N, C, H, W] or [N, C], got shape {list(f.shape)}")
-            feats.append(normalize_features(f))
+            f = head_pool(f, grid) if f.ndim == 4 else f
+            if f.ndim != 2 or f.shape[1] % (grid * grid):
+                raise FFEdgeError(
+                    f"head features must be [N, C, H, W] or [N, C * {grid * grid}], got shape {list(f.shape)}"
+                )
+            feats.append(normalize_features(f, grid * grid))
         return np.concatenate(feats, axis=1)
 
     def logits(self, feats: np.ndarray) -> np.ndarray:

@@ -183,13 +183,14 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
     """The inputs and outputs of a ``layer`` (number ``index``), ``fused``, ``shared`` or ``head`` graph, against
     the manifest."""
     m = bundle.manifest
+    cells = m.head.cells if m.head else 1  # a layer's feature: C values per cell of the head's grid
     ins, outs = graph.get_inputs(), graph.get_outputs()
     where = f"{bundle.path}: {quoted(graph.name)} ({kind if kind != 'layer' else f'layer {index}'})"
     if kind == "layer":
         layer = m.layers[index]
         _signature(ins, {INPUT: [None, *layer.in_shape]}, "inputs", where)
         c, h, w = layer.out_shape
-        _signature(outs, {NEXT: [None, c, h, w], GOODNESS: [None], FEATURE: [None, c]}, "outputs", where)
+        _signature(outs, {NEXT: [None, c, h, w], GOODNESS: [None], FEATURE: [None, c * cells]}, "outputs", where)
     elif kind in ("fused", "shared"):
         if kind == "fused":
             _signature(ins, {INPUT: [None, *m.layers[0].in_shape]}, "inputs", where)
@@ -201,13 +202,13 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
         found = [re.fullmatch(FUSED_FEATURE_PATTERN, a.name) for a in outs]
         extra = {int(f.group(1)) for f in found if f and int(f.group(1)) < len(m.layers)}
         for i in sorted({*head_layers, *extra}):
-            want[fused_feature(i)] = [None, m.layers[i].out_shape[0]]
+            want[fused_feature(i)] = [None, m.layers[i].out_shape[0] * cells]
         _signature(outs, want, "outputs", where, ordered=False)
     elif kind == "head":
         assert m.head is not None
         _signature(
             ins,
-            {head_input(i): [None, m.layers[i].out_shape[0]] for i in m.head.layers},
+            {head_input(i): [None, m.layers[i].out_shape[0] * cells] for i in m.head.layers},
             "inputs",
             where,
             ordered=False,

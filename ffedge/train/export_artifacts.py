@@ -144,7 +144,7 @@ def build_manifest(
         "layers": layers,
         "predict_layers": list(cfg["model"]["predict_layers"]),
         "objective": {k: cfg["train"].get(k) for k in ("loss", "alpha", "threshold", "negatives")},
-        "head": {"file": HEAD_FILE, "layers": list(net.head_layers)},
+        "head": {"file": HEAD_FILE, "layers": list(net.head_layers), "grid": net.head_grid},
         "fused": fused,
         **({"shared": shared} if shared else {}),
         "quantization": quant,

@@ -6,8 +6,9 @@ onnxruntime fuse DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv at
 EXTENDED optimization. ``fp32`` exports the float copy of the same network.
 
 Every layer file takes ``x`` [N, C, H, W] and returns ``y`` (the next layer's
-input), ``goodness`` [N] (mean of squares before pooling) and ``feature`` [N, C]
-(spatial mean before pooling, what the head reads). ``net.onnx`` chains the
+input), ``goodness`` [N] (mean of squares before pooling) and ``feature`` [N, C*g*g]
+(the activity before pooling averaged over a g x g grid of cells, g the head's grid;
+g = 1: the spatial mean; what the head reads). ``net.onnx`` chains the
 layer files into one graph; they stay the source of truth.
 """
 
@@ -45,34 +46,37 @@ from ffedge.bundle.names import (
 )
 from ffedge.progress import Reporter
 from ffedge.runtime import make_session
-from ffedge.train.model import FFConvLayer, FFNet, goodness, normalize_features
+from ffedge.train.model import FFConvLayer, FFNet, goodness, head_pool, normalize_features
 
 OPSET = 13
 FUSED_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")
 
 
 class LayerGraph(nn.Module):
-    """One FF layer as exported: next input, goodness and head feature."""
+    """One FF layer as exported: next input, goodness and head feature (pooled to a ``grid`` x ``grid`` grid)."""
 
-    def __init__(self, layer: FFConvLayer) -> None:
+    def __init__(self, layer: FFConvLayer, grid: int = 1) -> None:
         super().__init__()
         self.layer = layer
+        self.grid = grid
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h, y = self.layer(x)
-        return y, goodness(h), h.mean(dim=(2, 3))
+        return y, goodness(h), head_pool(h, self.grid)
 
 
 class HeadGraph(nn.Module):
-    """The softmax head on per-layer features: normalize each, concatenate, linear, softmax."""
+    """The softmax head on per-layer features: normalize each cell, concatenate, linear, softmax."""
 
-    def __init__(self, head: nn.Linear, n_inputs: int) -> None:
+    def __init__(self, head: nn.Linear, n_inputs: int, grid: int = 1) -> None:
         super().__init__()
         self.head = head
         self.n_inputs = n_inputs
+        self.cells = grid * grid
 
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(torch.cat([normalize_features(f) for f in feats], dim=1)), dim=1)
+        f = torch.cat([normalize_features(f, self.cells) for f in feats], dim=1)
+        return torch.softmax(self.head(f), dim=1)
 
 
 def _strip_initializer_inputs(model: onnx.ModelProto) -> None:
@@ -170,9 +174,9 @@ def _quiet_export(fn: Any, *args: Any, **kwargs: Any) -> None:
         fn(*args, **kwargs)
 
 
-def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path, int8: bool) -> None:
-    """Write one FF layer as ONNX with a dynamic batch axis."""
-    graph = LayerGraph(layer).eval()
+def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path, int8: bool, grid: int = 1) -> None:
+    """Write one FF layer as ONNX with a dynamic batch axis (its ``feature`` pooled to a ``grid`` x ``grid`` grid)."""
+    graph = LayerGraph(layer, grid).eval()
     x = torch.zeros(2, *in_shape)
     names = {"input_names": [INPUT], "output_names": list(LAYER_OUTPUTS)}
     dyn = {n: {0: "n"} for n in (INPUT, *LAYER_OUTPUTS)}
@@ -197,9 +201,10 @@ def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path,
 
 
 def export_head(net: FFNet, path: Path) -> None:
-    """Write the float softmax head; inputs ``f{i}`` for each head layer i."""
-    graph = HeadGraph(net.head, len(net.head_layers)).eval()
-    feats = tuple(torch.zeros(2, net.out_shapes[i][0]) for i in net.head_layers)
+    """Write the float softmax head; inputs ``f{i}`` [N, C_i * grid * grid] for each head layer i."""
+    cells = net.head_grid * net.head_grid
+    graph = HeadGraph(net.head, len(net.head_layers), net.head_grid).eval()
+    feats = tuple(torch.zeros(2, net.out_shapes[i][0] * cells) for i in net.head_layers)
     names = [head_input(i) for i in net.head_layers]
     dyn = {n: {0: "n"} for n in names + [PROBS]}
     _quiet_export(
@@ -309,7 +314,7 @@ def write_graphs(
     with reporter.task(f"exporting {len(model.layers)} layers ({precision})", len(model.layers) + 1) as advance:
         for i, layer in enumerate(model.layers):
             name = layer_file(i)
-            export_layer(layer, in_shape, folder / name, int8)
+            export_layer(layer, in_shape, folder / name, int8, model.head_grid)
             spec = model.layer_specs[i]
             entry: dict[str, Any] = {
                 "file": name,

@@ -23,7 +23,7 @@ from torch import nn
 
 from ffedge.errors import FFEdgeError
 from ffedge.bundle.manifest import NORMS
-from ffedge.ff import HEAD_NORM_EPS
+from ffedge.ff import HEAD_NORM_EPS, MAX_HEAD_GRID, pool_matrix
 
 
 @dataclass(frozen=True)
@@ -172,16 +172,37 @@ def goodness(h: torch.Tensor) -> torch.Tensor:
     return h.pow(2).mean(dim=(1, 2, 3))
 
 
-def normalize_features(f: torch.Tensor) -> torch.Tensor:
-    """Head features [B, C] divided by their L2 norm + ``HEAD_NORM_EPS`` per sample.
+def head_pool(h: torch.Tensor, grid: int = 1) -> torch.Tensor:
+    """A layer's head feature: activity [B, C, H, W] averaged per cell of a grid x grid grid, [B, C*grid*grid].
+
+    The torch twin of :func:`ffedge.ff.head_pool`: ``grid`` 1 is the spatial mean (``ReduceMean`` in the
+    exported graph, as in bundles made before the grid existed); a larger grid multiplies by the constant
+    :func:`ffedge.ff.pool_matrix` (one ``MatMul``; exports for any H, W, unlike adaptive pooling).
+    """
+    if grid == 1:
+        return h.mean(dim=(2, 3))
+    b, c, hh, ww = h.shape
+    p = torch.from_numpy(pool_matrix(hh, ww, grid)).to(device=h.device, dtype=h.dtype)
+    return torch.matmul(h.reshape(b, c, hh * ww), p).reshape(b, c * grid * grid)
+
+
+def normalize_features(f: torch.Tensor, cells: int = 1) -> torch.Tensor:
+    """Head features [B, C * cells], each cell's C-vector divided by its L2 norm + ``HEAD_NORM_EPS``.
 
     The torch twin of :func:`ffedge.ff.normalize_features` (training's head and the exported head graph).
     """
-    return f / (f.norm(dim=1, keepdim=True) + HEAD_NORM_EPS)
+    if cells == 1:
+        return f / (f.norm(dim=1, keepdim=True) + HEAD_NORM_EPS)
+    g = f.reshape(f.shape[0], -1, cells)
+    return (g / (g.norm(dim=1, keepdim=True) + HEAD_NORM_EPS)).reshape(f.shape[0], -1)
 
 
 class FFNet(nn.Module):
-    """A stack of FF conv layers plus a linear softmax head on neutral-label activities."""
+    """A stack of FF conv layers plus a linear softmax head on neutral-label activities.
+
+    The head reads each head layer's activity pooled to a ``head_grid`` x ``head_grid`` grid
+    (:func:`head_pool`), each cell normalized (:func:`normalize_features`), all concatenated.
+    """
 
     def __init__(
         self,
@@ -192,6 +213,7 @@ class FFNet(nn.Module):
         quant: QuantConfig,
         head_layers: list[int] | None = None,
         norm: str = "batch",
+        head_grid: int = 1,
     ) -> None:
         super().__init__()
         self.layer_specs = list(layers)
@@ -203,9 +225,11 @@ class FFNet(nn.Module):
         ch = in_channels
         h, w = image_hw
         self.out_shapes: list[tuple[int, int, int]] = []
+        self.act_shapes: list[tuple[int, int, int]] = []  # before pooling
         for spec in layers:
             self.layers.append(FFConvLayer(ch, spec, quant, norm))
             ch = spec.channels
+            self.act_shapes.append((ch, h, w))
             if spec.pool:
                 h, w = h // 2, w // 2
             if h < 1 or w < 1:
@@ -214,8 +238,19 @@ class FFNet(nn.Module):
         # The head reads the normalized outputs of these layers (default: all but the first).
         n = len(layers)
         self.head_layers = head_layers if head_layers is not None else (list(range(1, n)) if n > 1 else [0])
-        feat = sum(self.out_shapes[i][0] for i in self.head_layers)
+        for i in self.head_layers:
+            _, hh, ww = self.pre_pool_shape(i)
+            if not 1 <= head_grid <= min(hh, ww, MAX_HEAD_GRID):
+                raise FFEdgeError(
+                    f"--head-grid {head_grid} does not fit layer {i}'s {hh}x{ww} activity (1..{min(hh, ww, MAX_HEAD_GRID)})"
+                )
+        self.head_grid = head_grid
+        feat = sum(self.out_shapes[i][0] for i in self.head_layers) * head_grid * head_grid
         self.head = nn.Linear(feat, num_classes)
+
+    def pre_pool_shape(self, i: int) -> tuple[int, int, int]:
+        """Layer ``i``'s activity before its pooling, (C, H, W): what goodness and the head feature read."""
+        return self.act_shapes[i]
 
     def forward_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Activities (before pooling) of every layer, inference style (no gradient blocking)."""
@@ -230,13 +265,13 @@ class FFNet(nn.Module):
         return torch.stack([goodness(h) for h in self.forward_layers(x)])
 
     @staticmethod
-    def head_features(hs: list[torch.Tensor], which: list[int]) -> torch.Tensor:
-        """Spatially averaged, length-normalized (:func:`normalize_features`) activities of the chosen layers, concatenated."""
-        return torch.cat([normalize_features(hs[i].mean(dim=(2, 3))) for i in which], dim=1)
+    def head_features(hs: list[torch.Tensor], which: list[int], grid: int = 1) -> torch.Tensor:
+        """The head's input: the activities of layers ``which`` pooled to a grid (:func:`head_pool`), each
+        cell normalized (:func:`normalize_features`), concatenated."""
+        return torch.cat([normalize_features(head_pool(hs[i], grid), grid * grid) for i in which], dim=1)
 
     def head_logits(self, x_neutral: torch.Tensor) -> torch.Tensor:
-        hs = self.forward_layers(x_neutral)
-        return self.head(self.head_features(hs, self.head_layers))
+        return self.head(self.head_features(self.forward_layers(x_neutral), self.head_layers, self.head_grid))
 
 
 def float_copy(net: FFNet) -> FFNet:
@@ -256,6 +291,7 @@ def float_copy(net: FFNet) -> FFNet:
         QuantConfig(enabled=False),
         net.head_layers,
         norm=net.norm,
+        head_grid=net.head_grid,
     )
     own = ff.state_dict()
     src = net.state_dict()

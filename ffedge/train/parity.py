@@ -3,7 +3,8 @@
 Per layer: the largest difference of the layer output between torch and
 onnxruntime, in units of that layer's output quantization step (int8) or in
 absolute value (fp32), with both sides fed the same input. End to end: top-1
-agreement and accuracy of goodness-over-all-labels predictions and of the head.
+agreement and accuracy of goodness-over-all-labels predictions and of the head, and the largest difference
+of the head's probabilities (the head reads the layers' grid-pooled features: ``head.grid``).
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def parity_report(
         g_o = rt.goodness(x)
         advance(1)
         with torch.no_grad():
-            h_t = ref.head(neutral_features(ref, enc, x)).argmax(1).numpy()
-        h_o = rt.head_probs(x).argmax(1)
+            probs_t = torch.softmax(ref.head(neutral_features(ref, enc, x)), dim=1).numpy()
+        probs_o = rt.head_probs(x)
+        h_t, h_o = probs_t.argmax(1), probs_o.argmax(1)
         advance(1)
     p_t, p_o = g_t.argmax(1), g_o.argmax(1)
     return {
@@ -104,5 +106,6 @@ def parity_report(
         "head_agreement": float((h_t == h_o).mean()),
         "head_torch_accuracy": float((h_t == y).mean()),
         "head_bundle_accuracy": float((h_o == y).mean()),
+        "head_max_prob_diff": float(np.abs(probs_t - probs_o).max()) if len(y) else 0.0,
         "layers": layers,
     }

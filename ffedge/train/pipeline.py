@@ -36,6 +36,7 @@ from ffedge.train.trainer import (
     build_model,
     eval_subset,
     fit_head,
+    head_training_features,
     neutral_features,
     prepare_data,
 )
@@ -222,12 +223,13 @@ def _epoch(
 
 
 def _fit_head(net: FFNet, cfg: TrainConfig, data: PreparedData, folder: RunFolder) -> tuple[torch.Tensor, float]:
-    """Fit the softmax head on frozen neutral-label activities; return the held-out features and the seconds it took."""
+    """Fit the softmax head on frozen neutral-label activities (of the training images and ``head_augment``
+    augmented copies); return the held-out features and the seconds it took."""
     folder.phase = "while fitting the head"
     t_head = time.perf_counter()
-    f_train = neutral_features(net, data.encoding, data.x_train, cfg.device)
+    f_train, y_train = head_training_features(net, cfg, data)
     f_test = neutral_features(net, data.encoding, data.x_test, cfg.device)
-    fit_head(net, f_train, data.dataset.y_train, cfg.head_epochs, cfg.seed)
+    fit_head(net, f_train, y_train, cfg.head_epochs, cfg.seed)
     return f_test, time.perf_counter() - t_head
 
 

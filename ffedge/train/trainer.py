@@ -18,7 +18,7 @@ import torch
 
 from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, MAX_HEAD_GRID
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import compute_normalization, normalize
@@ -32,6 +32,7 @@ MAX_SEED = 2**63 - 1
 MAX_CHANNELS = 4096  # per layer; far more only exhausts memory while the model is built
 MAX_KERNEL = 31
 MAX_SHIFT = 64  # pixels of random translation; far beyond any useful value
+MAX_HEAD_AUGMENT = 64  # augmented copies of the training set for the head
 # Far beyond any useful value; larger ones overflow float32 inside the optimizer or the loss.
 MAX_LR, MAX_ALPHA, MAX_THRESHOLD = 1e3, 1e4, 1e6
 
@@ -58,6 +59,8 @@ class TrainConfig:
     wrong_labels: int = 1
     predict_layers: list[int] | None = None
     head_epochs: int = 40
+    head_grid: int = 2
+    head_augment: int = 4
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -103,6 +106,8 @@ class TrainConfig:
         check_int(self.epochs, "--epochs", 1)
         check_int(self.batch_size, "--batch-size", 1)
         check_int(self.head_epochs, "--head-epochs", 0)
+        check_int(self.head_grid, "--head-grid", 1, MAX_HEAD_GRID)
+        check_int(self.head_augment, "--head-augment", 0, MAX_HEAD_AUGMENT)
         check_int(self.eval_samples, "--eval-samples", 0)
         check_int(self.shift, "--shift", 0, MAX_SHIFT)
         check_float(self.rotate, "--rotate", 0.0, 180.0)
@@ -181,7 +186,17 @@ class TrainConfig:
             d = {**d, "weight_bits": d.get("bits", 8)}
         # Runs made before the float phase and augmentation existed: QAT from the first step, no augmentation.
         # Runs made before the precision option trained in fp32.
-        d = {"qat_epochs": None, "shift": 0, "rotate": 0.0, "scale": 0.0, "precision": "fp32", **d}
+        # Runs made before the head grid existed: the head read the global spatial mean.
+        d = {
+            "qat_epochs": None,
+            "shift": 0,
+            "rotate": 0.0,
+            "scale": 0.0,
+            "precision": "fp32",
+            "head_grid": 1,
+            "head_augment": 0,
+            **d,
+        }
         cfg = cls(**d)
         cfg.check_types(source)
         return cfg
@@ -295,7 +310,15 @@ def build_model(
     cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], num_classes: int, quant: bool | None = None
 ) -> FFNet:
     """The network described by ``cfg`` (fresh weights); ``quant=False`` builds its float version."""
-    return FFNet(in_channels, image_hw, num_classes, parse_layers(cfg.layers), cfg.quant_config(quant), norm=cfg.norm)
+    return FFNet(
+        in_channels,
+        image_hw,
+        num_classes,
+        parse_layers(cfg.layers),
+        cfg.quant_config(quant),
+        norm=cfg.norm,
+        head_grid=cfg.head_grid,
+    )
 
 
 def to_quantized(net: FFNet, cfg: TrainConfig) -> FFNet:
@@ -452,12 +475,35 @@ def neutral_features(
     net.eval()
     feats = [
         net.head_features(
-            net.forward_layers(torch.from_numpy(enc.neutral(x[s : s + batch])).to(device)), net.head_layers
+            net.forward_layers(torch.from_numpy(enc.neutral(x[s : s + batch])).to(device)),
+            net.head_layers,
+            net.head_grid,
         )
         for s in range(0, len(x), batch)
     ]
     net.train(was_training)
     return torch.cat(feats)
+
+
+def head_training_features(
+    net: FFNet, cfg: TrainConfig, data: PreparedData, batch: int = 500
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The head's training set: neutral-label features of the training images and of ``cfg.head_augment``
+    augmented copies of them (the FF training's own distortions: ``shift``, ``rotate``, ``scale``, ``flip``), and
+    their labels.
+
+    The copies come from their own random stream (seed ``[cfg.seed, 13]``), so the layers' training is unchanged.
+    On mnist-5k's default run 4 copies took the 2x2-grid head from 97.0% to 97.6% (mean of 3 head seeds).
+    """
+    feats = [neutral_features(net, data.encoding, data.x_train, cfg.device, batch)]
+    if cfg.head_augment:
+        rng = np.random.default_rng([cfg.seed, 13])
+        fill = np.array([-m / s for m, s in zip(data.mean, data.std)], np.float32)  # a black pixel
+        for _ in range(cfg.head_augment):
+            for s in range(0, len(data.x_train), batch):
+                xa = augment(data.x_train[s : s + batch], cfg.shift, cfg.flip, fill, rng, cfg.rotate, cfg.scale)
+                feats.append(neutral_features(net, data.encoding, xa.astype(np.float32, copy=False), cfg.device, batch))
+    return torch.cat(feats), np.tile(data.dataset.y_train, 1 + cfg.head_augment)
 
 
 def fit_head(net: FFNet, f_train: torch.Tensor, y_train: np.ndarray, epochs: int, seed: int) -> None:

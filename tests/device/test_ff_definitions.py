@@ -79,6 +79,25 @@ def test_head_features_are_divided_by_their_norm_plus_eps() -> None:
     assert np.allclose(out[0], np.array([3.0, 4.0]) / (5.0 + 1e-6)) and np.array_equal(out[1], [0.0, 0.0])
 
 
+def test_grid_features_normalize_each_cell() -> None:
+    # [N, C * cells] channel-major: cell j of channel c at c * cells + j; each cell's C-vector gets unit length.
+    f = np.array([[3.0, 1.0, 4.0, 0.0]])  # C = 2, cells = 2: cell 0 = (3, 4), cell 1 = (1, 0)
+    out = ff.normalize_features(f, cells=2)
+    assert np.allclose(out, [[3 / (5 + 1e-6), 1 / (1 + 1e-6), 4 / (5 + 1e-6), 0.0]])
+
+
+def test_head_pool_is_adaptive_average_pooling() -> None:
+    h = np.arange(2 * 3 * 7 * 5, dtype=np.float32).reshape(2, 3, 7, 5)
+    assert np.allclose(ff.head_pool(h, 1), h.mean(axis=(2, 3)))
+    out = ff.head_pool(h, 2).reshape(2, 3, 2, 2)
+    # rows 0..3 and 3..6 (7 rows overlap in one), columns 0..2 and 2..4
+    for r, (r0, r1) in enumerate(((0, 4), (3, 7))):
+        for c, (c0, c1) in enumerate(((0, 3), (2, 5))):
+            assert np.allclose(out[:, :, r, c], h[:, :, r0:r1, c0:c1].mean(axis=(2, 3)), rtol=1e-6)
+    with pytest.raises(ValueError):
+        ff.pool_matrix(3, 3, 4)
+
+
 def test_wrong_labels_are_wrong() -> None:
     y = np.arange(10).repeat(20)
     rng = np.random.default_rng(0)
@@ -158,3 +177,20 @@ def test_torch_head_normalization_is_the_numpy_one() -> None:
     f[2] = 0  # an all-zero feature: the eps keeps it finite (zero)
     out = normalize_features(torch.from_numpy(f)).numpy()
     assert np.allclose(out, ff.normalize_features(f), rtol=1e-6, atol=1e-7) and np.array_equal(out[2], f[2])
+    f12 = np.abs(rng.normal(size=(4, 12))).astype(np.float32)
+    out = normalize_features(torch.from_numpy(f12), 4).numpy()
+    assert np.allclose(out, ff.normalize_features(f12, 4), rtol=1e-6, atol=1e-7)
+
+
+def test_torch_head_pool_is_the_numpy_one() -> None:
+    torch = pytest.importorskip("torch")
+    from ffedge.train.model import head_pool
+
+    rng = np.random.default_rng(6)
+    for shape in ((3, 4, 7, 7), (2, 5, 14, 14), (2, 3, 28, 9)):
+        h = np.maximum(rng.normal(size=shape), 0).astype(np.float32)
+        for grid in (1, 2, 3, 4):
+            out = head_pool(torch.from_numpy(h), grid).numpy()
+            assert np.allclose(out, ff.head_pool(h, grid), rtol=1e-5, atol=1e-6)
+            ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(h), grid).reshape(len(h), -1).numpy()
+            assert np.allclose(out, ref, rtol=1e-5, atol=1e-6)

@@ -90,6 +90,8 @@ MALFORMED = [
     ('bundle_version="two"', _set("bundle_version", "two"), "'bundle_version' must be an integer"),
     ("history=5", _set("history", 5), "'history' must be a list of update records, got 5"),
     ("head.layers=[99]", _set("head.layers", [99]), "'head.layers' must list distinct layer numbers in 0..2, got [99]"),
+    ("head.grid=0", _set("head.grid", 0), "'head.grid' must be an integer in 1..16, got 0"),
+    ("head.grid=8 on 7x7", _set("head.grid", 8), "'head.grid' must fit layer 2's 7x7 activity, got 8"),
     ("fused.file absolute", _set("fused.file", "/etc/passwd"), "'fused.file' must name a listed file"),
     ("master.file unlisted", _set("master", {"file": "elsewhere.npz"}), "'master.file' must name a listed file"),
     (
@@ -116,6 +118,21 @@ MALFORMED = [
         r"unknown precision 'int8\nerror: forged line'",
     ),
 ]
+
+
+def test_head_grid_absent_is_1_and_must_fit_the_graphs(golden_int8: Path, tmp_path: Path) -> None:
+    """The golden bundles predate ``head.grid``: they read as grid 1 (features [N, C]); a manifest claiming a 2x2
+    grid for those graphs is refused when the graphs are opened (features [N, C] are not [N, 4C])."""
+    from ffedge.runtime import Runtime
+
+    assert "grid" not in json.loads((golden_int8 / MANIFEST).read_text())["head"]
+    m = open_bundle(golden_int8).manifest
+    assert m.head is not None and m.head.grid is None and m.head.grid_size == 1 and m.head.cells == 1
+    assert "grid" not in m.to_dict()["head"]  # round-trips without the key
+    b = _edited(golden_int8, tmp_path / "b", _set("head.grid", 2))
+    assert open_bundle(b).manifest.head.cells == 4  # type: ignore[union-attr]
+    with pytest.raises(FFEdgeError, match="does not fit the manifest"):
+        Runtime(b)
 
 
 @pytest.mark.parametrize("case, edit, needle", MALFORMED, ids=[c[0] for c in MALFORMED])

@@ -26,6 +26,10 @@ Deterministic: seed 0, one thread and fp32 arithmetic (no bf16 autocast, whose u
 same ffedge, torch and brevitas give the same weights. The manifests still differ byte-wise between two
 regenerations: they record their creation time and the (temporary) run folder.
 
+The committed bundles predate the manifest's ``head.grid`` (their heads read the global spatial mean of each
+layer, features [N, C]): they are what keeps bundles of that format loading (tests/device/test_manifest.py
+checks it). Regenerated now they would get the default 2x2 grid; keep the old ones next to them then.
+
 Regenerate when tests/device/test_golden.py says so: the bundle format changed (a new manifest version or
 layout) or the exporter writes something the golden bundles lack. Commit the result (a few hundred KB), and say in
 the commit message why it was regenerated.

@@ -42,11 +42,35 @@ def test_int8_layers_store_int8_weights_and_fuse_to_integer_convs(int8_bundle: P
 def test_parity_is_recorded_and_tight(int8_bundle: Path) -> None:
     p = json.loads((int8_bundle / MANIFEST).read_text())["parity"]
     assert p["samples"] == 200
-    assert p["agreement"] >= 0.97 and p["head_agreement"] >= 0.97
+    assert p["agreement"] >= 0.97 and p["head_agreement"] >= 0.97 and 0 <= p["head_max_prob_diff"] < 0.05
     assert abs(p["torch_accuracy"] - p["bundle_accuracy"]) <= 0.02
     # onnxruntime's integer convs round like the fake-quant model up to one output step.
     for layer in p["layers"]:
         assert layer["max_steps"] <= 1.01 and layer["frac_off_by_more_than_half_step"] < 0.01
+
+
+def test_head_reads_a_2x2_grid_and_matches_the_torch_head(int8_bundle: Path, tiny_run: Path) -> None:
+    """The default head grid: each layer file's feature is [N, C*4]; head.onnx and the numpy head read it as the
+    torch model's head does (same probabilities from the same layer outputs)."""
+    import torch
+
+    from ffedge.finetuning.numerics import SoftmaxHead
+    from ffedge.runtime import Runtime
+
+    m = json.loads((int8_bundle / MANIFEST).read_text())
+    assert m["head"]["grid"] == 2
+    rt = Runtime(int8_bundle)
+    _, net = load_run(tiny_run)
+    x = np.random.default_rng(0).normal(size=(6, *rt.bundle.layers[0].in_shape)).astype(np.float32)
+    _, feats = rt.run_layers(x, rt.head_layers)
+    for i, f in zip(rt.head_layers, feats):
+        assert f.shape == (6, rt.bundle.layers[i].out_shape[0] * 4)
+    probs = rt.head_session.run(None, {f"f{i}": f for i, f in zip(rt.head_layers, feats)})[0]
+    head = SoftmaxHead(net.head.weight.detach().numpy(), net.head.bias.detach().numpy())
+    assert np.allclose(head.predict_proba(head.features(feats, 2)), probs, atol=1e-5)
+    with torch.no_grad():
+        ref = torch.softmax(net.head(net.head_features(net.forward_layers(torch.from_numpy(x)), net.head_layers, 2)), 1)
+    assert np.allclose(ref.numpy(), probs, atol=2e-3)  # int8 kernels vs fake quant: within rounding
 
 
 def test_fp32_bundle_matches_float_model_and_int8_is_smaller(fp32_bundle: Path, int8_bundle: Path) -> None:

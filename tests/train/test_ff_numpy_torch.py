@@ -4,12 +4,14 @@ checks of the same core (on the golden bundle) are in tests/device/test_ff_numpy
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from ffedge import ff
 from ffedge.errors import FFEdgeError
 from ffedge.finetuning import numerics as ffn
 from tests.device.test_ff_numpy import _layer, _steps, layer_data
@@ -191,6 +193,12 @@ def test_head_features_match_ffnet_head_features() -> None:
     assert np.allclose(f, ref, atol=1e-6)
     # A layer session's ``feature`` output (spatial means) gives the same features.
     assert np.allclose(ffn.SoftmaxHead.features([hs[i].mean(axis=(2, 3)) for i in which]), ref, atol=1e-6)
+    # A 2x2 grid: per-cell pooled, per-cell normalized, from activities or from the layers' pooled outputs.
+    ref2 = FFNet.head_features([torch.from_numpy(h) for h in hs], which, 2).numpy()
+    assert ref2.shape == (5, 36)
+    assert np.allclose(ffn.SoftmaxHead.features([hs[i] for i in which], 2), ref2, atol=1e-6)
+    pooled = [ff.head_pool(hs[i], 2) for i in which]
+    assert np.allclose(ffn.SoftmaxHead.features(pooled, 2), ref2, atol=1e-6)
 
 
 def test_head_gradients_match_torch_cross_entropy() -> None:
@@ -204,3 +212,21 @@ def test_head_gradients_match_torch_cross_entropy() -> None:
     lt.backward()
     assert loss == pytest.approx(lt.item(), rel=1e-5)
     assert np.allclose(dw, wt.grad.numpy(), atol=1e-6) and np.allclose(db, bt.grad.numpy(), atol=1e-6)
+
+
+def test_finetune_refits_a_2x2_grid_head(master_bundle: Path, small_npz: str, tmp_path: Path) -> None:
+    """On-device fine-tuning of a bundle whose head reads a 2x2 grid: the numpy layers pool as the layer files
+    do, the refit head keeps its [K, 4 * sum C] shape and the new bundle runs in every mode."""
+    from ffedge.finetuning import FinetuneConfig, finetune
+    from ffedge.runtime import Runtime
+
+    assert json.loads((master_bundle / "manifest.json").read_text())["head"]["grid"] == 2
+    cfg = FinetuneConfig(data=small_npz, epochs=1, max_examples=60, eval_examples=40, head_epochs=2, threads=1)
+    res = finetune(master_bundle, cfg, out=tmp_path / "new")
+    assert res["version"] == 2
+    m = json.loads((tmp_path / "new" / "manifest.json").read_text())
+    assert m["history"][-1]["head"] is True and m["head"]["grid"] == 2
+    rt = Runtime(tmp_path / "new")
+    x = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28, 1), dtype=np.uint8)
+    for mode in ("all", "head", "topk"):
+        assert rt.predict(x, mode, k=2).labels.shape == (3,)
