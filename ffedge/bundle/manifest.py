@@ -294,8 +294,7 @@ class FusedEntry(_Entry):
 @dataclass
 class SharedEntry(_Entry):
     """The whole-net graph with layer 0's image part once per image: ``x`` [N, C, H, W] and ``labels`` [N, K']
-    (rows of its label table; ``neutral`` is the neutral label's row) -> ``goodness`` [N, K'] and
-    ``feature{i}`` [N*K', C_i]."""
+    (rows of its label table; ``neutral`` is the neutral label's row) -> ``goodness`` [N, K']."""
 
     file: str
     neutral: int

@@ -197,6 +197,9 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
         else:
             _signature(ins, {INPUT: [None, *m.input.shape], LABELS: [None, None]}, "inputs", where, ints=[LABELS])
         want: dict[str, Dims] = {GOODNESS: [None] if kind == "fused" else [None, None]}
+        if kind == "shared":  # goodness only: the features of the neutral pass come from net.onnx
+            _signature(outs, want, "outputs", where)
+            return
         head_layers = m.head.layers if m.head else []
         # Features of other layers may be there too (unused); anything else (a layer's 'y') is another graph.
         found = [re.fullmatch(FUSED_FEATURE_PATTERN, a.name) for a in outs]
@@ -366,31 +369,27 @@ class Runtime:
                 feats.append(f)
         return np.stack(gs), feats
 
-    def run_shared(
-        self, x_norm: np.ndarray, rows: np.ndarray, feature_layers: Sequence[int] = ()
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
+    def run_shared(self, x_norm: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """The shared graph on images [B, C, H, W] with label-table rows [B, K'] (class indices, or the manifest's
-        ``shared.neutral``): goodness [B, K'] and the requested features [B*K', C_i]; chunked by ``max_hypotheses``."""
+        ``shared.neutral``): goodness [B, K']; chunked by ``max_hypotheses`` and split across ``workers``."""
         sess = self.shared_session
         assert sess is not None
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         b, k = rows.shape
-        names = [GOODNESS] + [fused_feature(i) for i in feature_layers]
         if b == 0 or k == 0:
-            empty = sess.run(names, {INPUT: x_norm[:0], LABELS: rows[:0]})
-            return empty[0].reshape(b, k), [e[:0] for e in empty[1:]]
+            return np.zeros((b, k), np.float32)
         per = max(1, self.max_hypotheses // k)
         if self.workers > 1:
             per = min(per, math.ceil(b / self.workers))
         chunks = [(s, min(s + per, b)) for s in range(0, b, per)]
-        # Fewer image chunks than workers: also split each chunk's labels (goodness only; features are image-major).
-        parts_k = 1 if feature_layers or len(chunks) >= self.workers else min(k, self.workers // len(chunks))
+        # Fewer image chunks than workers: also split each chunk's labels.
+        parts_k = 1 if len(chunks) >= self.workers else min(k, self.workers // len(chunks))
         cuts = [round(j * k / parts_k) for j in range(parts_k + 1)]
         jobs = [(s, e, lo, hi) for s, e in chunks for lo, hi in zip(cuts, cuts[1:])]
 
-        def run(job: tuple[int, int, int, int]) -> list[np.ndarray]:
+        def run(job: tuple[int, int, int, int]) -> np.ndarray:
             s, e, lo, hi = job
-            return sess.run(names, {INPUT: x_norm[s:e], LABELS: rows[s:e, lo:hi]})
+            return sess.run([GOODNESS], {INPUT: x_norm[s:e], LABELS: rows[s:e, lo:hi]})[0]
 
         if len(jobs) > 1 and self.workers > 1:
             if self._pool is None:
@@ -398,17 +397,16 @@ class Runtime:
             outs = list(self._pool.map(run, jobs))
         else:
             outs = [run(j) for j in jobs]
-        goodness = np.concatenate(
-            [np.concatenate([o[0] for o in outs[c * parts_k : (c + 1) * parts_k]], axis=1) for c in range(len(chunks))]
+        return np.concatenate(
+            [np.concatenate(outs[c * parts_k : (c + 1) * parts_k], axis=1) for c in range(len(chunks))]
         )
-        return goodness, [np.concatenate([o[j] for o in outs]) for j in range(1, len(names))]
 
     def goodness(self, x_norm: np.ndarray, classes: np.ndarray | None = None) -> np.ndarray:
         """Goodness (summed over the prediction layers) of every label hypothesis: [B, K'] (K' = len(classes) or K)."""
         k = self.num_classes if classes is None else len(classes)
         if self.shared_session is not None:
             cls = np.arange(self.num_classes) if classes is None else np.asarray(classes, dtype=np.int64)
-            return self.run_shared(x_norm, np.tile(cls, (len(x_norm), 1)))[0]
+            return self.run_shared(x_norm, np.tile(cls, (len(x_norm), 1)))
         per = max(1, self.max_hypotheses // max(k, 1))
         out = [
             self.forward(self.encoding.encode_all(x_norm[s : s + per], classes))[0].reshape(-1, k)
@@ -417,11 +415,8 @@ class Runtime:
         return np.concatenate(out) if out else np.zeros((0, k), np.float32)
 
     def neutral_features(self, x_norm: np.ndarray) -> list[np.ndarray]:
-        """The head layers' features of one neutral-label pass per image, in ``head_layers`` order."""
-        if self.shared_session is not None:
-            assert self.bundle.manifest.shared is not None
-            rows = np.full((len(x_norm), 1), self.bundle.manifest.shared.neutral, dtype=np.int64)
-            return self.run_shared(x_norm, rows, self.head_layers)[1]
+        """The head layers' features of one neutral-label pass per image, in ``head_layers`` order (``net.onnx``:
+        the shared graph returns goodness only)."""
         parts = [
             self.forward(self.encoding.neutral(x_norm[s : s + self.max_hypotheses]), self.head_layers)[1]
             for s in range(0, len(x_norm), self.max_hypotheses)
@@ -480,7 +475,7 @@ class Runtime:
         cand = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [B, k]
         scores = np.full(probs.shape, -np.inf, dtype=np.float32)
         if len(x) and self.shared_session is not None:
-            np.put_along_axis(scores, cand, self.run_shared(x, cand)[0], axis=1)
+            np.put_along_axis(scores, cand, self.run_shared(x, cand), axis=1)
         elif len(x):
             reps = np.repeat(x, k, axis=0)
             g = np.concatenate(
