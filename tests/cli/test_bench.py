@@ -17,7 +17,8 @@ def test_bench_cli_compares_three_variants(int8_bundle: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     rows = {row["name"]: row for row in out["rows"]}
-    assert set(rows) == {"fp32 ORT", "int8 ORT", "torch fp32 eager"} and out["isolated"] is True
+    assert set(rows) == {"fp32 ORT", "int8 ORT", "int8 ORT per-hypothesis", "torch fp32 eager"} and out["isolated"]
+    assert rows["int8 ORT"]["limit"]["macs_per_image"] < rows["int8 ORT per-hypothesis"]["limit"]["macs_per_image"]
     assert rows["fp32 ORT"]["drop_pp"] == 0.0 and rows["torch fp32 eager"]["speedup"] == 1.0
     assert rows["int8 ORT"]["size_ratio"] < 0.5
     assert all(len(row["layer_ms"]) == 3 for row in rows.values())

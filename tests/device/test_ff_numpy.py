@@ -12,6 +12,7 @@ import pytest
 
 from ffedge.bundle.onnx_patch import patch_initializers, read_initializers
 from ffedge.errors import FFEdgeError
+from ffedge.ff import head_pool
 from ffedge.finetuning import numerics as ffn
 from tests.conftest import REPO, TRAIN_ONLY, python
 
@@ -103,7 +104,8 @@ def test_forward_matches_onnxruntime_layers_within_one_step(real: dict[str, Any]
         # h off by at most one step bounds the goodness and feature differences.
         g_bound = (np.square(h) - np.square(np.maximum(h - s, 0))).reshape(len(h), -1).mean(1) + s * s
         assert np.all(np.abs(g - ort["goodness"]) <= g_bound + 1e-6), i
-        assert np.abs(h.mean(axis=(2, 3)) - ort["feature"]).max() <= s, i
+        grid = real["manifest"]["head"].get("grid", 1)
+        assert np.abs(head_pool(h, grid) - ort["feature"]).max() <= s, i
 
 
 # ---------------------------------------------------------------------------- losses

@@ -121,16 +121,21 @@ MALFORMED = [
 
 
 def test_head_grid_absent_is_1_and_must_fit_the_graphs(golden_int8: Path, tmp_path: Path) -> None:
-    """The golden bundles predate ``head.grid``: they read as grid 1 (features [N, C]); a manifest claiming a 2x2
-    grid for those graphs is refused when the graphs are opened (features [N, C] are not [N, 4C])."""
+    """The golden bundles' head reads a 2x2 grid (features [N, 4C]). Without ``head.grid`` (as in bundles made before
+    the key) a manifest reads as grid 1 and round-trips without the key; for these graphs that is refused when they
+    are opened (features [N, 4C] are not [N, C])."""
     from ffedge.runtime import Runtime
 
-    assert "grid" not in json.loads((golden_int8 / MANIFEST).read_text())["head"]
     m = open_bundle(golden_int8).manifest
-    assert m.head is not None and m.head.grid is None and m.head.grid_size == 1 and m.head.cells == 1
-    assert "grid" not in m.to_dict()["head"]  # round-trips without the key
-    b = _edited(golden_int8, tmp_path / "b", _set("head.grid", 2))
-    assert open_bundle(b).manifest.head.cells == 4  # type: ignore[union-attr]
+    assert m.head is not None and m.head.grid == 2 and m.head.cells == 4
+
+    def drop_grid(_: Path, d: dict[str, Any]) -> None:
+        del d["head"]["grid"]
+
+    b = _edited(golden_int8, tmp_path / "b", drop_grid)
+    old = open_bundle(b).manifest
+    assert old.head is not None and old.head.grid is None and old.head.grid_size == 1 and old.head.cells == 1
+    assert "grid" not in old.to_dict()["head"]  # round-trips without the key
     with pytest.raises(FFEdgeError, match="does not fit the manifest"):
         Runtime(b)
 
@@ -171,11 +176,18 @@ def _copy_over(src: str, dst: str) -> Callable[[Path, dict[str, Any]], None]:
 def test_a_graph_that_is_not_the_one_described_is_one_line_in_every_mode(
     golden_int8: Path, tmp_path: Path, x_npy: Path
 ) -> None:
+    # net.onnx serves the neutral pass of head and topk (all runs on the shared graph, opened in every mode).
     net = _edited(golden_int8, tmp_path / "net", _copy_over("layer0.onnx", "net.onnx"))
-    for mode in ("all", "head", "topk"):
+    for mode in ("head", "topk"):
         assert_one_line_error(
             cli_inprocess("predict", str(net), str(x_npy), "--mode", mode),
             "'net.onnx' (fused) does not fit the manifest: its outputs are ['y', 'goodness', 'feature']",
+        )
+    shared = _edited(golden_int8, tmp_path / "shared", _copy_over("layer0.onnx", "net_shared.onnx"))
+    for mode in ("all", "head", "topk"):
+        assert_one_line_error(
+            cli_inprocess("predict", str(shared), str(x_npy), "--mode", mode),
+            "'net_shared.onnx' (shared) does not fit the manifest: its inputs are ['x']",
         )
     head = _edited(golden_int8, tmp_path / "head", _copy_over("layer0.onnx", "head.onnx"))
     r = cli("predict", str(head), str(x_npy), "--mode", "head", timeout=120)
