@@ -71,6 +71,9 @@ def _start(bundle: Path, data: str, *extra: str, env: dict[str, str] | None = No
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # As from an interactive shell: a test run started in the background (`cmd &` without job control)
+        # inherits SIGINT ignored, and so would ffedge, which then could not be interrupted.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     for line in p.stdout:  # type: ignore[union-attr]
         if "held-out accuracy before" in line:
