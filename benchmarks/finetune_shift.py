@@ -10,7 +10,7 @@ before and after. For comparison a torch backprop fine-tune of the same layers
 runs in another fresh process.
 
 Without --bundle the script first trains that bundle itself (`ffedge train` on
-mnist-5k, 40 epochs, then `ffedge export --int8 --master`, into --work).
+mnist-5k, ffedge train's default epochs (50), then `ffedge export --int8 --master`, into --work).
 
     python benchmarks/finetune_shift.py --anchors 0,0.002,0.02
     python benchmarks/finetune_shift.py --bundle export/mnist-5k-int8-master --run runs/mnist-5k   # a bundle you exported
@@ -153,7 +153,7 @@ def main() -> int:
         "--train-epochs",
         type=int,
         default=None,
-        help="epochs of the run trained without --bundle (default 40, ffedge's; --quick: 1)",
+        help="epochs of the run trained without --bundle (default: ffedge train's, 50 today; --quick: 1)",
     )
     p.add_argument(
         "--train-images",
