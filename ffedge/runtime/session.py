@@ -191,15 +191,12 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
         _signature(ins, {INPUT: [None, *layer.in_shape]}, "inputs", where)
         c, h, w = layer.out_shape
         _signature(outs, {NEXT: [None, c, h, w], GOODNESS: [None], FEATURE: [None, c * cells]}, "outputs", where)
-    elif kind in ("fused", "shared"):
-        if kind == "fused":
-            _signature(ins, {INPUT: [None, *m.layers[0].in_shape]}, "inputs", where)
-        else:
-            _signature(ins, {INPUT: [None, *m.input.shape], LABELS: [None, None]}, "inputs", where, ints=[LABELS])
-        want: dict[str, Dims] = {GOODNESS: [None] if kind == "fused" else [None, None]}
-        if kind == "shared":  # goodness only: the features of the neutral pass come from net.onnx
-            _signature(outs, want, "outputs", where)
-            return
+    elif kind == "shared":  # goodness only: the features of the neutral pass come from net.onnx
+        _signature(ins, {INPUT: [None, *m.input.shape], LABELS: [None, None]}, "inputs", where, ints=[LABELS])
+        _signature(outs, {GOODNESS: [None, None]}, "outputs", where)
+    elif kind == "fused":
+        _signature(ins, {INPUT: [None, *m.layers[0].in_shape]}, "inputs", where)
+        want: dict[str, Dims] = {GOODNESS: [None]}
         head_layers = m.head.layers if m.head else []
         # Features of other layers may be there too (unused); anything else (a layer's 'y') is another graph.
         found = [re.fullmatch(FUSED_FEATURE_PATTERN, a.name) for a in outs]
@@ -283,14 +280,14 @@ class Runtime:
         self.n_layers = len(self.bundle.layers)
         m = self.bundle.manifest
         self.head_layers = list(m.head.layers) if m.head else []
-        self.head_session = self._open(m.head.file, "head", spin=False) if m.head and not stream else None
+        self.head_session = self.open_graph(m.head.file, "head", spin=False) if m.head and not stream else None
         use_shared = m.shared is not None and shared and not stream
         # The shared graph's hypotheses are split across ``threads`` concurrent single-threaded runs: at batch 1,
         # onnxruntime's intra-op threads gain little on these small convolutions (see export/README.md).
         self.workers = self.threads if (use_shared and self.threads) else 1
         self._pool: ThreadPoolExecutor | None = None
         self.shared_session = (
-            self._open(m.shared.file, "shared", spin=True, threads=1 if self.workers > 1 else self.threads)
+            self.open_graph(m.shared.file, "shared", spin=True, threads=1 if self.workers > 1 else self.threads)
             if use_shared
             else None
         )
@@ -298,10 +295,12 @@ class Runtime:
         self._layer_sessions: list[Graph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
 
-    def _open(self, name: str, kind: str, spin: bool, index: int = 0, threads: int | None = None) -> Graph:
+    def open_graph(self, name: str, kind: str, spin: bool, index: int = 0, threads: int | None = None) -> Graph:
+        """A session of the bundle file ``name`` (or its replacement), checked as a ``kind`` graph; in streaming
+        mode without arena or memory pattern."""
         path = self.replaced.get(Path(name).name, self.bundle.file(name))
         n = self.threads if threads is None else threads
-        graph = Graph(make_session(path, n, spin, self.providers, arena=self.arena), name)
+        graph = Graph(make_session(path, n, spin, self.providers, arena=self.arena, mem_pattern=not self.stream), name)
         check_graph(graph, kind, self.bundle, index)
         return graph
 
@@ -310,7 +309,7 @@ class Runtime:
         """The session of ``net.onnx`` (encoded hypotheses in), opened on first use; None without one."""
         m = self.bundle.manifest
         if self._fused is None and m.fused is not None and not self.stream:
-            self._fused = self._open(m.fused.file, "fused", spin=True)
+            self._fused = self.open_graph(m.fused.file, "fused", spin=True)
         return self._fused
 
     @property
@@ -318,7 +317,7 @@ class Runtime:
         """One session per FF layer (input ``x``; outputs ``y``, ``goodness``, ``feature``)."""
         if self._layer_sessions is None:
             self._layer_sessions = [
-                self._open(layer.file, "layer", False, i) for i, layer in enumerate(self.bundle.layers)
+                self.open_graph(layer.file, "layer", False, i) for i, layer in enumerate(self.bundle.layers)
             ]
         return self._layer_sessions
 
@@ -427,17 +426,16 @@ class Runtime:
 
     def head_probs(self, x_norm: np.ndarray) -> np.ndarray:
         """Softmax head on one neutral-label pass: [B, K]."""
-        if self.bundle.manifest.head is None:
+        m = self.bundle.manifest
+        if m.head is None:
             raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
-        if self.stream:
-            from ffedge.runtime.streaming import stream_head_probs
-
-            return stream_head_probs(self, x_norm)
         if not len(x_norm):
             return np.zeros((0, self.num_classes), np.float32)
-        assert self.head_session is not None
         feats = self.neutral_features(x_norm)
-        return self.head_session.run(None, {head_input(i): f for i, f in zip(self.head_layers, feats)})[0]
+        # Streaming: the head file is opened only now, after the layers, and dropped after this call.
+        head = self.open_graph(m.head.file, "head", spin=False) if self.stream else self.head_session
+        assert head is not None
+        return head.run(None, {head_input(i): f for i, f in zip(self.head_layers, feats)})[0]
 
     def check_mode(self, mode: str, k: int = 3) -> None:
         """A mode this bundle can run (``head`` and ``topk`` need its head) and, for ``topk``, a ``k`` in 1..K."""

@@ -19,13 +19,11 @@ the sum over prediction layers is numpy's here, the graph's in the fused session
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from ffedge.bundle.names import INPUT, head_input
-from ffedge.runtime.session import Graph, check_graph, make_session
+from ffedge.bundle.names import INPUT
 
 if TYPE_CHECKING:
     from ffedge.runtime.session import Runtime
@@ -33,14 +31,6 @@ if TYPE_CHECKING:
 # Hypotheses per pass in streaming mode (``Runtime(stream=True)`` caps ``max_hypotheses`` at this): one image
 # of up to 64 classes in one pass; activations of 64 hypotheses of a 28x28 bundle are a few MB at most.
 STREAM_HYPOTHESES = 64
-
-
-def open_graph(rt: "Runtime", name: str, kind: str, index: int = 0) -> Graph:
-    """One bundle file as a streaming session: arena and memory pattern off, no spinning, checked against the manifest."""
-    path = rt.replaced.get(Path(name).name, rt.bundle.file(name))
-    graph = Graph(make_session(path, rt.threads, False, rt.providers, arena=False, mem_pattern=False), name)
-    check_graph(graph, kind, rt.bundle, index)
-    return graph
 
 
 def layers_needed(rt: "Runtime", feature_layers: Sequence[int]) -> int:
@@ -59,7 +49,7 @@ def stream_forward(
     cur = x_encoded
     for i in range(layers_needed(rt, feature_layers)):
         t = time.perf_counter()
-        graph = open_graph(rt, rt.bundle.layers[i].file, "layer", i)
+        graph = rt.open_graph(rt.bundle.layers[i].file, "layer", False, i)
         cur, g, f = graph.run(None, {INPUT: cur})
         del graph  # its session (weights, optimized graph, buffers) goes before the next layer's is built
         rt.layer_seconds[i] += time.perf_counter() - t
@@ -68,19 +58,3 @@ def stream_forward(
         if i in feature_layers:
             feats[i] = f
     return total, [feats[i] for i in feature_layers]
-
-
-def stream_head_probs(rt: "Runtime", x_norm: np.ndarray) -> np.ndarray:
-    """:meth:`Runtime.head_probs` streamed: the neutral-label features of every pass first, then the head file
-    opened once, run on them and dropped."""
-    m = rt.bundle.manifest
-    assert m.head is not None  # Runtime.head_probs checks
-    step = rt.max_hypotheses
-    feats = [
-        stream_forward(rt, rt.encoding.neutral(x_norm[s : s + step]), rt.head_layers)[1]
-        for s in range(0, len(x_norm), step)
-    ]
-    if not feats:
-        return np.zeros((0, rt.num_classes), np.float32)
-    head = open_graph(rt, m.head.file, "head")
-    return np.concatenate([head.run(None, {head_input(i): f for i, f in zip(rt.head_layers, fs)})[0] for fs in feats])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ffedge.datasets import load_dataset
-from ffedge.runtime import Runtime, streaming
+from ffedge.runtime import Runtime, session, streaming
 from tests.conftest import cli
 
 
@@ -54,8 +54,8 @@ def test_stream_holds_one_session_at_a_time(
         weakref.finalize(session, lambda: alive.__setitem__(0, alive[0] - 1))
         return session
 
-    make_session = streaming.make_session
-    monkeypatch.setattr(streaming, "make_session", counting)
+    make_session = session.make_session
+    monkeypatch.setattr(session, "make_session", counting)
     rt = Runtime(str(golden_int8), threads=1, stream=True)
     assert opened == []  # nothing at start
     layers = [layer.file for layer in rt.bundle.layers]
