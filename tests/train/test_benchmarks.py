@@ -324,30 +324,13 @@ def test_bad_data_is_one_clear_line(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "mnist.npz").write_bytes(b"not a zip")
+    args = ["--quick", "--data-dir", str(data), "--out", str(tmp_path / "o"), "--work", str(tmp_path / "w")]
     for script in ("accuracy.py", "label_ablation.py"):
-        r = _run(
-            str(BENCH / script),
-            "--quick",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(tmp_path / "o"),
-            "--work",
-            str(tmp_path / "w"),
-        )
+        r = _run(str(BENCH / script), *args)
         assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, (script, r.stderr[-3000:])
         assert "mnist.npz: not a readable .npz" in r.stderr and not (tmp_path / "o.json").exists()
     np.savez(data / "mnist.npz", x=np.zeros((2, 28, 28), np.uint8))
-    r = _run(
-        str(BENCH / "accuracy.py"),
-        "--quick",
-        "--data-dir",
-        str(data),
-        "--out",
-        str(tmp_path / "o"),
-        "--work",
-        str(tmp_path / "w"),
-    )
+    r = _run(str(BENCH / "accuracy.py"), *args)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "no x_train, y_train, x_test, y_test" in r.stderr
     r = _run(str(BENCH / "ff_vs_backprop.py"), "--quick", "--dataset", "nope", "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr[-3000:]
