@@ -65,5 +65,5 @@ def per_layer_ms(
 def latency(rt: Runtime, x: np.ndarray, mode: str, k: int, n: int, warmup: int = 5) -> dict[str, float]:
     """Milliseconds per single image (batch 1) over ``n`` images, after ``warmup`` calls."""
     n = min(n, len(x))
-    a = time_per_image(lambda i: rt.predict(x[i : i + 1], mode, k), n, min(warmup, n), n)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)), "images": n}
+    stats = latency_stats(time_per_image(lambda i: rt.predict(x[i : i + 1], mode, k), n, min(warmup, n), n))
+    return {"p50_ms": stats["p50_ms"], "p90_ms": stats["p90_ms"], "images": n}
