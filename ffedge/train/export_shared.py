@@ -87,32 +87,33 @@ def build_shared(fused: onnx.ModelProto, label_table: np.ndarray, image_channels
     if attrs.get("group", 1) != 1:
         raise NotSeparable("layer 0 is a grouped convolution")
 
-    def param(name: str, part: slice, tag: str, out: list[onnx.TensorProto]) -> str:
+    new_inits: list[onnx.TensorProto] = [numpy_helper.from_array(label_table.astype(np.float32), SHARED_LABEL_TABLE)]
+    nodes: list[onnx.NodeProto] = []
+
+    def param(name: str, part: slice, tag: str) -> str:
         """A chain node's parameter for the channels ``part``: scalars as they are, per-channel ones sliced."""
-        if name == "" or name not in inits:
-            if name and name not in inits:
-                raise NotSeparable(f"layer 0's input chain reads {name!r}, which is not a constant")
+        if name == "":
             return name
+        if name not in inits:
+            raise NotSeparable(f"layer 0's input chain reads {name!r}, which is not a constant")
         a = numpy_helper.to_array(inits[name])
         if a.size == 1:
             return name
         if a.ndim == 1 and a.shape[0] == width:
-            out.append(numpy_helper.from_array(np.ascontiguousarray(a[part]), f"{tag}_{name}"))
+            sliced = a[part]
         elif a.ndim == 4 and a.shape[:2] == (1, width) and a.shape[2:] == (1, 1):
-            out.append(numpy_helper.from_array(np.ascontiguousarray(a[:, part]), f"{tag}_{name}"))
+            sliced = a[:, part]
         else:
             raise NotSeparable(f"layer 0's input chain has a parameter of shape {list(a.shape)}")
+        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(sliced), f"{tag}_{name}"))
         return f"{tag}_{name}"
-
-    new_inits: list[onnx.TensorProto] = [numpy_helper.from_array(label_table.astype(np.float32), SHARED_LABEL_TABLE)]
-    nodes: list[onnx.NodeProto] = []
 
     def clone_chain(src: str, part: slice, tag: str, foldable: bool) -> str:
         """Layer 0's input chain on ``src`` with the parameters of channels ``part``; ``foldable``: no
         DequantizeLinear (the label branch, all constant, is folded by onnxruntime)."""
         x = src
         for k, node in enumerate(chain):
-            ins = [x] + [param(i, part, tag, new_inits) for i in node.input[1:]]
+            ins = [x] + [param(i, part, tag) for i in node.input[1:]]
             out = f"{tag}_c{k}"
             if foldable and node.op_type == "DequantizeLinear":
                 _dequantize(out, ins[0], ins[1], ins[2] if len(ins) > 2 else None, nodes)
