@@ -285,7 +285,8 @@ class HeadEntry(_Entry):
 
 @dataclass
 class FusedEntry(_Entry):
-    """The whole-net graph: ``x`` -> ``goodness`` and ``feature{i}`` for the head layers."""
+    """The whole-net graph: ``x`` -> ``goodness`` and ``feature{i}`` for the head layers (``fused``); also the
+    top-k graph (``topk``): ``x``, ``k`` -> ``goodness``, ``candidates``, ``probs``."""
 
     file: str
     ort_ops: dict[str, int] | None = None
@@ -397,6 +398,7 @@ class Manifest(_Entry):
     head: HeadEntry | None = None
     fused: FusedEntry | None = None
     shared: SharedEntry | None = None
+    topk: FusedEntry | None = None
     quantization: dict[str, Any] | None = None
     parity: Parity | None = None
     master: FileEntry | None = None
@@ -418,6 +420,7 @@ class Manifest(_Entry):
         for what, entry in (
             ("fused graph", self.fused),
             ("shared-layer-0 graph", self.shared),
+            ("top-k graph", self.topk),
             ("head", self.head),
             ("master weights", self.master),
             ("replay examples", self.replay),
@@ -474,6 +477,7 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
         objective=_opt(obj, "objective", lambda v: _objective(w, v)),
         head=_opt(obj, "head", lambda v: _head(w, v, files, layers)),
         fused=_opt(obj, "fused", lambda v: _fused(w, v, files)),
+        topk=_opt(obj, "topk", lambda v: _fused(w, v, files, "topk")),
         shared=_opt(obj, "shared", lambda v: _shared(w, v, files, len(classes))),
         quantization=_opt(obj, "quantization", lambda v: copy.deepcopy(_obj(w, "quantization", v))),
         parity=_opt(obj, "parity", lambda v: _parity(w, v)),
@@ -669,11 +673,12 @@ def _head(w: str, v: Any, files: Mapping[str, str], layers: list[LayerEntry]) ->
     return head
 
 
-def _fused(w: str, v: Any, files: Mapping[str, str]) -> FusedEntry:
-    d = _obj(w, "fused", v, "an object with a 'file'")
+def _fused(w: str, v: Any, files: Mapping[str, str], key: str = "fused") -> FusedEntry:
+    """The entry ``key`` of a graph file with nothing more to say than its op counts (``fused``, ``topk``)."""
+    d = _obj(w, key, v, "an object with a 'file'")
     return FusedEntry(
-        file=_ref(w, "fused.file", d.get("file"), files, ".onnx"),
-        ort_ops=_opt(d, "ort_ops", lambda x: _op_counts(w, "fused.ort_ops", x)),
+        file=_ref(w, f"{key}.file", d.get("file"), files, ".onnx"),
+        ort_ops=_opt(d, "ort_ops", lambda x: _op_counts(w, f"{key}.ort_ops", x)),
         **_split(d, FusedEntry),
     )
 

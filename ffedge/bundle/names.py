@@ -13,6 +13,7 @@ MANIFEST = "manifest.json"
 HEAD_FILE = "head.onnx"  # the softmax head
 FUSED_FILE = "net.onnx"  # every layer in one graph
 SHARED_FILE = "net_shared.onnx"  # every layer in one graph, layer 0's image part once per image
+TOPK_FILE = "net_topk.onnx"  # mode topk in one graph: neutral pass, head, top k labels, their goodness
 MASTER_FILE = "master.npz"  # float master weights (fine-tuning)
 REPLAY_FILE = "replay.npz"  # rehearsal examples (fine-tuning)
 
@@ -60,6 +61,8 @@ FEATURE = "feature"  # [N, C*g*g]: the activity before pooling averaged over the
 LAYER_OUTPUTS = (NEXT, GOODNESS, FEATURE)
 PROBS = "probs"  # the head's output [N, K]
 LABELS = "labels"  # the shared graph's second input: [N, K'] int64 rows of its label table (class index, K: neutral)
+TOPK_K = "k"  # the top-k graph's second input: [1] int64, how many labels the head proposes
+CANDIDATES = "candidates"  # the top-k graph's output [N, k] int64: the labels proposed, most probable first
 SHARED_LABEL_TABLE = "l0_label_table"  # the shared graph's label channels [K + 1, L, H, W] (initializer)
 FUSED_FEATURE_PATTERN = r"feature([0-9]{1,6})"
 

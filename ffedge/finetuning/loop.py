@@ -201,7 +201,7 @@ class HybridNet:
 def _write_candidates(
     b: Bundle, net: HybridNet, head: SoftmaxHead | None, master: dict[str, np.ndarray], tmp: Path
 ) -> dict[str, Path]:
-    """Patched copies of the changed files (layer files, net.onnx, head.onnx, master.npz) in ``tmp``."""
+    """Patched copies of the changed files (layer files, the whole-net graphs, head.onnx, master.npz) in ``tmp``."""
     files: dict[str, Path] = {}
     fused_values: dict[str, np.ndarray] = {}
     for i, layer in net.layers.items():
@@ -212,15 +212,19 @@ def _write_candidates(
         files[name] = tmp / name
         fused_values.update({fused_name(i, k): v for k, v in q.items()})
         master[master_key(i, MASTER_WEIGHT)], master[master_key(i, MASTER_BIAS)] = layer.weight, layer.bias
-    for graph in (b.manifest.fused, b.manifest.shared):  # both carry every layer's weights under the same names
-        if graph:
+    head_values = {HEAD_W: head.weight, HEAD_B: head.bias} if head is not None and b.head else {}
+    # The whole-net graphs carry every layer's weights under the same names; the top-k graph also the head's.
+    for graph, values in (
+        (b.manifest.fused, fused_values),
+        (b.manifest.shared, fused_values),
+        (b.manifest.topk, {**fused_values, **head_values}),
+        (b.head, head_values),
+    ):
+        if graph and values:
             name = Path(graph.file).name
-            patch_initializers(b.file(graph.file), tmp / name, fused_values)
+            patch_initializers(b.file(graph.file), tmp / name, values)
             files[name] = tmp / name
     if head is not None and b.head:
-        name = Path(b.head.file).name
-        patch_initializers(b.file(b.head.file), tmp / name, {HEAD_W: head.weight, HEAD_B: head.bias})
-        files[name] = tmp / name
         master[MASTER_HEAD_WEIGHT], master[MASTER_HEAD_BIAS] = head.weight, head.bias
     name = Path(b.manifest.master.file).name
     with open(tmp / name, "wb") as f:
@@ -306,6 +310,7 @@ def _replaced_bytes(b: Bundle, which: list[int]) -> int:
     names = {b.layers[i].file for i in which} | {
         m.fused.file if m.fused else None,
         m.shared.file if m.shared else None,
+        m.topk.file if m.topk else None,
         b.head.file if b.head else None,
         m.master.file if m.master else None,
     }

@@ -7,7 +7,8 @@ The modes are those of :mod:`ffedge.runtime.modes`; each is a ``predict_<mode>``
   highest goodness (summed over the bundle's prediction layers) wins. All B*K
   hypotheses go through the graph in one call (chunked only above ``max_hypotheses``).
 - ``head``: one pass with the neutral label; the softmax head decides.
-- ``topk``: the head proposes ``k`` labels, goodness decides among them.
+- ``topk``: the head proposes ``k`` labels, goodness decides among them (one call of ``net_topk.onnx`` where the
+  bundle has it: the neutral pass, the head and the ``k`` candidates in one graph).
 
 A bundle with a shared graph (``net_shared.onnx``, manifest ``shared``) runs every mode
 on it: it takes each image once with the label rows to try, and computes layer 0's
@@ -29,6 +30,7 @@ import onnxruntime as ort
 
 from ffedge.bundle import Bundle, check_files, load_master, load_replay, open_bundle, read_manifest
 from ffedge.bundle.names import (
+    CANDIDATES,
     FEATURE,
     FUSED_FEATURE_PATTERN,
     GOODNESS,
@@ -38,6 +40,7 @@ from ffedge.bundle.names import (
     MASTER_HEAD_WEIGHT,
     NEXT,
     PROBS,
+    TOPK_K,
     fused_feature,
     head_input,
     master_key,
@@ -180,8 +183,8 @@ def _signature(
 
 
 def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None:
-    """The inputs and outputs of a ``layer`` (number ``index``), ``fused``, ``shared`` or ``head`` graph, against
-    the manifest."""
+    """The inputs and outputs of a ``layer`` (number ``index``), ``fused``, ``shared``, ``topk`` or ``head`` graph,
+    against the manifest."""
     m = bundle.manifest
     cells = m.head.cells if m.head else 1  # a layer's feature: C values per cell of the head's grid
     ins, outs = graph.get_inputs(), graph.get_outputs()
@@ -194,9 +197,13 @@ def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None
     elif kind == "shared":  # goodness only: the features of the neutral pass come from net.onnx
         _signature(ins, {INPUT: [None, *m.input.shape], LABELS: [None, None]}, "inputs", where, ints=[LABELS])
         _signature(outs, {GOODNESS: [None, None]}, "outputs", where)
+    elif kind == "topk":
+        _signature(ins, {INPUT: [None, *m.input.shape], TOPK_K: [1]}, "inputs", where, ints=[TOPK_K])
+        want: dict[str, Dims] = {GOODNESS: [None, None], CANDIDATES: [None, None], PROBS: [None, len(m.classes)]}
+        _signature(outs, want, "outputs", where, ints=[CANDIDATES])
     elif kind == "fused":
         _signature(ins, {INPUT: [None, *m.layers[0].in_shape]}, "inputs", where)
-        want: dict[str, Dims] = {GOODNESS: [None]}
+        want = {GOODNESS: [None]}
         head_layers = m.head.layers if m.head else []
         # Features of other layers may be there too (unused); anything else (a layer's 'y') is another graph.
         found = [re.fullmatch(FUSED_FEATURE_PATTERN, a.name) for a in outs]
@@ -292,6 +299,8 @@ class Runtime:
             else None
         )
         self._fused: Graph | None = None
+        self._topk: Graph | None = None
+        self.use_topk = m.topk is not None and use_shared
         self._layer_sessions: list[Graph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
 
@@ -311,6 +320,15 @@ class Runtime:
         if self._fused is None and m.fused is not None and not self.stream:
             self._fused = self.open_graph(m.fused.file, "fused", spin=True)
         return self._fused
+
+    @property
+    def topk_session(self) -> Graph | None:
+        """The session of ``net_topk.onnx`` (mode ``topk`` in one call), opened on first use; None without one (or
+        with ``shared=False``, or streaming)."""
+        m = self.bundle.manifest
+        if self._topk is None and self.use_topk and m.topk is not None:
+            self._topk = self.open_graph(m.topk.file, "topk", spin=True)
+        return self._topk
 
     @property
     def layer_sessions(self) -> list[Graph]:
@@ -469,6 +487,8 @@ class Runtime:
 
     def predict_topk(self, x: np.ndarray, k: int = 3) -> Prediction:
         """Mode ``topk``: the head proposes ``k`` labels, the highest goodness among them wins (-inf for the others)."""
+        if self.topk_session is not None:
+            return self._predict_topk_graph(x, k)
         probs = self.head_probs(x)
         cand = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # [B, k]
         scores = np.full(probs.shape, -np.inf, dtype=np.float32)
@@ -489,6 +509,18 @@ class Runtime:
             np.put_along_axis(scores, cand, g, axis=1)
         return Prediction(scores.argmax(1), scores)
 
+    def _predict_topk_graph(self, x: np.ndarray, k: int) -> Prediction:
+        """Mode ``topk`` on ``net_topk.onnx``, chunked so that a call holds at most ``max_hypotheses`` passes."""
+        sess = self.topk_session
+        assert sess is not None
+        scores = np.full((len(x), self.num_classes), -np.inf, dtype=np.float32)
+        per = max(1, self.max_hypotheses // (k + 1))
+        kk = np.array([k], np.int64)
+        for s in range(0, len(x), per):
+            g, cand = sess.run([GOODNESS, CANDIDATES], {INPUT: x[s : s + per], TOPK_K: kk})
+            np.put_along_axis(scores[s : s + per], cand, g, axis=1)
+        return Prediction(scores.argmax(1), scores)
+
 
 def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, str]:
     """Verify a bundle and load everything in it as the code that uses it does; returns file -> what was checked.
@@ -507,7 +539,8 @@ def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, 
     graph = "sha256, opened with onnxruntime, inputs/outputs match the manifest"
     rt.layer_sessions  # noqa: B018  (opens and checks every layer file)
     rt.fused_session  # noqa: B018  (opened on first use)
-    graphs = (m.fused, m.shared, m.head)
+    rt.topk_session  # noqa: B018  (opened on first use)
+    graphs = (m.fused, m.shared, m.topk, m.head)
     for name in [layer.file for layer in m.layers] + [e.file for e in graphs if e is not None]:
         checked[name] = graph
     for ref in (m.label_arrays or {}).values():

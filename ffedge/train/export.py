@@ -30,6 +30,7 @@ from ffedge.train.export_artifacts import (
 )
 from ffedge.train.export_graph import write_graphs
 from ffedge.train.export_shared import write_shared
+from ffedge.train.export_topk import write_topk
 from ffedge.train.model import FFNet, float_copy
 from ffedge.train.run_files import load_run
 from ffedge.train.run_folder import temp_folder_beside
@@ -66,9 +67,12 @@ def export_bundle(
     try:
         layers, fused = write_graphs(model, cfg, tmp, precision, rep)
         shared = write_shared(tmp, cfg["encoding"], int(cfg["input"]["shape"][0]))
+        topk = write_topk(tmp, cfg["encoding"], int(cfg["input"]["shape"][0]), model.head_layers) if shared else None
         label_arrays = write_label_arrays(cfg["encoding"], tmp)
         extra = write_finetune_files(model, cfg, tmp, replay) if master else {}
-        manifest = build_manifest(cfg, model, precision, run_dir, hash_files(tmp), layers, label_arrays, fused, shared)
+        manifest = build_manifest(
+            cfg, model, precision, run_dir, hash_files(tmp), layers, label_arrays, fused, shared, topk
+        )
         manifest = write_manifest(tmp / MANIFEST, {**manifest, **extra}).to_dict()  # checked as every reader checks it
         if verify_samples:
             manifest = _verify(tmp, run_dir, out, manifest, (cfg, net), verify_samples, min_agreement, rep)

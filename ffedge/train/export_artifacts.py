@@ -109,8 +109,10 @@ def build_manifest(
     label_arrays: dict[str, str],
     fused: dict[str, Any],
     shared: dict[str, Any] | None = None,
+    topk: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a bundle (see export/README.md); ``shared``: the entry of ``net_shared.onnx``, if written."""
+    """The manifest of a bundle (see export/README.md); ``shared`` and ``topk``: the entries of
+    ``net_shared.onnx`` and ``net_topk.onnx``, if written."""
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     quant = {
@@ -147,6 +149,7 @@ def build_manifest(
         "head": {"file": HEAD_FILE, "layers": list(net.head_layers), "grid": net.head_grid},
         "fused": fused,
         **({"shared": shared} if shared else {}),
+        **({"topk": topk} if topk else {}),
         "quantization": quant,
         "files": files,
         "history": [],

@@ -46,6 +46,7 @@ from ffedge.bundle.names import (
 )
 from ffedge.progress import Reporter
 from ffedge.runtime import make_session
+from ffedge.train.graph_shapes import fold_reshape_targets
 from ffedge.train.model import FFConvLayer, FFNet, goodness, head_pool, normalize_features
 
 OPSET = 13
@@ -161,6 +162,7 @@ def _short_names(model: onnx.ModelProto, names: dict[str, str] | None = None) ->
 def _finish_onnx(path: Path) -> None:
     model = onnx.load(str(path))
     _strip_initializer_inputs(model)
+    fold_reshape_targets(model)
     _short_names(model, _semantic_names(model))
     model.producer_name = "ffedge"
     model.producer_version = ffedge.__version__

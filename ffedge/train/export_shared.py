@@ -20,7 +20,7 @@ Inputs: ``x`` [B, C, H, W] (the normalized image, no label) and ``labels`` [B, K
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -52,9 +52,12 @@ def _dequantize(name: str, x: str, scale: str, zero: str | None, nodes: list[onn
     return name
 
 
-def build_shared(fused: onnx.ModelProto, label_table: np.ndarray, image_channels: int) -> onnx.ModelProto:
+def build_shared(
+    fused: onnx.ModelProto, label_table: np.ndarray, image_channels: int, features: Sequence[str] = ()
+) -> onnx.ModelProto:
     """The shared graph of a fused graph (``net.onnx``); ``label_table`` [K + 1, L, H, W] is the label
-    encoding's :meth:`~ffedge.labels.LabelEncoding.label_channels`. Raises :class:`NotSeparable`."""
+    encoding's :meth:`~ffedge.labels.LabelEncoding.label_channels`. ``features``: outputs of ``net.onnx`` (head
+    features, [B * K', F]) the graph also returns (``net_shared.onnx`` returns none). Raises :class:`NotSeparable`."""
     g = fused.graph
     inits = {t.name: t for t in g.initializer}
     for n in g.node:  # the float exporter writes some constants (a Clip's bounds) as Constant nodes
@@ -187,6 +190,7 @@ def build_shared(fused: onnx.ModelProto, label_table: np.ndarray, image_channels
     # Goodness only: onnxruntime runs every node of a graph whatever outputs are asked for, and the head layers'
     # features (for the neutral pass, which net.onnx serves) cost about a fifth of the time of all labels.
     outputs = [helper.make_tensor_value_info(GOODNESS, onnx.TensorProto.FLOAT, [dims[0], "k"])]
+    outputs += [o for o in g.output if o.name in features]
     graph = helper.make_graph(nodes, "ffedge_shared", inputs, outputs, list(g.initializer) + new_inits)
     model = helper.make_model(graph, opset_imports=one_opset_per_domain(fused), ir_version=fused.ir_version)
     model = onnx.utils.Extractor(model).extract_model([INPUT, LABELS], [o.name for o in outputs])

@@ -22,7 +22,7 @@ from tests.conftest import REPO, device_cli
 from tests.device.conftest import GOLDEN, GOLDEN_FP32, GOLDEN_INT8
 
 BUNDLES = {"bundle-int8": GOLDEN_INT8, "bundle-fp32": GOLDEN_FP32}
-MAX_BYTES = 1_000_000  # all golden bundles together: "a few hundred KB", kept in git
+MAX_BYTES = 1_300_000  # all golden bundles together, kept in git: each whole-net graph (net, shared, top-k) is a copy of the weights
 
 
 def _manifest(folder: Path) -> dict:

@@ -13,7 +13,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from ffedge.bundle import MANIFEST
-from ffedge.bundle.names import FUSED_FILE, LABELS, SHARED_FILE
+from ffedge.bundle.names import FUSED_FILE, LABELS, SHARED_FILE, TOPK_K
 from ffedge.datasets import load_dataset
 from ffedge.labels import make_encoding
 from ffedge.runtime import Runtime
@@ -108,10 +108,11 @@ def test_every_exported_graph_runs_in_the_onnx_reference_evaluator(request: pyte
     feeds = {
         "net.onnx": {"x": enc},
         "net_shared.onnx": {"x": x, LABELS: np.tile(np.arange(rt.num_classes), (len(x), 1))},
+        "net_topk.onnx": {"x": x, TOPK_K: np.array([3])},
         "head.onnx": None,
     }
     m = json.loads((b / MANIFEST).read_text())
-    steps = {"net.onnx": 0.0, "net_shared.onnx": 0.0, "head.onnx": 0.0}
+    steps = {"net.onnx": 0.0, "net_shared.onnx": 0.0, "net_topk.onnx": 0.0, "head.onnx": 0.0}
     cur = enc
     for layer in m["layers"]:
         feeds[layer["file"]] = {"x": cur}
