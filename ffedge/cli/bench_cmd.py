@@ -151,7 +151,7 @@ def bench(
     engine: str = typer.Option(
         "onnxruntime",
         "--engine",
-        help="openvino: also run the bundle with OpenVINO's own runtime (pip install 'ffedge[openvino]') and "
+        help="openvino: also run the bundle with OpenVINO's own runtime (ffedge's 'openvino' extra) and "
         "compare it with onnxruntime: accuracy, top-1 agreement, latency, each convolution's runtime precision.",
     ),
     providers: Optional[str] = typer.Option(

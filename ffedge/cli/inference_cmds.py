@@ -33,7 +33,7 @@ PROVIDERS_HELP = (
 )
 ENGINE_HELP = (
     "Runtime that runs the bundle: onnxruntime (default) or openvino (OpenVINO's own runtime on the CPU, "
-    "pip install 'ffedge[openvino]'; runs net.onnx, every convolution in int8)."
+    "needs ffedge's 'openvino' extra; runs net.onnx, every convolution in int8)."
 )
 # Keys of every label encoding's config (ffedge.labels.base.LabelEncoding.to_config) that are not its parameters.
 ENCODING_FRAME_KEYS = ("name", "version", "num_classes", "image_shape")

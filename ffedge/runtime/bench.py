@@ -129,17 +129,26 @@ def measure_ort(
     shared: bool | None = None,
     engine: str = "onnxruntime",
     providers: Sequence[str] | None = None,
+    replaced: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One bundle with onnxruntime (:func:`measure_predictor`), then its time per layer file; ``shared=False`` asks
     for one full pass per hypothesis where the bundle has a shared layer-0 graph. ``engine="openvino"``: OpenVINO
-    instead (and the runtime precision of each convolution of ``net.onnx``)."""
+    instead (and the runtime precision of each convolution of ``net.onnx``). ``replaced``: bundle files run from
+    other paths (:class:`~ffedge.runtime.session.Runtime`'s; e.g. a graph as an older exporter wrote it)."""
     from ffedge.runtime.session import Runtime
 
     x, y = load_images(data)
     opened: list[Runtime] = []
 
     def load() -> Callable[[np.ndarray], np.ndarray]:
-        rt = Runtime(bundle, threads=threads, shared=shared is not False, engine=engine, providers=providers)
+        rt = Runtime(
+            bundle,
+            threads=threads,
+            shared=shared is not False,
+            engine=engine,
+            providers=providers,
+            replaced={k: Path(v) for k, v in (replaced or {}).items()},
+        )
         opened.append(rt)
         return lambda xb: opened[0].predict(xb).labels
 
