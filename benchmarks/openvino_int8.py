@@ -29,6 +29,12 @@ BEFORE_FOLD = ROOT / "tests" / "golden" / "net-before-fold.onnx"
 BEFORE_NAME = "int8 OpenVINO, before the fold"
 
 
+def shown(path: Path) -> str:
+    """A path as the results quote it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def variants(bundle: Path, before: Path | None) -> list[Any]:
     from ffedge.bundle import open_bundle
     from ffedge.runtime.bench import ORT_TARGET, Variant, openvino_variant, ort_variants
@@ -64,7 +70,7 @@ def markdown(result: dict[str, Any], cmd: str) -> str:
     ref = rows[0]["name"]
     lines += [
         "",
-        f"## Agreement and latency (speed-up: {ref} p50 / row p50)",
+        f"## Agreement and latency (speed-up: {ref} p50 / row p50; {ref} runs net_shared.onnx, the others net.onnx)",
         "",
         "| engine / graph | accuracy | top-1 agreement with " + ref + " | p50 ms | p90 ms | min ms | speed-up |",
         "|---|---|---|---|---|---|---|",
@@ -120,7 +126,7 @@ def main() -> None:
         result = run_bench(variants(a.bundle, before), x, y, a.threads, warmup, iters, batch=64, gemm_size=256)
     except FFEdgeError as e:
         sys.exit(f"error: {e}")
-    result.update(bundle=str(a.bundle), before=str(before) if before else None, openvino=openvino_version())
+    result.update(bundle=shown(a.bundle), before=shown(before) if before else None, openvino=openvino_version())
     result["env"] = machine()
     cmd = command(f"{NAME}.py")
     write_results(out, result, markdown(result, cmd))
