@@ -77,6 +77,24 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
             _fmt(lim["batch"]["pct_today"], ".1f"),
         )
     out.print(t)
+    twins = [r for r in rows if r.get("agree_with")]
+    if twins:
+        t = Table(
+            "variant", "against", "top-1 agreement", "accuracy", "p50 ms", "p50 speed-up", "convolutions run in",
+            title="the same bundle on another engine: agreement with, and speed-up over, onnxruntime (batch 1)",
+        )  # fmt: skip
+        for r in twins:
+            precisions = sorted(set((r.get("conv_precisions") or {}).values()))
+            t.add_row(
+                r["name"],
+                r["agree_with"],
+                f"{r['agreement']:.2%}",
+                f"{r['accuracy']:.2%}",
+                f"{r['p50_ms']:.2f}",
+                _fmt(r["p50_ratio"], ".2f"),
+                f"{', '.join(precisions) or '-'} ({len(r.get('conv_precisions') or {})} convs)",
+            )
+        out.print(t)
     n_layers = max(len(r["layer_ms"]) for r in rows)
     t = Table(
         "variant",
@@ -130,13 +148,25 @@ def bench(
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
     ),
+    engine: str = typer.Option(
+        "onnxruntime",
+        "--engine",
+        help="openvino: also run the bundle with OpenVINO's own runtime (ffedge's 'openvino' extra) and "
+        "compare it with onnxruntime: accuracy, top-1 agreement, latency, each convolution's runtime precision.",
+    ),
+    providers: Optional[str] = typer.Option(
+        None,
+        "--providers",
+        help="onnxruntime execution providers for the ORT rows, comma-separated, in priority order.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Init, first-inference, latency stats, throughput, peak RSS, accuracy and % of the machine's GEMM rate of
     int8 vs fp32 vs torch eager (goodness over all labels), each variant in a fresh process."""
     from ffedge.bundle import open_bundle
     from ffedge.progress import RichReporter
-    from ffedge.runtime.bench import ort_variants, run_bench, torch_variant
+    from ffedge.runtime.bench import openvino_variant, ort_variants, run_bench, torch_variant
+    from ffedge.runtime.engines import check_engine, check_providers, import_openvino
     from ffedge.runtime.evaluate import first_held_out
 
     check_threads(threads)
@@ -145,6 +175,10 @@ def bench(
     check_int(limit, "--limit", 1)
     check_int(batch, "--batch", 1)
     check_int(gemm_size, "--gemm-size", 1, 8192)
+    check_engine(engine)
+    provider_list = check_providers(providers)
+    if engine == "openvino":
+        import_openvino()  # not installed: say so before anything is measured
     rep = RichReporter()
     b = open_bundle(bundle)
     src = b.manifest.source
@@ -171,7 +205,11 @@ def bench(
 
             fp32_dir = Path(tmp) / "fp32"
             export_bundle(run, fp32_dir, precision="fp32", verify_samples=0, reporter=rep)
-        variants = (ort_variants(fp32_dir, both_ways=False) if fp32_dir is not None else []) + ort_variants(bundle)
+        variants = (
+            ort_variants(fp32_dir, both_ways=False, providers=provider_list) if fp32_dir is not None else []
+        ) + ort_variants(bundle, providers=provider_list)
+        if engine == "openvino":
+            variants.append(openvino_variant(bundle))
         if have_torch and run is not None:
             variants.append(torch_variant(run, bundle))
         result = run_bench(

@@ -26,6 +26,15 @@ LOW_MEMORY_HELP = (
     "at most 64 label hypotheses per pass. Same predictions and lower peak memory, but slower: the layer "
     "sessions are built again for every pass, which adds up over many images."
 )
+PROVIDERS_HELP = (
+    "onnxruntime execution providers in priority order, comma-separated (e.g. "
+    "OpenVINOExecutionProvider,CPUExecutionProvider; default: CPUExecutionProvider). One this onnxruntime "
+    "lacks is an error that lists the ones it has."
+)
+ENGINE_HELP = (
+    "Runtime that runs the bundle: onnxruntime (default) or openvino (OpenVINO's own runtime on the CPU, "
+    "needs ffedge's 'openvino' extra; runs net.onnx, every convolution in int8)."
+)
 # Keys of every label encoding's config (ffedge.labels.base.LabelEncoding.to_config) that are not its parameters.
 ENCODING_FRAME_KEYS = ("name", "version", "num_classes", "image_shape")
 
@@ -64,6 +73,8 @@ def eval_cmd(
         None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
     ),
     low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
+    providers: Optional[str] = typer.Option(None, "--providers", help=PROVIDERS_HELP),
+    engine: str = typer.Option("onnxruntime", "--engine", help=ENGINE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
@@ -77,7 +88,7 @@ def eval_cmd(
     check_int(batch_size, "--batch-size", 1)
     check_int(latency_images, "--latency-images", 0)
     check_int(limit, "--limit", 1)
-    rt = Runtime(str(bundle), threads=threads, stream=low_memory)
+    rt = Runtime(str(bundle), threads=threads, stream=low_memory, providers=providers, engine=engine)
     rt.check_mode(mode, k)
     x, y = first_held_out_for_bundle(
         rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit
@@ -91,12 +102,17 @@ def eval_cmd(
         precision=rt.bundle.manifest.precision,
         threads=threads,
         low_memory=low_memory,
+        engine=engine,
+        providers=rt.providers,
     )
     if as_json:
         console.print_json(json.dumps(r))
         return
     mode_txt = (f"{mode} (k={k})" if mode_spec(mode).uses_k else mode) + (", low-memory" if low_memory else "")
-    say(f"{shown(str(bundle))} ({r['precision']}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}")
+    on = ", OpenVINO" if engine == "openvino" else ""
+    say(
+        f"{shown(str(bundle))} ({r['precision']}{on}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}"
+    )
     say(f"accuracy {r['accuracy']:.2%}")
     t = Table("true \\ predicted", *[Column(Text(shown(c))) for c in r["classes"]], title="confusion matrix")
     for c, row in zip(r["classes"], r["confusion"]):
@@ -129,6 +145,8 @@ def predict(
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads."),
     low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
+    providers: Optional[str] = typer.Option(None, "--providers", help=PROVIDERS_HELP),
+    engine: str = typer.Option("onnxruntime", "--engine", help=ENGINE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
 ) -> None:
     """Classify image files: the top labels with their goodness (or head probability)."""
@@ -139,7 +157,7 @@ def predict(
     check_mode(mode)
     check_int(k, "--k", 1)
     check_int(top, "--top", 1)
-    rt = Runtime(str(bundle), threads=threads, stream=low_memory)
+    rt = Runtime(str(bundle), threads=threads, stream=low_memory, providers=providers, engine=engine)
     rt.check_mode(mode, k)
     x, names = read_inputs(images, rt.bundle.input_shape, resize=resize)
     pred = rt.predict(x, mode=mode, k=k)

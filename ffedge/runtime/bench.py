@@ -41,28 +41,37 @@ _OPEN: list[Any] = []
 @dataclass
 class Variant:
     """One row of the benchmark: ``target(**kwargs, data=..., threads=..., ...)`` measures it; ``bundle`` gives
-    its MAC count (``shared_layer0``: layer 0's image part once per image) and ``precision`` its GEMM line."""
+    its MAC count (``shared_layer0``: layer 0's image part once per image) and ``precision`` its GEMM line;
+    ``agree_with``: the row whose predictions this one's are compared with (top-1 agreement, p50 ratio)."""
 
     name: str
     target: str
     bundle: str
     precision: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    agree_with: str | None = None
 
 
-def ort_variants(bundle: str | Path, both_ways: bool = True) -> list[Variant]:
-    """The bundle run by onnxruntime; with a shared layer-0 graph and ``both_ways`` also as before it (one full pass
-    per hypothesis)."""
+def ort_variants(bundle: str | Path, both_ways: bool = True, providers: Sequence[str] | None = None) -> list[Variant]:
+    """The bundle run by onnxruntime (with ``providers``, default the CPU); with a shared layer-0 graph and
+    ``both_ways`` also as before it (one full pass per hypothesis)."""
     m = open_bundle(bundle, verify=False).manifest
     name = f"{m.precision} ORT"
+    kw: dict[str, Any] = {"bundle": str(bundle), **({"providers": list(providers)} if providers else {})}
     if not (both_ways and has_shared_graph(m)):
-        return [Variant(name, ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle)})]
+        return [Variant(name, ORT_TARGET, str(bundle), m.precision, kw)]
     return [
-        Variant(name, ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle)}),
-        Variant(
-            f"{name} per-hypothesis", ORT_TARGET, str(bundle), m.precision, {"bundle": str(bundle), "shared": False}
-        ),
+        Variant(name, ORT_TARGET, str(bundle), m.precision, kw),
+        Variant(f"{name} per-hypothesis", ORT_TARGET, str(bundle), m.precision, {**kw, "shared": False}),
     ]
+
+
+def openvino_variant(bundle: str | Path) -> Variant:
+    """The bundle run by OpenVINO's own runtime (``net.onnx``, every hypothesis encoded), compared with the
+    onnxruntime row of the same bundle (:func:`ort_variants`)."""
+    m = open_bundle(bundle, verify=False).manifest
+    kw = {"bundle": str(bundle), "engine": "openvino"}
+    return Variant(f"{m.precision} OpenVINO", ORT_TARGET, str(bundle), m.precision, kw, agree_with=f"{m.precision} ORT")
 
 
 def torch_variant(run: str | Path, bundle: str | Path) -> Variant:
@@ -102,6 +111,7 @@ def measure_predictor(
         "init_ms": init_ms,
         "first_ms": first_ms,
         "accuracy": float((pred == y).mean()),
+        "labels": pred.tolist(),  # for the agreement between rows; run_bench drops it
         **latency_stats(ms),
         "batch": batch,
         **thr,
@@ -110,17 +120,36 @@ def measure_predictor(
 
 
 def measure_ort(
-    bundle: str, data: str, threads: int, warmup: int, iters: int, batch: int, shared: bool | None = None
+    bundle: str,
+    data: str,
+    threads: int,
+    warmup: int,
+    iters: int,
+    batch: int,
+    shared: bool | None = None,
+    engine: str = "onnxruntime",
+    providers: Sequence[str] | None = None,
+    replaced: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One bundle with onnxruntime (:func:`measure_predictor`), then its time per layer file; ``shared=False`` asks
-    for one full pass per hypothesis where the bundle has a shared layer-0 graph."""
+    for one full pass per hypothesis where the bundle has a shared layer-0 graph. ``engine="openvino"``: OpenVINO
+    instead (and the runtime precision of each convolution of ``net.onnx``). ``replaced``: bundle files run from
+    other paths (:class:`~ffedge.runtime.session.Runtime`'s; e.g. a graph as an older exporter wrote it)."""
     from ffedge.runtime.session import Runtime
 
     x, y = load_images(data)
     opened: list[Runtime] = []
 
     def load() -> Callable[[np.ndarray], np.ndarray]:
-        opened.append(Runtime(bundle, threads=threads, shared=True if shared is None else shared))
+        rt = Runtime(
+            bundle,
+            threads=threads,
+            shared=shared is not False,
+            engine=engine,
+            providers=providers,
+            replaced={k: Path(v) for k, v in (replaced or {}).items()},
+        )
+        opened.append(rt)
         return lambda xb: opened[0].predict(xb).labels
 
     out = measure_predictor(load, x, y, warmup, iters, batch)
@@ -130,6 +159,11 @@ def measure_ort(
     time_per_image(lambda i: rt.run_layers(enc[i]), len(enc), warmup, 0)
     out.update(per_layer_ms(lambda i: rt.run_layers(enc[i]), lambda: rt.layer_seconds, len(enc), iters))
     out["shared_graph"] = getattr(rt, "shared_session", None) is not None
+    out["engine"] = engine
+    out["providers"] = rt.providers
+    fused = rt.fused_session
+    if engine == "openvino" and fused is not None and hasattr(fused, "conv_precisions"):
+        out["conv_precisions"] = fused.conv_precisions()
     out["size_bytes"] = rt.bundle.size_bytes()
     return out
 
@@ -227,6 +261,14 @@ def run_bench(
         r["speedup"] = _ratio(speed_b["p50_ms"], r["p50_ms"]) if speed_b else None
         r["speedup_min"] = _ratio(speed_b["min_ms"], r["min_ms"]) if speed_b else None
         r["speedup_batch"] = _ratio(r["images_per_s"], speed_b["images_per_s"]) if speed_b else None
+    for v in variants:
+        r, twin = by[v.name], by.get(v.agree_with or "")
+        if twin is not None:
+            r["agreement"] = float(np.mean(np.array(r["labels"]) == np.array(twin["labels"])))
+            r["agree_with"] = v.agree_with
+            r["p50_ratio"] = _ratio(twin["p50_ms"], r["p50_ms"])  # > 1: this row is faster than its twin
+    for r in rows:
+        r.pop("labels", None)
     return {
         "machine": machine,
         "gemm": gemm,

@@ -23,7 +23,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -48,6 +48,7 @@ from ffedge.bundle.names import (
 )
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.options import check_int, check_threads
+from ffedge.runtime.engines import DEFAULT_ENGINE, OpenVINOGraph, check_engine, check_providers
 from ffedge.runtime.modes import DEFAULT_MODE, mode_spec
 from ffedge.runtime.preprocess import check_pixels, normalize
 
@@ -122,6 +123,8 @@ def make_session(
 
 
 Dims = Sequence["int | None"]
+# A graph of a bundle as the runtime runs it: onnxruntime's (below) or OpenVINO's (ffedge.runtime.engines).
+AnyGraph = Union["Graph", OpenVINOGraph]
 
 
 class Graph:
@@ -182,7 +185,7 @@ def _signature(
             )
 
 
-def check_graph(graph: Graph, kind: str, bundle: Bundle, index: int = 0) -> None:
+def check_graph(graph: AnyGraph, kind: str, bundle: Bundle, index: int = 0) -> None:
     """The inputs and outputs of a ``layer`` (number ``index``), ``fused``, ``shared``, ``topk`` or ``head`` graph,
     against the manifest."""
     m = bundle.manifest
@@ -261,6 +264,7 @@ class Runtime:
         replaced: dict[str, Path] | None = None,
         stream: bool = False,
         shared: bool = True,
+        engine: str = DEFAULT_ENGINE,
     ) -> None:
         """``arena=False`` trades a little speed for lower peak memory. ``stream=True`` (low-memory mode,
         :mod:`ffedge.runtime.streaming`) opens no session here: each pass opens the layer files one at a
@@ -269,16 +273,22 @@ class Runtime:
         names of the bundle to other files to run instead (candidate files of an update,
         evaluated before they are committed; they are not checksum-verified). ``shared=False``
         runs ``net.onnx`` on encoded hypotheses even where the bundle has a shared graph.
+        ``providers``: onnxruntime execution providers in priority order (checked: :func:`check_providers`).
+        ``engine="openvino"`` runs every graph with OpenVINO instead (:mod:`ffedge.runtime.engines`; ``net.onnx``,
+        not the shared graph; no providers, no streaming).
 
         Every graph opened is checked against the manifest (:func:`check_graph`).
         """
         self.threads = check_threads(threads)
+        self.engine = check_engine(engine)
+        if engine != "onnxruntime" and (providers or stream):
+            raise FFEdgeError(f"{'--providers' if providers else '--low-memory'} needs --engine onnxruntime")
         self.bundle: Bundle = open_bundle(bundle_dir, verify=verify)
         self.stream = stream
         self.arena = arena and not stream
         self.replaced = dict(replaced or {})
         self.encoding = self.bundle.encoding
-        self.providers = list(providers) if providers else None
+        self.providers = check_providers(providers)
         self.max_hypotheses = max(1, int(max_hypotheses))
         if stream:
             from ffedge.runtime.streaming import STREAM_HYPOTHESES
@@ -288,7 +298,7 @@ class Runtime:
         m = self.bundle.manifest
         self.head_layers = list(m.head.layers) if m.head else []
         self.head_session = self.open_graph(m.head.file, "head", spin=False) if m.head and not stream else None
-        use_shared = m.shared is not None and shared and not stream
+        use_shared = m.shared is not None and shared and not stream and engine == "onnxruntime"
         # The shared graph's hypotheses are split across ``threads`` concurrent single-threaded runs: at batch 1,
         # onnxruntime's intra-op threads gain little on these small convolutions (see export/README.md).
         self.workers = self.threads if (use_shared and self.threads) else 1
@@ -298,23 +308,28 @@ class Runtime:
             if use_shared
             else None
         )
-        self._fused: Graph | None = None
-        self._topk: Graph | None = None
+        self._fused: AnyGraph | None = None
+        self._topk: AnyGraph | None = None
         self.use_topk = m.topk is not None and use_shared
-        self._layer_sessions: list[Graph] | None = None
+        self._layer_sessions: list[AnyGraph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
 
-    def open_graph(self, name: str, kind: str, spin: bool, index: int = 0, threads: int | None = None) -> Graph:
+    def open_graph(self, name: str, kind: str, spin: bool, index: int = 0, threads: int | None = None) -> AnyGraph:
         """A session of the bundle file ``name`` (or its replacement), checked as a ``kind`` graph; in streaming
-        mode without arena or memory pattern."""
+        mode without arena or memory pattern; with OpenVINO for ``engine="openvino"``."""
         path = self.replaced.get(Path(name).name, self.bundle.file(name))
         n = self.threads if threads is None else threads
-        graph = Graph(make_session(path, n, spin, self.providers, arena=self.arena, mem_pattern=not self.stream), name)
+        graph: AnyGraph
+        if self.engine == "openvino":
+            graph = OpenVINOGraph(path, name, n)
+        else:
+            session = make_session(path, n, spin, self.providers, arena=self.arena, mem_pattern=not self.stream)
+            graph = Graph(session, name)
         check_graph(graph, kind, self.bundle, index)
         return graph
 
     @property
-    def fused_session(self) -> Graph | None:
+    def fused_session(self) -> AnyGraph | None:
         """The session of ``net.onnx`` (encoded hypotheses in), opened on first use; None without one."""
         m = self.bundle.manifest
         if self._fused is None and m.fused is not None and not self.stream:
@@ -322,7 +337,7 @@ class Runtime:
         return self._fused
 
     @property
-    def topk_session(self) -> Graph | None:
+    def topk_session(self) -> AnyGraph | None:
         """The session of ``net_topk.onnx`` (mode ``topk`` in one call), opened on first use; None without one (or
         with ``shared=False``, or streaming)."""
         m = self.bundle.manifest
@@ -331,7 +346,7 @@ class Runtime:
         return self._topk
 
     @property
-    def layer_sessions(self) -> list[Graph]:
+    def layer_sessions(self) -> list[AnyGraph]:
         """One session per FF layer (input ``x``; outputs ``y``, ``goodness``, ``feature``)."""
         if self._layer_sessions is None:
             self._layer_sessions = [

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -101,16 +102,13 @@ def _semantic_names(model: onnx.ModelProto) -> dict[str, str]:
     names: dict[str, str] = {}
 
     def source(t: str) -> tuple[str | None, str | None]:
-        """(quantized tensor, scale) behind a DequantizeLinear (through a Clip), or (float tensor, None)."""
+        """(quantized tensor, scale) behind a DequantizeLinear, or (float tensor, None)."""
         if t in inits:
             return t, None
         node = producer.get(t)
         if node is None or node.op_type != "DequantizeLinear":
             return None, None
         q = node.input[0]
-        clip = producer.get(q)
-        if clip is not None and clip.op_type == "Clip":
-            q = clip.input[0]
         return (q, node.input[1]) if q in inits else (None, None)
 
     for node in g.node:
@@ -159,9 +157,49 @@ def _short_names(model: onnx.ModelProto, names: dict[str, str] | None = None) ->
         vi.name = short(vi.name)
 
 
+# The QDQ pattern runtimes turn into integer kernels: never folded, even on constants (a weight's DequantizeLinear).
+_KEEP_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Replace every node whose inputs are all constants (except :data:`_KEEP_OPS`) by its value; returns how many.
+
+    Brevitas leaves a ``Clip`` on each int8 weight constant (a no-op: the values are 7-bit already). onnxruntime
+    folds it itself, but OpenVINO's low-precision pass then does not see a quantized weight and runs the
+    convolution in f32/bf16; folded here, it runs it in int8. Initializers nothing reads any more are dropped.
+    """
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    consts = {t.name: t for t in g.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+    keep, folded = [], 0
+    for node in g.node:
+        ins = [i for i in node.input if i]
+        if node.op_type in _KEEP_OPS or node.domain not in ("", "ai.onnx") or not all(i in consts for i in ins):
+            keep.append(node)
+            continue
+        values = ReferenceEvaluator(node, opsets={"": opset}).run(
+            None, {i: numpy_helper.to_array(consts[i]) for i in ins}
+        )
+        for name, value in zip(node.output, values):
+            consts[name] = numpy_helper.from_array(np.asarray(value), name)
+            g.initializer.append(consts[name])
+        folded += 1
+    del g.node[:]
+    g.node.extend(keep)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    unused = [t for t in g.initializer if t.name not in used]
+    for t in unused:
+        g.initializer.remove(t)
+    return folded
+
+
 def _finish_onnx(path: Path) -> None:
     model = onnx.load(str(path))
     _strip_initializer_inputs(model)
+    fold_constants(model)
     fold_reshape_targets(model)
     _short_names(model, _semantic_names(model))
     model.producer_name = "ffedge"
