@@ -15,6 +15,8 @@ FUSED_FILE = "net.onnx"  # every layer in one graph
 SHARED_FILE = "net_shared.onnx"  # every layer in one graph, layer 0's image part once per image
 MASTER_FILE = "master.npz"  # float master weights (fine-tuning)
 REPLAY_FILE = "replay.npz"  # rehearsal examples (fine-tuning)
+QONNX_README = "README.md"  # in a QONNX file set (export --format qonnx): what its files are and how to feed them
+QONNX_LABEL_CHANNELS = "label_channels.npy"  # in a QONNX file set: the channels layer 0's input appends per label
 
 
 def layer_file(i: int) -> str:
