@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ffedge.bundle import MANIFEST, QONNX_FORMAT, confined
-from ffedge.bundle.names import GOODNESS, INPUT, NEXT, QONNX_LABEL_CHANNELS
+from ffedge.bundle.names import GOODNESS, INPUT, NEXT
 from ffedge.errors import FFEdgeError, one_line
 from ffedge.fsutil import sha256_file
 from ffedge.labels import encoding_from_config
@@ -93,6 +93,10 @@ def read_qonnx_manifest(folder: Path) -> dict[str, Any]:
         raise FFEdgeError(f"{folder}: cannot read {MANIFEST} of a QONNX file set ({one_line(str(e))})") from None
     if not isinstance(m, dict) or m.get("format") != QONNX_FORMAT or not isinstance(m.get("files"), dict):
         raise FFEdgeError(f"{folder} is not a QONNX file set (ffedge export --format qonnx)")
+    refs = [e.get("file") for e in m.get("layers", []) if isinstance(e, dict)] + [m.get("label_channels")]
+    unlisted = [r for r in refs if r is not None and r not in m["files"]]
+    if unlisted or not m.get("layers"):
+        raise FFEdgeError(f"{folder}: {MANIFEST} names no layers, or files it does not list: {unlisted}")
     for name, digest in m["files"].items():
         f = confined(folder, name)
         if not f.is_file() or sha256_file(f) != digest:
@@ -112,10 +116,10 @@ def is_qonnx_folder(folder: Path) -> bool:
 
 def qonnx_inputs(folder: Path, manifest: dict[str, Any], x_norm: np.ndarray) -> np.ndarray:
     """Every label hypothesis of normalized images [N, C, H, W] as the file set's layer 0 takes them, image-major
-    ([N*K, C', H, W]): the image then ``label_channels.npy``'s row k, or the manifest's encoding."""
+    ([N*K, C', H, W]): the image then row k of ``label_channels`` (the file), or the manifest's encoding."""
     k = len(manifest["classes"])
-    if QONNX_LABEL_CHANNELS in manifest["files"]:
-        table = np.load(folder / QONNX_LABEL_CHANNELS, allow_pickle=False)[:k]
+    if manifest.get("label_channels"):
+        table = np.load(folder / manifest["label_channels"], allow_pickle=False)[:k]
         n = len(x_norm)
         images = np.repeat(x_norm, k, axis=0)
         labels = np.tile(table, (n, 1, 1, 1))
