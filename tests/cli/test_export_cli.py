@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, cli, cli_inprocess
+from tests.conftest import CLI_MAIN, assert_one_line_error, cli, cli_inprocess, python
 
 
 def test_export_and_verify_cli(tmp_path: Path, tiny_run: Path) -> None:
@@ -57,6 +57,9 @@ def test_export_qonnx_and_verify_it(tmp_path: Path, tiny_run: Path, small_npz: s
     assert_one_line_error(
         cli_inprocess("export", str(tmp_path), "--format", "qonnx", "--out", str(bad)), "training run"
     )
+    # without the qonnx package (the [train] extra leaves it out on Python 3.10): what to install, before any work
+    r = python(CLI_MAIN, "export", str(tiny_run), "--format", "qonnx", "--out", str(bad), blocked=("qonnx",))
+    assert_one_line_error(r, "pip install qonnx")
     float_run = tmp_path / "float-run"
     from ffedge.train import TrainConfig, train_run
 
