@@ -30,7 +30,7 @@ from ffedge.labels import encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.runtime import Runtime
 
-CHUNK_HYPOTHESES = 1000  # hypotheses per executor call: about 60 MB of activations for mnist-sized layers
+CHUNK_HYPOTHESES = 250  # hypotheses per executor call: qonnx keeps every intermediate tensor of a call
 
 
 def require_qonnx() -> None:
