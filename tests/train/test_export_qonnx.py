@@ -150,3 +150,29 @@ def test_failed_check_leaves_nothing_and_force_replaces_only_ffedge_folders(
     with pytest.raises(FFEdgeError, match="not one"):
         export_qonnx_bundle(tiny_run, out, force=True, verify_samples=0)
     assert (out / "mine.txt").exists()
+
+
+def test_label_mixed_into_the_image_and_rms_norm(tmp_path: Path, small_npz: str) -> None:
+    """Encodings without label channels (fourier 'add' here) are built by ffedge.labels from the manifest, and the
+    rms norm's ops export and run under qonnx too."""
+    from ffedge.train import TrainConfig, train_run
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        dataset=small_npz,
+        layers="8x5p,16x3",
+        epochs=1,
+        batch_size=32,
+        head_epochs=1,
+        eval_samples=20,
+        threads=1,
+        norm="rms",
+        label_params={"mode": "add"},
+    )
+    train_run(cfg, run)
+    m = export_qonnx_bundle(run, tmp_path / "q", verify_samples=20)
+    assert "label_channels" not in m and "label_channels.npy" not in m["files"]
+    assert "encoding_from_config" in (tmp_path / "q" / "README.md").read_text()
+    assert [e["norm"] for e in m["layers"]] == ["rms", "rms"]
+    c = m["check"]
+    assert c["agreement"] >= 0.95 and c["max_goodness_diff"] <= GOODNESS_RTOL * c["max_goodness"]
