@@ -71,7 +71,7 @@ def export(
     force: bool = typer.Option(
         False,
         "--force",
-        help="Replace --out if it is a bundle ffedge wrote (only after the new bundle passed its checks).",
+        help="Replace --out if it is a bundle or QONNX file set ffedge wrote (only after the new one passed its checks).",
     ),
     verify_samples: int = typer.Option(
         1000,
