@@ -34,7 +34,7 @@ TINY_EXPORT_LAYERS = "16x5p,64x5p,64x3"
 
 # The [train] extra: what the device side must never need. Importing any of these is blocked in the
 # device-side subprocess tests (see block()).
-TRAIN_ONLY = ("torch", "brevitas", "onnx", "onnxscript", "onnxoptimizer")
+TRAIN_ONLY = ("torch", "brevitas", "onnx", "onnxscript", "onnxoptimizer", "qonnx")
 
 
 def installed(*modules: str) -> bool:

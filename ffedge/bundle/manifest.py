@@ -31,6 +31,8 @@ from ffedge.ff.measures import MAX_HEAD_GRID
 
 BUNDLE_FORMAT = "ffedge-bundle"
 BUNDLE_VERSION = 1
+# The manifest format of ``ffedge export --format qonnx``'s file set (for qonnx / FINN, not for the runtime).
+QONNX_FORMAT = "ffedge-qonnx"
 PRECISIONS = ("int8", "fp32")
 # Names inside a bundle folder the manifest does not list but that belong there.
 RESERVED = (MANIFEST, VERSIONS)
@@ -440,6 +442,11 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
     w = str(where)
     if not isinstance(obj, dict):
         raise FFEdgeError(f"{w}: the manifest is not a JSON object")
+    if obj.get("format") == QONNX_FORMAT:
+        raise FFEdgeError(
+            f"{w}: this is a QONNX file set (ffedge export --format qonnx) for qonnx and FINN, not a bundle: "
+            "export the run with --format onnx to run it here"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise FFEdgeError(f"{w}: the manifest lacks the key(s) {', '.join(missing)}")

@@ -16,6 +16,8 @@ SHARED_FILE = "net_shared.onnx"  # every layer in one graph, layer 0's image par
 TOPK_FILE = "net_topk.onnx"  # mode topk in one graph: neutral pass, head, top k labels, their goodness
 MASTER_FILE = "master.npz"  # float master weights (fine-tuning)
 REPLAY_FILE = "replay.npz"  # rehearsal examples (fine-tuning)
+QONNX_README = "README.md"  # in a QONNX file set (export --format qonnx): what its files are and how to feed them
+QONNX_LABEL_CHANNELS = "label_channels.npy"  # in a QONNX file set: the channels layer 0's input appends per label
 
 
 def layer_file(i: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import typer
 from rich.console import Console
@@ -31,6 +31,26 @@ err_console = Console(stderr=True)
 def one_of(names: Sequence[str]) -> str:
     """Choices as help texts list them: ``a, b or c``."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def choice_option(default: str, flag: str, names: Sequence[str], help: str) -> Any:
+    """A typer option that takes one of ``names``: ``--help`` and completion list them, any other value is one
+    ``error:`` line (exit 2) before the command runs."""
+
+    def check(value: str) -> str:
+        if value not in names:
+            raise FFEdgeError(f"{flag} {value!r} is not one of {one_of(list(names))}")
+        return value
+
+    return typer.Option(
+        default,
+        flag,
+        help=help,
+        metavar="[" + "|".join(names) + "]",
+        callback=check,
+        autocompletion=lambda: list(names),
+        show_default=True,
+    )
 
 
 def dataset_help() -> str:

@@ -9,8 +9,10 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from ffedge.cli.app import app, console, err_console
+from ffedge.cli.app import app, choice_option, console, err_console
 from ffedge.errors import FFEdgeError, one_line
+
+EXPORT_FORMATS = ("onnx", "qonnx")
 
 
 def parity_lines(report: dict[str, Any]) -> list[str]:
@@ -33,6 +35,22 @@ def parity_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def qonnx_lines(report: dict[str, Any]) -> list[str]:
+    """Human-readable report of the QONNX executor check."""
+    lines = [
+        f"qonnx check on {report['samples']} held-out images x every label:",
+        f"  {report['executor']} vs the {report['reference']}",
+        f"  goodness, all labels: agreement {report['agreement']:.2%}, accuracy qonnx "
+        f"{report['qonnx_accuracy']:.2%} / bundle {report['bundle_accuracy']:.2%}",
+        f"  summed goodness: max difference {report['max_goodness_diff']:.3g} (largest goodness {report['max_goodness']:.3g})",
+    ]
+    for i, d in enumerate(report["layers"]):
+        lines.append(
+            f"  layer {i}: max goodness difference {d['max_goodness_diff']:.3g} (largest {d['max_goodness']:.3g})"
+        )
+    return lines
+
+
 @app.command("export")
 def export(
     run_dir: Path = typer.Argument(..., help="Training run folder (made by ffedge train)."),
@@ -40,17 +58,30 @@ def export(
         False, "--int8", help="Export int8 (QCDQ, integer convolutions in onnxruntime). The default."
     ),
     fp32: bool = typer.Option(False, "--fp32", help="Export the float model the same way, for comparison."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Bundle folder (default: export/RUN_NAME-int8 or -fp32)."),
+    fmt: str = choice_option(
+        "onnx",
+        "--format",
+        EXPORT_FORMATS,
+        "onnx: the ONNX bundle ffedge's runtime runs. qonnx: one QONNX model per FF layer for FINN and qonnx "
+        "(quantized runs; needs the qonnx package), checked with qonnx's executor against the int8 bundle.",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output folder (default: export/RUN_NAME-int8, -fp32 or -qonnx)."
+    ),
     force: bool = typer.Option(
         False,
         "--force",
-        help="Replace --out if it is a bundle ffedge wrote (only after the new bundle passed its checks).",
+        help="Replace --out if it is a bundle or QONNX file set ffedge wrote (only after the new one passed its checks).",
     ),
     verify_samples: int = typer.Option(
-        1000, "--verify-samples", help="Held-out images for the parity check (0 skips it)."
+        1000,
+        "--verify-samples",
+        help="Held-out images for the parity check (qonnx: for the executor check; 0 skips it).",
     ),
     min_agreement: float = typer.Option(
-        0.99, "--min-agreement", help="Fail below this top-1 agreement with the torch model."
+        0.99,
+        "--min-agreement",
+        help="Fail below this top-1 agreement with the torch model (qonnx: with the int8 bundle).",
     ),
     master: bool = typer.Option(
         False,
@@ -63,32 +94,48 @@ def export(
         help="With --master: class-balanced training examples stored for rehearsal during fine-tuning (0: none).",
     ),
 ) -> None:
-    """Export a run to a bundle: one ONNX file per FF layer, the softmax head, label arrays and manifest.json."""
+    """Export a run to a bundle (one ONNX file per FF layer, the softmax head, label arrays, manifest.json), or with
+    --format qonnx to QONNX files for FINN."""
     from ffedge.fsutil import Terminated, sigterm_as_interrupt
     from ffedge.progress import RichReporter
-    from ffedge.train.export import export_bundle
 
     if int8 and fp32:
         raise FFEdgeError("--int8 and --fp32 exclude each other")
+    if fmt == "qonnx" and (fp32 or master):
+        raise FFEdgeError(
+            f"--format qonnx exports the quantized layers only: {'--fp32' if fp32 else '--master'} is for --format onnx"
+        )
     precision = "fp32" if fp32 else "int8"
-    dest = out or Path("export") / f"{run_dir.resolve().name}-{precision}"
+    dest = out or Path("export") / f"{run_dir.resolve().name}-{'qonnx' if fmt == 'qonnx' else precision}"
+    checks = {
+        "force": force,
+        "verify_samples": verify_samples,
+        "min_agreement": min_agreement,
+        "reporter": RichReporter(),
+    }
     try:
         with sigterm_as_interrupt():
-            m = export_bundle(
-                run_dir,
-                dest,
-                precision=precision,
-                force=force,
-                verify_samples=verify_samples,
-                min_agreement=min_agreement,
-                reporter=RichReporter(),
-                master=master,
-                replay=replay,
-            )
+            if fmt == "qonnx":
+                from ffedge.train.export_qonnx import export_qonnx_bundle
+
+                m = export_qonnx_bundle(run_dir, dest, **checks)
+            else:
+                from ffedge.train.export import export_bundle
+
+                m = export_bundle(run_dir, dest, precision=precision, master=master, replay=replay, **checks)
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         err_console.print(escape(one_line(f"{what}: nothing was written to {dest}")), highlight=False, soft_wrap=True)
         raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+    if fmt == "qonnx":
+        for i, layer in enumerate(m["layers"]):
+            console.print(
+                f"layer {i}: {layer['file']}, QONNX with {layer['ops'].get('Quant', 0)} Quant nodes", highlight=False
+            )
+        for line in qonnx_lines(m["check"]) if "check" in m else []:
+            console.print(line, highlight=False)
+        console.print(f"wrote {dest} (qonnx)", highlight=False)
+        return
     for i, layer in enumerate(m["layers"]):
         fused = {k: v for k, v in layer["ort_ops"].items() if k.startswith(("QLinear", "ConvInteger", "MatMulInteger"))}
         console.print(
@@ -102,21 +149,31 @@ def export(
 
 @app.command("verify")
 def verify(
-    bundle: Path = typer.Argument(..., help="Bundle folder."),
+    bundle: Path = typer.Argument(..., help="Bundle folder, or a QONNX file set (export --format qonnx)."),
     run_dir: Path = typer.Argument(..., help="The training run it was exported from."),
     samples: int = typer.Option(1000, "--samples", help="Held-out images to compare on."),
     min_agreement: float = typer.Option(0.99, "--min-agreement", help="Exit 1 below this top-1 agreement."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check a bundle against its training run: per-layer differences and top-1 agreement on held-out data."""
+    """Check a bundle against its training run: per-layer differences and top-1 agreement on held-out data. A QONNX
+    file set is run under qonnx's executor and compared with the run's int8 bundle."""
     from ffedge.progress import RichReporter
-    from ffedge.train.parity import parity_report
+    from ffedge.train.qonnx_check import is_qonnx_folder
 
-    report = parity_report(bundle, run_dir, samples=samples, reporter=RichReporter())
+    if is_qonnx_folder(bundle):
+        from ffedge.train.qonnx_check import qonnx_report
+
+        report = qonnx_report(bundle, run_dir, samples=samples, reporter=RichReporter())
+        lines = qonnx_lines(report)
+    else:
+        from ffedge.train.parity import parity_report
+
+        report = parity_report(bundle, run_dir, samples=samples, reporter=RichReporter())
+        lines = parity_lines(report)
     if as_json:
         console.print_json(json.dumps(report))
     else:
-        for line in parity_lines(report):
+        for line in lines:
             console.print(line, highlight=False)
     if report["agreement"] < min_agreement:
         raise FFEdgeError(f"agreement {report['agreement']:.2%} is below --min-agreement {min_agreement:.2%}")

@@ -1,4 +1,5 @@
-"""The folder a bundle is exported into: which folders ``--force`` may replace, and the checks before writing."""
+"""The folder a bundle (or a QONNX file set) is exported into: which folders ``--force`` may replace, and the checks
+before writing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ffedge.bundle.names import (
     SAVED_MANIFEST_GLOB,
     SAVED_MANIFEST_PATTERN,
 )
-from ffedge.bundle import BUNDLE_FORMAT, MANIFEST
+from ffedge.bundle import BUNDLE_FORMAT, MANIFEST, QONNX_FORMAT
 from ffedge.errors import FFEdgeError
 from ffedge.fsutil import check_out_folder, is_temp_of, ownership_problem
 
@@ -44,9 +45,9 @@ def _listed_names(manifest: dict[str, Any]) -> set[str]:
 
 
 def bundle_problem(folder: Path) -> str | None:
-    """Why ``folder`` is not a bundle ffedge wrote (so ``--force`` may not replace it), or None.
+    """Why ``folder`` is not a bundle or QONNX file set ffedge wrote (so ``--force`` may not replace it), or None.
 
-    A bundle is recognized by its manifest; every other entry must be a file some
+    Either is recognized by its manifest; every other entry must be a file some
     manifest (current or saved under ``versions/``) lists, or ffedge's own bookkeeping.
     """
 
@@ -59,7 +60,11 @@ def bundle_problem(folder: Path) -> str | None:
     if not (folder / MANIFEST).is_file():
         return f"it has no {MANIFEST}"
     m = read(folder / MANIFEST)
-    if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT or not isinstance(m.get("files"), dict):
+    if (
+        not isinstance(m, dict)
+        or m.get("format") not in (BUNDLE_FORMAT, QONNX_FORMAT)
+        or not isinstance(m.get("files"), dict)
+    ):
         return f"its {MANIFEST} is not an ffedge bundle's"
     listed = _listed_names(m)
     if (folder / VERSIONS).is_dir() and not (folder / VERSIONS).is_symlink():

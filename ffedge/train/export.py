@@ -61,7 +61,7 @@ def export_bundle(
     """
     rep = reporter or QuietReporter()
     run_dir, out = Path(run_dir), Path(out)
-    cfg, net = _load_checked(run_dir, out, precision, force, verify_samples, min_agreement, replay)
+    cfg, net = load_for_export(run_dir, out, precision, force, verify_samples, min_agreement, replay)
     model = net if precision == "int8" else float_copy(net)
     tmp = temp_folder_beside(out)
     try:
@@ -83,15 +83,23 @@ def export_bundle(
     return manifest
 
 
-def _load_checked(
-    run_dir: Path, out: Path, precision: str, force: bool, verify_samples: int, min_agreement: float, replay: int
+def load_for_export(
+    run_dir: Path,
+    out: Path,
+    precision: str,
+    force: bool,
+    verify_samples: int,
+    min_agreement: float,
+    replay: int,
+    unquantized_hint: str = "export it with --fp32",
 ) -> tuple[dict[str, Any], FFNet]:
-    """Check the options and ``out``, and load the run (which must be quantized for int8)."""
+    """Check the options and ``out``, and load the run (which must be quantized for int8; ``unquantized_hint``
+    ends the error otherwise)."""
     if precision not in PRECISIONS:
         raise FFEdgeError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     cfg, net = load_run(run_dir)
     if precision == "int8" and not cfg["model"]["quant"]:
-        raise FFEdgeError(f"{run_dir} was trained without quantization (--no-quant): export it with --fp32")
+        raise FFEdgeError(f"{run_dir} was trained without quantization (--no-quant): {unquantized_hint}")
     check_float(min_agreement, "--min-agreement", 0.0, 1.0)
     check_int(verify_samples, "--verify-samples", 0)
     check_int(replay, "--replay", 0)

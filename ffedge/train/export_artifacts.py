@@ -99,6 +99,25 @@ def hash_files(folder: Path) -> dict[str, str]:
     return {f.name: sha256_file(f) for f in sorted(folder.iterdir())}
 
 
+def provenance(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The manifest keys that say when, by which ffedge and from which run, and what goes in: ``created``,
+    ``ffedge_version``, ``source``, ``classes``, ``input`` (shared by the bundle and the QONNX file set)."""
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "ffedge_version": ffedge.__version__,
+        "source": {
+            "run": str(run_dir),
+            "dataset": cfg["train"].get("dataset"),
+            "epochs": metrics.get("epochs"),
+            "run_test_accuracy": metrics.get("test_accuracy"),
+        },
+        "classes": list(cfg["classes"]),
+        "input": {**cfg["input"], "pixels": "uint8 NHWC 0..255; normalized (x/255 - mean)/std per channel"},
+    }
+
+
 def build_manifest(
     cfg: dict[str, Any],
     net: FFNet,
@@ -113,8 +132,6 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest of a bundle (see export/README.md); ``shared`` and ``topk``: the entries of
     ``net_shared.onnx`` and ``net_topk.onnx``, if written."""
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     quant = {
         "precision": precision,
         "format": "QCDQ (QuantizeLinear / DequantizeLinear around float ops), opset 13"
@@ -131,16 +148,7 @@ def build_manifest(
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
         "precision": precision,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "ffedge_version": ffedge.__version__,
-        "source": {
-            "run": str(run_dir),
-            "dataset": cfg["train"].get("dataset"),
-            "epochs": metrics.get("epochs"),
-            "run_test_accuracy": metrics.get("test_accuracy"),
-        },
-        "classes": list(cfg["classes"]),
-        "input": {**cfg["input"], "pixels": "uint8 NHWC 0..255; normalized (x/255 - mean)/std per channel"},
+        **provenance(cfg, run_dir),
         "encoding": cfg["encoding"],
         "label_arrays": label_arrays,
         "layers": layers,

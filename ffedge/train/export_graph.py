@@ -208,7 +208,7 @@ def _finish_onnx(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def _quiet_export(fn: Any, *args: Any, **kwargs: Any) -> None:
+def quiet_export(fn: Any, *args: Any, **kwargs: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fn(*args, **kwargs)
@@ -223,7 +223,7 @@ def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path,
     if int8:
         from brevitas.export import export_onnx_qcdq
 
-        _quiet_export(
+        quiet_export(
             export_onnx_qcdq,
             graph,
             args=x,
@@ -234,7 +234,7 @@ def export_layer(layer: FFConvLayer, in_shape: tuple[int, int, int], path: Path,
             **names,
         )
     else:
-        _quiet_export(
+        quiet_export(
             torch.onnx.export, graph, (x,), str(path), dynamo=False, opset_version=OPSET, dynamic_axes=dyn, **names
         )
     _finish_onnx(path)
@@ -247,7 +247,7 @@ def export_head(net: FFNet, path: Path) -> None:
     feats = tuple(torch.zeros(2, net.out_shapes[i][0] * cells) for i in net.head_layers)
     names = [head_input(i) for i in net.head_layers]
     dyn = {n: {0: "n"} for n in names + [PROBS]}
-    _quiet_export(
+    quiet_export(
         torch.onnx.export,
         graph,
         feats,
