@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import app, console, print_json
 from ffedge.options import check_int, check_threads
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _fmt(v: Any, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def _out() -> Console:
-    """The console, wide enough when stdout is not a terminal that piped tables keep every column."""
-    return console if console.is_terminal else Console(width=200)
-
-
 def print_tables(result: dict[str, Any], out: Console) -> None:
     """The human tables of :func:`ffedge.runtime.bench.run_bench`'s result."""
+    from rich.table import Table
+
     rows, g, mach = result["rows"], result["gemm"], result["machine"]
     sizes = " or ".join(f"{n}^3" for n in g["sizes"])
     t = Table(
@@ -145,7 +142,7 @@ def bench(
     check_int(limit, "--limit", 1)
     check_int(batch, "--batch", 1)
     check_int(gemm_size, "--gemm-size", 1, 8192)
-    rep = RichReporter()
+    rep = RichReporter(log_to_stderr=as_json)
     b = open_bundle(bundle)
     src = b.manifest.source
     named_run = src.run if src is not None else None
@@ -190,8 +187,8 @@ def bench(
         )
     result["bundle"] = str(bundle)
     if as_json:
-        console.print_json(json.dumps(result))
+        print_json(result)
         return
-    print_tables(result, _out())
+    print_tables(result, console)
     if not have_torch:
         console.print("torch is not installed: no torch eager baseline (pip install 'ffedge[train]')")

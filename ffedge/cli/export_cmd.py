@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 
-from ffedge.cli.app import app, console, err_console
-from ffedge.errors import FFEdgeError, one_line
+from ffedge.cli.app import app, console, err_console, print_json
+from ffedge.errors import EXIT_SIGINT, EXIT_SIGTERM, CheckFailed, FFEdgeError, one_line
 
 
 def parity_lines(report: dict[str, Any]) -> list[str]:
@@ -50,7 +48,9 @@ def export(
         1000, "--verify-samples", help="Held-out images for the parity check (0 skips it)."
     ),
     min_agreement: float = typer.Option(
-        0.99, "--min-agreement", help="Fail below this top-1 agreement with the torch model."
+        0.99,
+        "--min-agreement",
+        help="Fail (exit 1, nothing written) below this top-1 agreement with the torch model.",
     ),
     master: bool = typer.Option(
         False,
@@ -61,6 +61,9 @@ def export(
         500,
         "--replay",
         help="With --master: class-balanced training examples stored for rehearsal during fine-tuning (0: none).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the bundle's manifest (with the parity report) and its folder as JSON."
     ),
 ) -> None:
     """Export a run to a bundle: one ONNX file per FF layer, the softmax head, label arrays and manifest.json."""
@@ -81,14 +84,17 @@ def export(
                 force=force,
                 verify_samples=verify_samples,
                 min_agreement=min_agreement,
-                reporter=RichReporter(),
+                reporter=RichReporter(log_to_stderr=as_json),
                 master=master,
                 replay=replay,
             )
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        err_console.print(escape(one_line(f"{what}: nothing was written to {dest}")), highlight=False, soft_wrap=True)
-        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        err_console.print(one_line(f"{what}: nothing was written to {dest}"), soft_wrap=True)
+        raise typer.Exit(EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT) from None
+    if as_json:
+        print_json({"bundle": str(dest), "precision": precision, "manifest": m})
+        return
     for i, layer in enumerate(m["layers"]):
         fused = {k: v for k, v in layer["ort_ops"].items() if k.startswith(("QLinear", "ConvInteger", "MatMulInteger"))}
         console.print(
@@ -105,18 +111,18 @@ def verify(
     bundle: Path = typer.Argument(..., help="Bundle folder."),
     run_dir: Path = typer.Argument(..., help="The training run it was exported from."),
     samples: int = typer.Option(1000, "--samples", help="Held-out images to compare on."),
-    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Exit 1 below this top-1 agreement."),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Fail (exit 1) below this top-1 agreement."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check a bundle against its training run: per-layer differences and top-1 agreement on held-out data."""
     from ffedge.progress import RichReporter
     from ffedge.train.parity import parity_report
 
-    report = parity_report(bundle, run_dir, samples=samples, reporter=RichReporter())
+    report = parity_report(bundle, run_dir, samples=samples, reporter=RichReporter(log_to_stderr=as_json))
     if as_json:
-        console.print_json(json.dumps(report))
+        print_json(report)
     else:
         for line in parity_lines(report):
             console.print(line, highlight=False)
     if report["agreement"] < min_agreement:
-        raise FFEdgeError(f"agreement {report['agreement']:.2%} is below --min-agreement {min_agreement:.2%}")
+        raise CheckFailed(f"agreement {report['agreement']:.2%} is below --min-agreement {min_agreement:.2%}")
