@@ -69,6 +69,14 @@ def test_cli_train_end_to_end(tmp_path: Path, small_npz: str) -> None:
     assert r.returncode == 0, r.stderr
     assert "held-out acc" in r.stdout and "epoch   1/1" in r.stdout
     assert json.loads((tmp_path / "run" / METRICS).read_text())["epochs"] == 1
+    # --json: stdout is the run folder and its metrics alone; the log lines go to stderr.
+    r = cli("train", "--resume", "--epochs", "2", "--out", str(tmp_path / "run"), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["run"] == str(tmp_path / "run") and res["metrics"] == json.loads(
+        (tmp_path / "run" / METRICS).read_text()
+    )
+    assert res["metrics"]["epochs"] == 2 and "epoch   2/2" in r.stderr
 
 
 def test_training_without_torch_names_the_extra(tmp_path: Path) -> None:
