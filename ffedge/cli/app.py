@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "labels": ("ffedge.cli.labels_cmd", "Draw a label encoding's patterns as a PNG."),
 }
 
+DOWNLOAD_HELP = "Allow downloading a missing standard dataset (checked against its published md5s)."
+
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 a check failed (info: a file fails its sha256; verify, export: agreement "
     "below --min-agreement) or an unexpected error; 2 usage or bad input (an unknown option, a bad "

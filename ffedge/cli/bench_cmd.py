@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from ffedge.cli.app import app, console, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, console, print_json
 from ffedge.options import check_int, check_threads
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ def bench(
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
     ),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Init, first-inference, latency stats, throughput, peak RSS, accuracy and % of the machine's GEMM rate of
@@ -154,6 +155,7 @@ def bench(
         len(b.classes),
         data_dir=str(data_dir) if data_dir else None,
         limit=limit,
+        download=download,
     )
     try:
         import ffedge.train  # noqa: F401

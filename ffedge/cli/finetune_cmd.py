@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, choice, console, dataset_help, err_console, mode_help, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, err_console, mode_help, print_json
 from ffedge.errors import EXIT_SIGINT, EXIT_SIGTERM
 from ffedge.fsutil import Terminated, signals_held, sigterm_as_interrupt
 from ffedge.runtime.modes import DEFAULT_MODE, MODES
@@ -98,6 +98,7 @@ def finetune_cmd(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Write the result as a new bundle here instead of updating BUNDLE in place."
     ),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fine-tune a bundle on labelled data without torch: the chosen layers learn layer-locally, the update is a new bundle version (ffedge rollback undoes it)."""  # noqa: E501 (typer shows the docstring as the command's help)
@@ -126,6 +127,7 @@ def finetune_cmd(
                 data_dir=str(data_dir) if data_dir else None,
                 resize=resize,
                 threads=threads,
+                download=download,
             )
             r = finetune(bundle, cfg, out=out, reporter=QuietReporter() if as_json else RichReporter())
     except KeyboardInterrupt as e:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, choice, console, dataset_help, mode_help, one_of, print_json, say, shown
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, mode_help, one_of, print_json, say, shown
 from ffedge.options import check_int, check_threads
 from ffedge.runtime.modes import DEFAULT_MODE, MODES, REGISTRY as MODE_REGISTRY, mode_spec
 
@@ -43,6 +43,7 @@ def eval_cmd(
         None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
     ),
     low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
@@ -59,7 +60,7 @@ def eval_cmd(
     rt = Runtime(str(bundle), threads=threads, stream=low_memory)
     rt.check_mode(mode, k)
     x, y = first_held_out_for_bundle(
-        rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit
+        rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit, download=download
     )
     r = evaluate(
         rt,

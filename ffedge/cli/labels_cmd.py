@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, choice, console, dataset_help, label_mode_help, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, label_mode_help, print_json
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES, FourierEncoding
 
@@ -30,7 +30,7 @@ def labels(
     ),
     index: int = typer.Option(0, "--index", help="Which test image to encode with every label."),
     scale: int = typer.Option(4, "--scale", min=1, max=16, help="Screen pixels per image pixel."),
-    download: bool = typer.Option(True, "--download/--no-download", help="Allow downloading a missing dataset."),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the file written as JSON."),
 ) -> None:
     """Draw the label patterns of an encoding and one test image encoded with every label, as a PNG."""

@@ -2,7 +2,8 @@
 
 Values printed (paths, class names, a message naming ``ffedge[train]``) may hold square brackets, which rich
 would otherwise take for markup and drop; styles are given as rich ``Text`` instead. When stdout (stderr) is not a
-terminal, tables are printed at their full width rather than cut at 80 columns.
+terminal, tables are printed at their full width rather than cut at 80 columns (nor at $COLUMNS, which some shells
+and tools export with the terminal's width even when the output goes to a file).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class _CLIConsole(Console):
     @property
     def size(self) -> ConsoleDimensions:
         size = super().size
-        return size if self.is_terminal or self._width is not None else ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size if self.is_terminal else ConsoleDimensions(PIPE_WIDTH, size.height)
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:

@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperCommand
 
 from ffedge.bundle.manifest import NORMS
-from ffedge.cli.app import app, choice, dataset_help, err_console, label_mode_help, one_of, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, dataset_help, err_console, label_mode_help, one_of, print_json
 from ffedge.errors import FFEdgeError, MissingExtraError, one_line, quoted
 from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, LOSS_NAMES, registered_losses
 from ffedge.ff.defaults import LOCAL_MODES, NEGATIVE_MODES, TRAIN_PRECISIONS
@@ -165,6 +165,7 @@ def train(
     force: bool = typer.Option(
         False, "--force", help="Replace --out if it is a run folder ffedge wrote (only once the new run is complete)."
     ),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(
         False, "--json", help="Print the run folder and its metrics as JSON (progress and log lines go to stderr)."
     ),
@@ -222,9 +223,9 @@ def train(
     try:
         with sigterm_as_interrupt():
             if resume:
-                metrics = resume_run(out_dir, epochs=epochs, reporter=reporter)
+                metrics = resume_run(out_dir, epochs=epochs, reporter=reporter, download=download)
             else:
-                metrics = train_run(cfg, out_dir, force=force, reporter=reporter)
+                metrics = train_run(cfg, out_dir, force=force, reporter=reporter, download=download)
     except TrainingInterrupted as e:
         err_console.print(one_line(str(e)), soft_wrap=True)
         raise typer.Exit(e.exit_code) from None

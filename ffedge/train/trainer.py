@@ -277,13 +277,14 @@ class PreparedData:
     x_test: np.ndarray
 
 
-def prepare_data(cfg: TrainConfig, encoding: LabelEncoding | None = None) -> PreparedData:
+def prepare_data(cfg: TrainConfig, encoding: LabelEncoding | None = None, download: bool = True) -> PreparedData:
     """Load the dataset, compute normalization on the training split, build the label encoding.
 
     ``encoding``: use this one (a resumed run's, as its ``config.json`` records it) instead of
-    building it from ``cfg.labels`` and ``cfg.label_params``; it must fit the dataset.
+    building it from ``cfg.labels`` and ``cfg.label_params``; it must fit the dataset. ``download``: a standard
+    dataset's missing files may be downloaded.
     """
-    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=download)
     if ds.label_gaps:
         raise FFEdgeError(ds.label_gaps)
     mean, std = compute_normalization(ds.x_train)

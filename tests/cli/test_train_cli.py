@@ -23,6 +23,7 @@ TINY = "8x5p,16x3p,16x3"
         (["--layers", "16x4"], "odd kernel"),
         (["--dataset", "npz:/nonexistent.npz"], "nonexistent"),
         (["--predict-layers", "9"], "layer 9"),
+        (["--dataset", "mnist", "--data-dir", ".", "--no-download"], "and downloading is off"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, args: list[str], needle: str) -> None:

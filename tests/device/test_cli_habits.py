@@ -34,8 +34,9 @@ def _imported(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     return r, set(r.stderr.rsplit("IMPORTED", 1)[1].split())
 
 
-def _env_without_columns() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+def _env_with_columns() -> dict[str, str]:
+    """The environment with COLUMNS=80, as a shell or pytest may export it: a pipe still gets whole tables."""
+    return {**os.environ, "COLUMNS": "80"}
 
 
 def test_version_and_python_m_ffedge() -> None:
@@ -120,14 +121,14 @@ def test_a_failed_check_exits_1_with_its_report(golden_int8: Path, tmp_path: Pat
 
 
 def test_tables_are_whole_in_a_pipe(golden_int8: Path) -> None:
-    r = device_cli("info", str(golden_int8), env=_env_without_columns(), timeout=120)
+    r = device_cli("info", str(golden_int8), env=_env_with_columns(), timeout=120)
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stdout
     header = next(line for line in r.stdout.splitlines() if "layer" in line and "file" in line)
     for column in ("layer", "file", "in", "out", "norm", "conv", "bits w/a", "bytes", "integer kernels"):
         assert column in header, header
     r = device_cli(
-        "eval", str(golden_int8), "--limit", "20", "--latency-images", "0", env=_env_without_columns(), timeout=120
+        "eval", str(golden_int8), "--limit", "20", "--latency-images", "0", env=_env_with_columns(), timeout=120
     )
     assert r.returncode == 0 and "…" not in r.stdout, r.stdout
     assert "true \\ predicted" in r.stdout and all(f" {c} " in r.stdout for c in "0123456789")
@@ -150,3 +151,18 @@ def test_rollback_json(golden_int8: Path, tmp_path: Path) -> None:
     r = cli_inprocess("rollback", str(b), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"bundle": str(b), "rolled_back": 2, "current": 1}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "{b}", "--dataset", "mnist"],
+        ["bench", "{b}", "--dataset", "cifar10"],
+        ["finetune", "{b}", "--data", "fashion-mnist", "--out", "{tmp}/ft"],
+        ["labels", "--dataset", "mnist", "--out", "{tmp}/l.png"],
+    ],
+)
+def test_no_download_on_every_command_that_loads_a_dataset(golden_int8: Path, tmp_path: Path, args: list[str]) -> None:
+    argv = [a.format(b=golden_int8, tmp=tmp_path) for a in args] + ["--data-dir", str(tmp_path), "--no-download"]
+    assert_one_line_error(cli_inprocess(*argv), "and downloading is off", code=EXIT_USAGE)
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "l.png").exists()
