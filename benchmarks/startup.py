@@ -3,8 +3,8 @@
 Each command runs --repeats times as its own process, exactly as the `ffedge` console script runs it
 (`from ffedge.cli import main; main()`), and the minimum wall time is reported (the least disturbed run; the
 median is recorded too). With several --tree LABEL=PATH the same commands run from each source tree (PYTHONPATH=PATH,
-so the tree's ffedge is imported), the trees taking turns run by run, so that a load change on the machine
-affects each alike; the table then has a column per tree and the ratio of the last to the first. A command a
+so the tree's ffedge is imported), commands and trees taking turns run by run, so that a load change on the
+machine affects each alike; the table then has a column per tree and the ratio of the last to the first. A command a
 tree does not have (`--version` before it existed) is shown as failed, not timed. With --importtime N the
 N largest cumulative imports of each command (`python -X importtime`, one run) are recorded for each tree.
 
@@ -48,8 +48,13 @@ def run_once(python: str, tree: Path, args: list[str], extra: tuple[str, ...] = 
     """(wall seconds, exit code, stderr) of one fresh ``ffedge ARGS`` process importing ffedge from ``tree``."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     t0 = time.perf_counter()
-    r = subprocess.run(
-        [python, *extra, "-c", CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    r = subprocess.run(  # cwd: the tree, as `python -c` puts the working folder first on sys.path
+        [python, *extra, "-c", CLI, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tree,
     )
     return time.perf_counter() - t0, r.returncode, r.stderr
 
@@ -96,7 +101,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# Start-up time of the ffedge CLI",
         "",
         f"Command: `{result['command']}`. Each command in a fresh process (as the `ffedge` console script runs it), "
-        f"{result['repeats']} runs per tree, the trees taking turns; min and median wall time. "
+        f"{result['repeats']} runs per tree, commands and trees taking turns; min and median wall time. "
         f"Bundle: {result['bundle']}.",
         f"Load average before / after: {result['load_before']} / {result['load_after']}.",
         "",
@@ -141,10 +146,11 @@ def main() -> None:
         cmds = commands(a.bundle.resolve(), one_image(Path(tmp)))
         times: dict[str, dict[str, list[float]]] = {n: {t: [] for t in trees} for n in cmds}
         exits: dict[str, dict[str, int]] = {n: {t: 0 for t in trees} for n in cmds}
-        for name, args in cmds.items():
+        for args in cmds.values():
             for tree in trees.values():  # one untimed run each: the file cache, .pyc files
                 run_once(a.python, tree, args)
-            for _ in range(repeats):
+        for _ in range(repeats):  # round robin over commands and trees: load changes hit each alike
+            for name, args in cmds.items():
                 for label, tree in trees.items():
                     seconds, code, _ = run_once(a.python, tree, args)
                     exits[name][label] = exits[name][label] or code

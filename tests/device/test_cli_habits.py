@@ -62,7 +62,8 @@ def test_info_imports_what_it_needs_only(golden_int8: Path) -> None:
     r, imported = _imported("info", str(golden_int8))
     assert r.returncode == 0, r.stderr
     assert {"numpy", "onnxruntime", "rich", "ffedge.cli.info_cmd"} <= imported
-    assert not imported & {"torch", *(m for m, _ in COMMANDS.values() if m != "ffedge.cli.info_cmd")}, imported
+    others = {m for m, _ in COMMANDS.values() if m != "ffedge.cli.info_cmd"}
+    assert not imported & {"torch", "PIL", *others}, imported  # Pillow: only where an image is decoded
 
 
 def test_the_command_table_is_what_the_modules_register() -> None:
@@ -83,11 +84,10 @@ def test_the_command_table_is_what_the_modules_register() -> None:
     ],
 )
 def test_shell_completion(words: str, cword: int, want: list[str]) -> None:
+    """What the script of `ffedge --install-completion` / `--show-completion` (for the shell it detects) asks for."""
     env = {**os.environ, "_FFEDGE_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
     r = device_cli(env=env, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == want, (r.stdout, r.stderr)
-    script = device_cli("--show-completion", "bash", timeout=120)
-    assert script.returncode == 0 and "_FFEDGE_COMPLETE=complete_bash" in script.stdout, script.stderr
 
 
 @pytest.mark.parametrize(
