@@ -122,7 +122,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Largest cumulative imports, tree `{t}` (`python -X importtime`, one run, ms):", ""]
         for name, rows in tops.items():
             lines.append(f"- `{name}`: " + ", ".join(f"{r['module']} {r['cumulative_ms']:.0f}" for r in rows))
-    lines += ["", f"Machine: {machine_line(result['machine'])}", ""]
+    lines += ["", machine_line(result["machine"]), ""]
     return "\n".join(lines)
 
 
