@@ -2,11 +2,12 @@
 
 Each command runs --repeats times as its own process, exactly as the `ffedge` console script runs it
 (`from ffedge.cli import main; main()`), and the minimum wall time is reported (the least disturbed run; the
-median is recorded too). With several --tree LABEL=PATH the same commands run from each source tree (PYTHONPATH=PATH,
-so the tree's ffedge is imported), commands and trees taking turns run by run, so that a load change on the
-machine affects each alike; the table then has a column per tree and the ratio of the last to the first. A command a
-tree does not have (`--version` before it existed) is shown as failed, not timed. With --importtime N the
-N largest cumulative imports of each command (`python -X importtime`, one run) are recorded for each tree.
+median is recorded too), with the minimum CPU time (user + system, all threads). With several --tree LABEL=PATH
+the same commands run from each source tree (PYTHONPATH=PATH, from that folder, so the tree's ffedge is
+imported), commands and trees taking turns run by run, so that a load change on the machine affects each alike;
+the table then has columns per tree and the ratio of the last to the first. A command a tree does not have
+(`--version` before it existed) is shown as failed, not timed. With --importtime N the N largest cumulative
+imports of each command (`python -X importtime`, one run) are recorded for each tree.
 
     python benchmarks/startup.py                                              # this tree, golden int8 bundle
     python benchmarks/startup.py --tree before=../main --tree after=. --importtime 12
@@ -16,6 +17,7 @@ N largest cumulative imports of each command (`python -X importtime`, one run) a
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,34 +36,46 @@ GOLDEN = ROOT / "tests" / "golden" / "bundle-int8"
 CLI = "import sys\nfrom ffedge.cli import main\nsys.argv[0] = 'ffedge'\nmain()\n"
 
 
-def commands(bundle: Path, image: Path) -> dict[str, list[str]]:
-    """The command lines measured, by name."""
+# The floor of every device command: the interpreter with numpy and onnxruntime, no ffedge.
+FLOOR = "floor: python -c 'import numpy, onnxruntime'"
+
+
+def commands(bundle: Path, image: Path) -> dict[str, tuple[str, list[str]]]:
+    """The processes measured, by name: (python -c CODE, its arguments)."""
     return {
-        "ffedge --help": ["--help"],
-        "ffedge --version": ["--version"],
-        "ffedge info BUNDLE": ["info", str(bundle)],
-        "ffedge predict BUNDLE digit.png": ["predict", str(bundle), str(image)],
+        "ffedge --help": (CLI, ["--help"]),
+        "ffedge --version": (CLI, ["--version"]),
+        "ffedge info BUNDLE": (CLI, ["info", str(bundle)]),
+        "ffedge predict BUNDLE digit.png": (CLI, ["predict", str(bundle), str(image)]),
+        FLOOR: ("import numpy, onnxruntime", []),
     }
 
 
-def run_once(python: str, tree: Path, args: list[str], extra: tuple[str, ...] = ()) -> tuple[float, int, str]:
-    """(wall seconds, exit code, stderr) of one fresh ``ffedge ARGS`` process importing ffedge from ``tree``."""
+def run_once(
+    python: str, tree: Path, cmd: tuple[str, list[str]], extra: tuple[str, ...] = ()
+) -> tuple[float, float, int, str]:
+    """(wall seconds, CPU seconds, exit code, stderr) of one fresh ``python -c CODE ARGS`` process (``cmd``) importing
+    ffedge from ``tree``. CPU time (user + system, all its threads) moves far less than wall time on a busy machine."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(  # cwd: the tree, as `python -c` puts the working folder first on sys.path
-        [python, *extra, "-c", CLI, *args],
+        [python, *extra, "-c", cmd[0], *cmd[1]],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=tree,
     )
-    return time.perf_counter() - t0, r.returncode, r.stderr
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, r.returncode, r.stderr
 
 
-def import_top(python: str, tree: Path, args: list[str], n: int) -> list[dict[str, Any]]:
+def import_top(python: str, tree: Path, cmd: tuple[str, list[str]], n: int) -> list[dict[str, Any]]:
     """The ``n`` largest cumulative imports of one run (``-X importtime``), in ms."""
-    _, _, err = run_once(python, tree, args, ("-X", "importtime"))
+    err = run_once(python, tree, cmd, ("-X", "importtime"))[3]
     rows = []
     for line in err.splitlines():
         if not line.startswith("import time:") or "|" not in line:
@@ -95,28 +109,34 @@ def parse_trees(specs: list[str]) -> dict[str, Path]:
 
 def markdown(result: dict[str, Any]) -> str:
     labels = list(result["trees"])
-    head = " | ".join(f"{t} min ms (median)" for t in labels)
+    head = " | ".join(f"{t} min ms (median) | {t} CPU min ms" for t in labels)
     ratio = len(labels) > 1
     lines = [
         "# Start-up time of the ffedge CLI",
         "",
         f"Command: `{result['command']}`. Each command in a fresh process (as the `ffedge` console script runs it), "
-        f"{result['repeats']} runs per tree, commands and trees taking turns; min and median wall time. "
+        f"{result['repeats']} runs per tree, commands and trees taking turns; min and median wall time, and min CPU "
+        "time (user + system of the process and its threads: what a busy machine moves least). "
         f"Bundle: {result['bundle']}.",
         f"Load average before / after: {result['load_before']} / {result['load_after']}.",
         "",
-        f"| command | {head} |" + (f" {labels[-1]} / {labels[0]} (min) |" if ratio else ""),
-        "|---|" + "---:|" * (len(labels) + ratio),
+        f"| command | {head} |" + (f" {labels[-1]} / {labels[0]} (min wall; CPU) |" if ratio else ""),
+        "|---|" + "---:|" * (2 * len(labels) + ratio),
     ]
     for name, per_tree in result["results"].items():
         cells = []
         for t in labels:
             r = per_tree[t]
-            cells.append(f"{r['min_ms']:.0f} ({r['median_ms']:.0f})" if r["ok"] else f"failed (exit {r['exit']})")
+            cells.append(
+                f"{r['min_ms']:.0f} ({r['median_ms']:.0f}) | {r['cpu_min_ms']:.0f}"
+                if r["ok"]
+                else f"failed (exit {r['exit']}) | –"
+            )
         row = f"| `{name}` | " + " | ".join(cells) + " |"
         if ratio:
             a, b = per_tree[labels[0]], per_tree[labels[-1]]
-            row += f" {b['min_ms'] / a['min_ms']:.2f}x |" if a["ok"] and b["ok"] else " – |"
+            both = a["ok"] and b["ok"]
+            row += f" {b['min_ms'] / a['min_ms']:.2f}x; {b['cpu_min_ms'] / a['cpu_min_ms']:.2f}x |" if both else " – |"
         lines.append(row)
     for t, tops in result.get("importtime", {}).items():
         lines += ["", f"Largest cumulative imports, tree `{t}` (`python -X importtime`, one run, ms):", ""]
@@ -145,19 +165,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmds = commands(a.bundle.resolve(), one_image(Path(tmp)))
         times: dict[str, dict[str, list[float]]] = {n: {t: [] for t in trees} for n in cmds}
+        cpus: dict[str, dict[str, list[float]]] = {n: {t: [] for t in trees} for n in cmds}
         exits: dict[str, dict[str, int]] = {n: {t: 0 for t in trees} for n in cmds}
-        for args in cmds.values():
+        for cmd in cmds.values():
             for tree in trees.values():  # one untimed run each: the file cache, .pyc files
-                run_once(a.python, tree, args)
+                run_once(a.python, tree, cmd)
         for _ in range(repeats):  # round robin over commands and trees: load changes hit each alike
-            for name, args in cmds.items():
+            for name, cmd in cmds.items():
                 for label, tree in trees.items():
-                    seconds, code, _ = run_once(a.python, tree, args)
+                    seconds, cpu, code, _ = run_once(a.python, tree, cmd)
                     exits[name][label] = exits[name][label] or code
                     times[name][label].append(seconds)
+                    cpus[name][label].append(cpu)
         tops = (
             {
-                t: {n: import_top(a.python, tree, args, a.importtime) for n, args in cmds.items()}
+                t: {n: import_top(a.python, tree, cmd, a.importtime) for n, cmd in cmds.items() if n != FLOOR}
                 for t, tree in trees.items()
             }
             if a.importtime
@@ -171,6 +193,8 @@ def main() -> None:
                 "min_ms": round(1000 * min(times[name][t]), 1),
                 "median_ms": round(1000 * statistics.median(times[name][t]), 1),
                 "runs_ms": [round(1000 * s, 1) for s in times[name][t]],
+                "cpu_min_ms": round(1000 * min(cpus[name][t]), 1),
+                "cpu_runs_ms": [round(1000 * s, 1) for s in cpus[name][t]],
             }
             for t in trees
         }
