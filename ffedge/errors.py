@@ -5,11 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 
+# The CLI's exit codes, one convention for every command (``ffedge --help`` and README.md state it).
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and a check failed (checksums, parity, agreement), or an unexpected failure
+EXIT_USAGE = 2  # usage or bad input: an unknown option, a bad value, a file that is missing or not what it must be
+EXIT_SIGINT = 130  # interrupted by Ctrl-C (128 + the signal number, as a shell reports it)
+EXIT_SIGTERM = 143  # terminated by SIGTERM
+
+
 class FFEdgeError(Exception):
     """A problem the user can fix (bad input, missing file, wrong option).
 
-    The CLI turns it into ``error: <message>`` and exit code 2, never a traceback.
+    The CLI turns it into ``error: <message>`` and exit code :data:`EXIT_USAGE` (2), never a traceback.
     """
+
+    exit_code = EXIT_USAGE
+
+
+class CheckFailed(FFEdgeError):
+    """The input was fine and the work was done, but what it checks failed (a parity or agreement threshold,
+    a checksum): the CLI prints ``error: <message>`` and exits :data:`EXIT_FAILED` (1)."""
+
+    exit_code = EXIT_FAILED
 
 
 class MissingExtraError(FFEdgeError, ImportError):

@@ -32,16 +32,17 @@ class QuietReporter:
 
 
 class RichReporter:
-    """Rich progress bars on stderr, log lines on stdout."""
+    """Rich progress bars on stderr, log lines on stdout (``log_to_stderr``: on stderr too, when stdout holds a
+    command's JSON). Messages are printed as they are: never read as rich markup."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_to_stderr: bool = False) -> None:
         from rich.console import Console
 
-        self.console = Console()
-        self.err = Console(stderr=True)
+        self.console = Console(stderr=log_to_stderr, markup=False, emoji=False, highlight=False)
+        self.err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
     def log(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
+        self.console.print(message, soft_wrap=True)
 
     @contextlib.contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
@@ -55,12 +56,12 @@ class RichReporter:
         )
 
         columns = (
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", markup=False),
         )
         with Progress(*columns, console=self.err, transient=True) as progress:
             tid = progress.add_task(description, total=total, info="")

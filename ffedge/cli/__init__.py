@@ -1,25 +1,14 @@
 """The ``ffedge`` command line: thin wrappers over library functions.
 
-Each command group lives in its own module and registers itself on ``app``.
+Each command lives in a module of this package that registers it on ``app`` with ``@app.command(NAME)``;
+:data:`ffedge.cli.app.COMMANDS` says which module, so that a call imports only the command it runs.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ffedge.cli.app import app, run_app
-
-# Command modules register themselves on import, in the order ``ffedge --help`` lists their commands.
-from ffedge.cli import (
-    bench_cmd,
-    export_cmd,
-    finetune_cmd,
-    labels_cmd,
-    report_cmd,
-    rollback_cmd,
-    inference_cmds,
-    train_cmd,
-)  # noqa: F401,E402
+from ffedge.cli.app import COMMANDS, app, command, run_app
 
 
 def main() -> None:

@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, print_json
 from ffedge.options import check_int, check_threads
+from ffedge.runtime.engines import ENGINES
+
+EngineName = choice(ENGINES)
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _fmt(v: Any, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def _out() -> Console:
-    """The console, wide enough when stdout is not a terminal that piped tables keep every column."""
-    return console if console.is_terminal else Console(width=200)
-
-
 def print_tables(result: dict[str, Any], out: Console) -> None:
     """The human tables of :func:`ffedge.runtime.bench.run_bench`'s result."""
+    from rich.table import Table
+
     rows, g, mach = result["rows"], result["gemm"], result["machine"]
     sizes = " or ".join(f"{n}^3" for n in g["sizes"])
     t = Table(
@@ -148,7 +148,7 @@ def bench(
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Dataset folder (default: $FFEDGE_DATA or the user cache)."
     ),
-    engine: str = typer.Option(
+    engine: EngineName = typer.Option(
         "onnxruntime",
         "--engine",
         help="openvino: also run the bundle with OpenVINO's own runtime (ffedge's 'openvino' extra) and "
@@ -159,6 +159,7 @@ def bench(
         "--providers",
         help="onnxruntime execution providers for the ORT rows, comma-separated, in priority order.",
     ),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Init, first-inference, latency stats, throughput, peak RSS, accuracy and % of the machine's GEMM rate of
@@ -179,7 +180,7 @@ def bench(
     provider_list = check_providers(providers)
     if engine == "openvino":
         import_openvino()  # not installed: say so before anything is measured
-    rep = RichReporter()
+    rep = RichReporter(log_to_stderr=as_json)
     b = open_bundle(bundle)
     src = b.manifest.source
     named_run = src.run if src is not None else None
@@ -191,6 +192,7 @@ def bench(
         len(b.classes),
         data_dir=str(data_dir) if data_dir else None,
         limit=limit,
+        download=download,
     )
     try:
         import ffedge.train  # noqa: F401
@@ -228,8 +230,8 @@ def bench(
         )
     result["bundle"] = str(bundle)
     if as_json:
-        console.print_json(json.dumps(result))
+        print_json(result)
         return
-    print_tables(result, _out())
+    print_tables(result, console)
     if not have_torch:
         console.print("torch is not installed: no torch eager baseline (pip install 'ffedge[train]')")

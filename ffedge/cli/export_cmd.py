@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 
-from ffedge.cli.app import app, choice_option, console, err_console
-from ffedge.errors import FFEdgeError, one_line
+from ffedge.cli.app import app, choice, console, err_console, print_json
+from ffedge.errors import EXIT_SIGINT, EXIT_SIGTERM, CheckFailed, FFEdgeError, one_line
 
 EXPORT_FORMATS = ("onnx", "qonnx")
+ExportFormat = choice(EXPORT_FORMATS)
 
 
 def parity_lines(report: dict[str, Any]) -> list[str]:
@@ -58,11 +57,10 @@ def export(
         False, "--int8", help="Export int8 (QCDQ, integer convolutions in onnxruntime). The default."
     ),
     fp32: bool = typer.Option(False, "--fp32", help="Export the float model the same way, for comparison."),
-    fmt: str = choice_option(
+    fmt: ExportFormat = typer.Option(
         "onnx",
         "--format",
-        EXPORT_FORMATS,
-        "onnx: the ONNX bundle ffedge's runtime runs. qonnx: one QONNX model per FF layer for FINN and qonnx "
+        help="onnx: the ONNX bundle ffedge's runtime runs. qonnx: one QONNX model per FF layer for FINN and qonnx "
         "(quantized runs; needs the qonnx package), checked with qonnx's executor against the int8 bundle.",
     ),
     out: Optional[Path] = typer.Option(
@@ -81,7 +79,8 @@ def export(
     min_agreement: float = typer.Option(
         0.99,
         "--min-agreement",
-        help="Fail below this top-1 agreement with the torch model (qonnx: with the int8 bundle).",
+        help="Fail (exit 1, nothing written) below this top-1 agreement with the torch model (qonnx: with the int8 "
+        "bundle).",
     ),
     master: bool = typer.Option(
         False,
@@ -92,6 +91,9 @@ def export(
         500,
         "--replay",
         help="With --master: class-balanced training examples stored for rehearsal during fine-tuning (0: none).",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the bundle's manifest (with the parity report) and its folder as JSON."
     ),
 ) -> None:
     """Export a run to a bundle (one ONNX file per FF layer, the softmax head, label arrays, manifest.json), or with
@@ -111,7 +113,7 @@ def export(
         "force": force,
         "verify_samples": verify_samples,
         "min_agreement": min_agreement,
-        "reporter": RichReporter(),
+        "reporter": RichReporter(log_to_stderr=as_json),
     }
     try:
         with sigterm_as_interrupt():
@@ -125,8 +127,11 @@ def export(
                 m = export_bundle(run_dir, dest, precision=precision, master=master, replay=replay, **checks)
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        err_console.print(escape(one_line(f"{what}: nothing was written to {dest}")), highlight=False, soft_wrap=True)
-        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
+        err_console.print(one_line(f"{what}: nothing was written to {dest}"), soft_wrap=True)
+        raise typer.Exit(EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT) from None
+    if as_json:
+        print_json({"bundle": str(dest), "format": fmt, "precision": precision, "manifest": m})
+        return
     if fmt == "qonnx":
         for i, layer in enumerate(m["layers"]):
             console.print(
@@ -152,7 +157,7 @@ def verify(
     bundle: Path = typer.Argument(..., help="Bundle folder, or a QONNX file set (export --format qonnx)."),
     run_dir: Path = typer.Argument(..., help="The training run it was exported from."),
     samples: int = typer.Option(1000, "--samples", help="Held-out images to compare on."),
-    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Exit 1 below this top-1 agreement."),
+    min_agreement: float = typer.Option(0.99, "--min-agreement", help="Fail (exit 1) below this top-1 agreement."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check a bundle against its training run: per-layer differences and top-1 agreement on held-out data. A QONNX
@@ -163,17 +168,17 @@ def verify(
     if is_qonnx_folder(bundle):
         from ffedge.train.qonnx_check import qonnx_report
 
-        report = qonnx_report(bundle, run_dir, samples=samples, reporter=RichReporter())
+        report = qonnx_report(bundle, run_dir, samples=samples, reporter=RichReporter(log_to_stderr=as_json))
         lines = qonnx_lines(report)
     else:
         from ffedge.train.parity import parity_report
 
-        report = parity_report(bundle, run_dir, samples=samples, reporter=RichReporter())
+        report = parity_report(bundle, run_dir, samples=samples, reporter=RichReporter(log_to_stderr=as_json))
         lines = parity_lines(report)
     if as_json:
-        console.print_json(json.dumps(report))
+        print_json(report)
     else:
         for line in lines:
             console.print(line, highlight=False)
     if report["agreement"] < min_agreement:
-        raise FFEdgeError(f"agreement {report['agreement']:.2%} is below --min-agreement {min_agreement:.2%}")
+        raise CheckFailed(f"agreement {report['agreement']:.2%} is below --min-agreement {min_agreement:.2%}")

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console, dataset_help, err_console, one_of
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, err_console, mode_help, print_json
+from ffedge.errors import EXIT_SIGINT, EXIT_SIGTERM
 from ffedge.fsutil import Terminated, signals_held, sigterm_as_interrupt
 from ffedge.runtime.modes import DEFAULT_MODE, MODES
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
-# Exit codes of an interrupted run: 128 + the signal number, as a shell reports a process killed by it.
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+ModeName = choice(MODES)
 
 
 def _version(bundle: Path) -> int | None:
@@ -89,7 +88,9 @@ def finetune_cmd(
     eval_examples: int = typer.Option(
         1000, "--eval-examples", help="Held-out examples of --data scored before and after."
     ),
-    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=f"Prediction mode scored: {one_of(MODES)}."),
+    mode: ModeName = typer.Option(
+        DEFAULT_MODE, "--mode", help=f"Prediction mode scored before and after: {mode_help()}"
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime threads."),
     resize: bool = typer.Option(False, "--resize", help="Resize the data's images to the bundle's input size."),
@@ -97,6 +98,7 @@ def finetune_cmd(
     out: Optional[Path] = typer.Option(
         None, "--out", help="Write the result as a new bundle here instead of updating BUNDLE in place."
     ),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Fine-tune a bundle on labelled data without torch: the chosen layers learn layer-locally, the update is a new bundle version (ffedge rollback undoes it)."""  # noqa: E501 (typer shows the docstring as the command's help)
@@ -125,15 +127,14 @@ def finetune_cmd(
                 data_dir=str(data_dir) if data_dir else None,
                 resize=resize,
                 threads=threads,
+                download=download,
             )
             r = finetune(bundle, cfg, out=out, reporter=QuietReporter() if as_json else RichReporter())
     except KeyboardInterrupt as e:
-        err_console.print(
-            interrupted_message(bundle, out, start, out_existed), highlight=False, soft_wrap=True, markup=False
-        )
+        err_console.print(interrupted_message(bundle, out, start, out_existed), soft_wrap=True)
         raise typer.Exit(EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT) from None
     if as_json:
-        console.print_json(json.dumps(r))
+        print_json(r)
         return
     console.print(
         f"{r['bundle']} is now version {r['version']}: held-out accuracy {r['accuracy_before']:.2%} -> {r['accuracy_after']:.2%} "

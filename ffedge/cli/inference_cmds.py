@@ -1,23 +1,19 @@
-"""`ffedge eval`, `ffedge predict`, `ffedge info`: run a bundle on the device and report what it holds (no torch)."""
+"""`ffedge eval`, `ffedge predict`: run a bundle on the device (no torch)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Optional
 
-import numpy as np
 import typer
-from rich.table import Column, Table
-from rich.text import Text
 
-from ffedge.cli.app import app, console, dataset_help, mode_help, one_of
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, mode_help, one_of, print_json, say, shown
 from ffedge.options import check_int, check_threads
-from ffedge.runtime.modes import DEFAULT_MODE, REGISTRY as MODE_REGISTRY, mode_spec
+from ffedge.runtime.engines import ENGINES
+from ffedge.runtime.modes import DEFAULT_MODE, MODES, REGISTRY as MODE_REGISTRY, mode_spec
 
-if TYPE_CHECKING:
-    from ffedge.bundle.manifest import Manifest
-
+ModeName = choice(MODES)
+EngineName = choice(ENGINES)
 MODE_HELP = mode_help()
 K_HELP = f"Candidates for --mode {one_of([m.name for m in MODE_REGISTRY if m.uses_k])}."
 LOW_MEMORY_HELP = (
@@ -35,21 +31,6 @@ ENGINE_HELP = (
     "Runtime that runs the bundle: onnxruntime (default) or openvino (OpenVINO's own runtime on the CPU, "
     "needs ffedge's 'openvino' extra; runs net.onnx, every convolution in int8)."
 )
-# Keys of every label encoding's config (ffedge.labels.base.LabelEncoding.to_config) that are not its parameters.
-ENCODING_FRAME_KEYS = ("name", "version", "num_classes", "image_shape")
-
-
-def shown(value: object) -> str:
-    """A value from a bundle or the user (a class name, a file name) as one safe line of text."""
-    from ffedge.errors import quoted
-
-    text = value if isinstance(value, str) else str(value)
-    return text if text.isprintable() else quoted(text)
-
-
-def say(text: str) -> None:
-    """Print a line that holds values from a bundle: no markup, emoji codes or highlighting applied to them."""
-    console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 @app.command("eval")
@@ -58,7 +39,7 @@ def eval_cmd(
     dataset: str = typer.Option(
         "mnist-5k", "--dataset", help=f"Dataset whose held-out split to score: {dataset_help()}."
     ),
-    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
+    mode: ModeName = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
     k: int = typer.Option(3, "--k", help=K_HELP),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per call for the accuracy pass (throughput)."),
     latency_images: int = typer.Option(
@@ -74,7 +55,8 @@ def eval_cmd(
     ),
     low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
     providers: Optional[str] = typer.Option(None, "--providers", help=PROVIDERS_HELP),
-    engine: str = typer.Option("onnxruntime", "--engine", help=ENGINE_HELP),
+    engine: EngineName = typer.Option("onnxruntime", "--engine", help=ENGINE_HELP),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Accuracy, confusion matrix, latency (p50/p90 at batch 1), throughput and peak memory of a bundle."""
@@ -91,10 +73,17 @@ def eval_cmd(
     rt = Runtime(str(bundle), threads=threads, stream=low_memory, providers=providers, engine=engine)
     rt.check_mode(mode, k)
     x, y = first_held_out_for_bundle(
-        rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit
+        rt, dataset, data_dir=str(data_dir) if data_dir else None, resize=resize, limit=limit, download=download
     )
     r = evaluate(
-        rt, x, y, mode=mode, k=k, batch_size=batch_size, latency_images=latency_images, reporter=RichReporter()
+        rt,
+        x,
+        y,
+        mode=mode,
+        k=k,
+        batch_size=batch_size,
+        latency_images=latency_images,
+        reporter=RichReporter(log_to_stderr=as_json),
     )
     r.update(
         bundle=str(bundle),
@@ -106,17 +95,19 @@ def eval_cmd(
         providers=rt.providers,
     )
     if as_json:
-        console.print_json(json.dumps(r))
+        print_json(r)
         return
+    from rich.table import Table
+
     mode_txt = (f"{mode} (k={k})" if mode_spec(mode).uses_k else mode) + (", low-memory" if low_memory else "")
     on = ", OpenVINO" if engine == "openvino" else ""
     say(
         f"{shown(str(bundle))} ({r['precision']}{on}) on {shown(dataset)}, {r['images']} held-out images, mode {mode_txt}"
     )
     say(f"accuracy {r['accuracy']:.2%}")
-    t = Table("true \\ predicted", *[Column(Text(shown(c))) for c in r["classes"]], title="confusion matrix")
+    t = Table("true \\ predicted", *[shown(c) for c in r["classes"]], title="confusion matrix")
     for c, row in zip(r["classes"], r["confusion"]):
-        t.add_row(Text(shown(c)), *[str(v) for v in row])
+        t.add_row(shown(c), *[str(v) for v in row])
     console.print(t)
     lat = r["latency_batch1"]
     if lat:
@@ -135,7 +126,7 @@ def predict(
     images: list[Path] = typer.Argument(
         ..., help="Image files (PNG, JPG, ...) or .npy arrays (HW, HWC, NHW or NHWC, pixels 0..255)."
     ),
-    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
+    mode: ModeName = typer.Option(DEFAULT_MODE, "--mode", help=MODE_HELP),
     k: int = typer.Option(3, "--k", help=K_HELP),
     top: int = typer.Option(3, "--top", help="Labels shown per image."),
     resize: bool = typer.Option(
@@ -146,10 +137,12 @@ def predict(
     threads: Optional[int] = typer.Option(None, "--threads", help="onnxruntime intra-op threads."),
     low_memory: bool = typer.Option(False, "--low-memory", help=LOW_MEMORY_HELP),
     providers: Optional[str] = typer.Option(None, "--providers", help=PROVIDERS_HELP),
-    engine: str = typer.Option("onnxruntime", "--engine", help=ENGINE_HELP),
+    engine: EngineName = typer.Option("onnxruntime", "--engine", help=ENGINE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print predictions as JSON."),
 ) -> None:
     """Classify image files: the top labels with their goodness (or head probability)."""
+    import numpy as np
+
     from ffedge.runtime.inputs import read_inputs
     from ffedge.runtime import Runtime, check_mode
 
@@ -173,136 +166,8 @@ def predict(
             }
         )
     if as_json:
-        console.print_json(json.dumps({"mode": mode, "predictions": results}))
+        print_json({"mode": mode, "predictions": results})
         return
     for r in results:
         tops = ", ".join(f"{shown(t['label'])} ({t[score]:.3f})" for t in r["top"])
         say(f"{shown(r['file'])}: {shown(r['label'])}   top: {tops}")
-
-
-@app.command("info")
-def info(
-    bundle: Path = typer.Argument(..., help="Bundle folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest and checks as JSON."),
-) -> None:
-    """What a bundle holds (classes, input, label encoding, layers, bits, sizes), after verifying and loading every file.
-
-    Exit 1 when a checksum fails (the report says which); a file that does not load
-    or does not fit the manifest is a one-line error (exit 2).
-    """
-    from ffedge.bundle import MANIFEST, check_files, check_paths, read_manifest
-    from ffedge.bundle.update import versions
-    from ffedge.errors import FFEdgeError
-    from ffedge.runtime import load_and_check
-
-    m = read_manifest(bundle)
-    check_paths(bundle, m)
-    try:
-        check_files(bundle, m)
-        status = "ok (every file matches its sha256)"
-    except FFEdgeError as e:
-        status = f"FAILED: {e}"
-    checked = load_and_check(bundle, verified=True) if status.startswith("ok") else {}
-    sizes = {n: (bundle / n).stat().st_size for n in m.files if (bundle / n).is_file()}
-    total = sum(sizes.values()) + (bundle / MANIFEST).stat().st_size
-    history = versions(bundle)
-    if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "manifest": m.to_dict(),
-                    "checksums": status,
-                    "loaded": checked,
-                    "sizes": sizes,
-                    "total_bytes": total,
-                    "versions": history,
-                }
-            )
-        )
-    else:
-        _print_info(bundle, m, sizes, total, history, status, checked)
-    if not status.startswith("ok"):
-        raise typer.Exit(1)
-
-
-def _short(value: object, items: int = 3, depth: int = 0) -> str:
-    """A config value in a few characters: floats to 6 significant digits, lists cut after ``items`` (and 3 levels deep)."""
-    if isinstance(value, float):
-        text = f"{value:.6g}"
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, (list, tuple)):
-        if depth >= 3:
-            return "[...]"
-        if len(value) > items and all(isinstance(v, (int, float, str)) and v == value[0] for v in value):
-            return f"[{_short(value[0], items, depth + 1)} x{len(value)}]"
-        parts = [_short(v, items, depth + 1) for v in value[:items]]
-        return "[" + ", ".join(parts) + (f", ... ({len(value)} values)]" if len(value) > items else "]")
-    text = shown(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def encoding_params(enc: dict[str, Any]) -> str:
-    """The parameters a bundle's label encoding config holds (whatever its encoding stores), as ``key=value, ...``."""
-    return ", ".join(f"{shown(k)}={_short(v)}" for k, v in enc.items() if k not in ENCODING_FRAME_KEYS)
-
-
-def _print_info(
-    bundle: Path,
-    m: "Manifest",
-    sizes: dict[str, int],
-    total: int,
-    history: list[dict[str, Any]],
-    status: str,
-    checked: dict[str, str],
-) -> None:
-    """The text form of ``ffedge info``."""
-    c, h, w = m.input.shape
-    enc = m.encoding
-    say(
-        f"bundle {shown(str(bundle))}: format {m.format} v{m.version}, {m.precision}, made {shown(m.created or '?')} "
-        f"by ffedge {shown(m.ffedge_version or '?')}"
-    )
-    say(f"classes ({len(m.classes)}): {', '.join(map(shown, m.classes))}")
-    say(f"input: {c}x{h}x{w} pixels, mean {m.input.mean}, std {m.input.std}")
-    say(f"labels: {shown(enc.get('name'))} {encoding_params(enc)}".rstrip())
-    t = Table("layer", "file", "in", "out", "norm", "conv", "bits w/a", "bytes", "integer kernels")
-    for i, layer in enumerate(m.layers):
-        q = layer.quant
-        fused = sum(v for k_, v in (layer.ort_ops or {}).items() if k_.startswith(("QLinear", "ConvInteger")))
-        conv = f"{layer.channels or '?'} {layer.kernel or '?'}x{layer.kernel or '?'}" + (" +pool" if layer.pool else "")
-        t.add_row(
-            str(i),
-            Text(shown(layer.file)),
-            "x".join(map(str, layer.in_shape)),
-            "x".join(map(str, layer.out_shape)),
-            layer.norm_kind,
-            conv,
-            f"{q.weight_bits}/{q.act_bits}" if q else "32/32",
-            str(sizes.get(layer.file, "missing")),
-            str(fused),
-        )
-    console.print(t)
-    head = (
-        f"{shown(m.head.file)} on layers {m.head.layers}, {m.head.grid_size}x{m.head.grid_size} grid"
-        if m.head
-        else "none"
-    )
-    say(f"prediction by goodness of layer(s) {m.predict_layers}; head: {head}")
-    say(f"size: {total / 1e6:.3f} MB in {len(sizes) + 1} files")
-    p = m.parity
-    if p is not None and p.agreement is not None and p.samples is not None and p.bundle_accuracy is not None:
-        say(
-            f"parity at export: agreement {p.agreement:.2%} on {p.samples} images (bundle accuracy {p.bundle_accuracy:.2%})"
-        )
-    for v in history:
-        details = ", ".join(
-            f"{k} {shown(v[k])}"
-            for k in ("event", "data", "examples", "accuracy_before", "accuracy_after", "seconds")
-            if k in v
-        )
-        say(f"version {v['version']} ({shown(v.get('status', '?'))}): {shown(v.get('time', '?'))} {details}")
-    say(f"checksums: {shown(status)}")
-    if checked:
-        say("loaded and checked:")
-        for name, what in checked.items():
-            say(f"  {shown(name)}: {what}")

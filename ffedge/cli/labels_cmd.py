@@ -7,9 +7,12 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console, dataset_help, label_mode_help, one_of
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, label_mode_help, print_json
 from ffedge.errors import FFEdgeError
-from ffedge.labels import ENCODING_NAMES
+from ffedge.labels import ENCODING_NAMES, FourierEncoding
+
+EncodingName = choice(ENCODING_NAMES)
+LabelMode = choice(FourierEncoding.MODES)
 
 
 @app.command("labels")
@@ -19,15 +22,16 @@ def labels(
         "--dataset",
         help=f"Dataset whose classes and image shape to use: {dataset_help()}.",
     ),
-    encoding: str = typer.Option("fourier", "--labels", help=f"Label encoding to draw: {one_of(ENCODING_NAMES)}."),
-    label_mode: Optional[str] = typer.Option(None, "--label-mode", help=label_mode_help()),
+    encoding: EncodingName = typer.Option("fourier", "--labels", help="Label encoding to draw."),
+    label_mode: Optional[LabelMode] = typer.Option(None, "--label-mode", help=label_mode_help()),
     out: Path = typer.Option(Path("labels.png"), "--out", help="PNG file to write (replaced atomically)."),
     data_dir: Optional[Path] = typer.Option(
         None, "--data-dir", help="Folder holding downloaded datasets (default: $FFEDGE_DATA or the user cache folder)."
     ),
     index: int = typer.Option(0, "--index", help="Which test image to encode with every label."),
     scale: int = typer.Option(4, "--scale", min=1, max=16, help="Screen pixels per image pixel."),
-    download: bool = typer.Option(True, "--download/--no-download", help="Allow downloading a missing dataset."),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the file written as JSON."),
 ) -> None:
     """Draw the label patterns of an encoding and one test image encoded with every label, as a PNG."""
     from ffedge.fsutil import check_out_folder
@@ -39,4 +43,7 @@ def labels(
     path = write_dataset_label_sheet(
         dataset, encoding, out, label_mode=label_mode, data_dir=data_dir, index=index, download=download, scale=scale
     )
+    if as_json:
+        print_json({"file": str(path), "dataset": dataset, "labels": encoding})
+        return
     console.print(f"wrote {path}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import DOWNLOAD_HELP, app, console, print_json
 
 
 @app.command("report")
@@ -24,13 +24,25 @@ def report(
         None, "--data-dir", help="Dataset folder (default: the run's, else $FFEDGE_DATA or the user cache)."
     ),
     device: str = typer.Option("cpu", "--device", help="torch device: cpu or cuda."),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the report (report.json's content) as JSON."),
 ) -> None:
     """Draw what a trained run learned: label patterns, per-layer activation maps, goodness per label, confusion matrix (needs the train and report extras)."""  # noqa: E501 (typer shows the docstring as the command's help)
     from ffedge.progress import RichReporter
     from ffedge.train.report import write_report
 
     r = write_report(
-        run_dir, out, images=images, limit=limit, data_dir=data_dir, device=device, reporter=RichReporter()
+        run_dir,
+        out,
+        images=images,
+        limit=limit,
+        data_dir=data_dir,
+        device=device,
+        reporter=RichReporter(log_to_stderr=as_json),
+        download=download,
     )
+    if as_json:
+        print_json(r)
+        return
     for name in r["files"] + ["report.json"]:
         console.print(f"wrote {out / name}", highlight=False, soft_wrap=True)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import typer
 
-from ffedge.cli.app import app, console
+from ffedge.cli.app import app, console, print_json
 
 
 @app.command("rollback")
 def rollback(
     bundle: Path = typer.Argument(..., help="Bundle folder updated in place (e.g. by ffedge finetune)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the versions before and after as JSON."),
 ) -> None:
     """Undo the last in-place update of a bundle: its previous version becomes current (the undone one is kept in versions/)."""
     from ffedge.bundle import read_manifest
@@ -20,8 +21,10 @@ def rollback(
     check_no_links(bundle)  # before the manifest is read
     before = bundle_version(read_manifest(bundle))
     manifest = do_rollback(bundle)
+    if as_json:
+        print_json({"bundle": str(bundle), "rolled_back": before, "current": bundle_version(manifest)})
+        return
     console.print(
         f"rolled back {bundle}: version {bundle_version(manifest)} is current (version {before} kept in versions/ as rolled back)",
-        highlight=False,
         soft_wrap=True,
     )

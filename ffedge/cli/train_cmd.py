@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 from typer.core import TyperCommand
 
-from ffedge.cli.app import app, dataset_help, err_console, label_mode_help, one_of
+from ffedge.bundle.manifest import NORMS
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, dataset_help, err_console, label_mode_help, one_of, print_json
 from ffedge.errors import FFEdgeError, MissingExtraError, one_line, quoted
-from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, registered_losses
-from ffedge.labels import ENCODING_NAMES
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, LOSS_NAMES, registered_losses
+from ffedge.ff.defaults import LOCAL_MODES, NEGATIVE_MODES, TRAIN_PRECISIONS
+from ffedge.labels import ENCODING_NAMES, FourierEncoding
+
+EncodingName = choice(ENCODING_NAMES)
+LabelMode = choice(FourierEncoding.MODES)
+NormName = choice(NORMS)
+LossName = choice(LOSS_NAMES)
+LocalMode = choice(LOCAL_MODES)
+NegativeMode = choice(NEGATIVE_MODES)
+Precision = choice(TRAIN_PRECISIONS)
 
 
 def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -36,8 +45,8 @@ def presets_epilog() -> str:
     try:
         from ffedge.train.presets import PRESETS
     except MissingExtraError as e:
-        return f"Presets (--preset NAME): listing them {escape(str(e))}"
-    lines = [f"[bold]{escape(name)}[/]: {escape(p.description)}" for name, p in PRESETS.items()]
+        return f"Presets (--preset NAME): listing them {e}"
+    lines = [f"{name}: {p.description}" for name, p in PRESETS.items()]
     return "Presets (--preset NAME; options you give override the preset's values):\n\n" + "\n\n".join(lines)
 
 
@@ -56,8 +65,8 @@ def train(
         None, help="Start from a named recipe (listed below); the options you give override its values."
     ),
     dataset: Optional[str] = typer.Option(None, help=f"{dataset_help()} (default: mnist-5k)."),
-    labels: Optional[str] = typer.Option(None, help=f"Label encoding: {one_of(ENCODING_NAMES)} (default: fourier)."),
-    label_mode: Optional[str] = typer.Option(None, help=label_mode_help()),
+    labels: Optional[EncodingName] = typer.Option(None, help="Label encoding (default: fourier)."),
+    label_mode: Optional[LabelMode] = typer.Option(None, help=label_mode_help()),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: 50; with --resume: the run's own)."),
     qat_epochs: Optional[int] = typer.Option(
         None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."
@@ -71,7 +80,7 @@ def train(
     layers: Optional[str] = typer.Option(
         None, help="FF conv layers: CHANNELSxKERNEL, 'p' = 2x2 max-pool after it (default: 16x5p,64x5p,128x3,128x3)."
     ),
-    norm: Optional[str] = typer.Option(
+    norm: Optional[NormName] = typer.Option(
         None,
         help="Normalization before each conv: 'batch' (BatchNorm, frozen statistics "
         "at inference) or 'rms' (per sample, as Hinton's FF) (default: batch).",
@@ -97,7 +106,7 @@ def train(
     quant: Optional[bool] = typer.Option(
         None, "--quant/--no-quant", help="Quantization-aware training, or a float model (baseline) (default: --quant)."
     ),
-    loss: Optional[str] = typer.Option(
+    loss: Optional[LossName] = typer.Option(
         None,
         help=f"Layer loss: {one_of([f'{l.name} ({l.summary})' for l in registered_losses()])} (default: {DEFAULT_LOSS}).",
     ),
@@ -105,11 +114,11 @@ def train(
     threshold: Optional[float] = typer.Option(
         None, help=f"Goodness threshold of the bce loss (default: {DEFAULT_THRESHOLD})."
     ),
-    local: Optional[str] = typer.Option(
+    local: Optional[LocalMode] = typer.Option(
         None,
         help="'pair': a layer's loss also updates the layer before it; 'layer': pure FF, detached inputs (default: pair).",
     ),
-    negatives: Optional[str] = typer.Option(
+    negatives: Optional[NegativeMode] = typer.Option(
         None, help="'random' wrong labels or 'hard' (the wrong label the net likes most) (default: random)."
     ),
     wrong_labels: Optional[int] = typer.Option(
@@ -136,7 +145,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed; same seed, same machine: same result (default: 0)."),
     device: Optional[str] = typer.Option(None, help="torch device: cpu or cuda (default: cpu)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: all cores)."),
-    precision: Optional[str] = typer.Option(
+    precision: Optional[Precision] = typer.Option(
         None,
         help="Arithmetic of the float epochs: fp32, bf16 (autocast) or auto (bf16 on CPUs with "
         "native bf16: AMX or AVX512-BF16, else fp32); QAT is always fp32 (default: auto).",
@@ -155,6 +164,10 @@ def train(
     ),
     force: bool = typer.Option(
         False, "--force", help="Replace --out if it is a run folder ffedge wrote (only once the new run is complete)."
+    ),
+    download: bool = typer.Option(True, "--download/--no-download", help=DOWNLOAD_HELP),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the run folder and its metrics as JSON (progress and log lines go to stderr)."
     ),
 ) -> None:
     """Train a quantization-aware Forward-Forward CNN with spatially-extended labels."""
@@ -206,13 +219,15 @@ def train(
     if label_mode and cfg.labels != "fourier":
         raise FFEdgeError("--label-mode applies to --labels fourier only")
     out_dir = out or Path("runs") / (preset if preset is not None else f"{cfg.dataset.split(':')[0]}-{cfg.labels}")
-    reporter = RichReporter()
+    reporter = RichReporter(log_to_stderr=as_json)
     try:
         with sigterm_as_interrupt():
             if resume:
-                resume_run(out_dir, epochs=epochs, reporter=reporter)
-                return
-            train_run(cfg, out_dir, force=force, reporter=reporter)
+                metrics = resume_run(out_dir, epochs=epochs, reporter=reporter, download=download)
+            else:
+                metrics = train_run(cfg, out_dir, force=force, reporter=reporter, download=download)
     except TrainingInterrupted as e:
-        err_console.print(escape(one_line(str(e))), highlight=False, soft_wrap=True)
+        err_console.print(one_line(str(e)), soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    if as_json:
+        print_json({"run": str(out_dir), "metrics": metrics})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 
 @dataclass
@@ -67,6 +66,8 @@ def resize_images(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if x.shape[1:3] == (h, w):
         return x
+    from PIL import Image  # here: reading a bundle's arrays (ffedge.datasets.files) needs no Pillow
+
     out = np.empty((x.shape[0], h, w, x.shape[3]), dtype=np.uint8)
     for i, img in enumerate(x):
         pil = Image.fromarray(img[..., 0] if img.shape[2] == 1 else img)

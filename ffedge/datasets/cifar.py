@@ -7,7 +7,6 @@ followed by 3072 bytes of 32x32 pixels stored channel-first (R, G, B planes).
 
 from __future__ import annotations
 
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +62,8 @@ LAYOUTS = {
 
 def _read_members(path: Path, wanted: set[str]) -> dict[str, bytes]:
     """Contents of the ``wanted`` member names (paths inside the tar), in one streaming pass."""
+    import tarfile  # here: only a CIFAR load needs it
+
     found: dict[str, bytes] = {}
     with open_regular(path) as raw:
         try:

@@ -23,14 +23,16 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from ffedge.datasets.base import resize_images
 from ffedge.datasets.files import MAX_ARRAY_BYTES, open_regular, printable, reason
 from ffedge.errors import FFEdgeError
+
+if TYPE_CHECKING:  # Pillow is imported where an image is decoded: `ffedge info` and `--help` never need it
+    from PIL import Image
 
 MAX_IMAGE_PIXELS = 8192 * 8192
 """Largest image (width x height) read: 67,108,864 pixels (a 48-megapixel photo fits)."""
@@ -47,6 +49,8 @@ _PILLOW_ERRORS = (Exception,)
 
 def image_extensions() -> set[str]:
     """File name extensions (lower case, with the dot) of the formats read."""
+    from PIL import Image
+
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS}
 
 
@@ -141,6 +145,8 @@ def _pixels(im: Image.Image, mode: str, bits: int | None, path: Path) -> np.ndar
 
 def decode_image(path: Path, mode: str | None = None) -> np.ndarray:
     """One image file -> uint8 HWC in ``mode`` ('L', 'RGB', or None for the image's own: see ``_auto_mode``)."""
+    from PIL import Image, ImageOps
+
     if mode not in (None, "L", "RGB"):
         raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
     with open_regular(path) as f:

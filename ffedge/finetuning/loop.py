@@ -79,6 +79,7 @@ class FinetuneConfig:
     data_dir: str | None = None
     resize: bool = False
     threads: int | None = None
+    download: bool = True  # a standard dataset's missing files may be downloaded
 
     def validate(self) -> None:
         """Every option checked before any work (one line naming the option)."""
@@ -118,7 +119,7 @@ def _load_replay(b: Bundle) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_data(b: Bundle, cfg: FinetuneConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Training examples (at most max_examples, a seeded random choice) and held-out examples, checked against the bundle."""
-    ds = load_for_bundle(b, cfg.data, cfg.data_dir, cfg.resize)
+    ds = load_for_bundle(b, cfg.data, cfg.data_dir, cfg.resize, download=cfg.download)
     if [str(k) for k in ds.classes] != [str(k) for k in b.classes]:
         raise FFEdgeError(
             f"{cfg.data}: classes {', '.join(map(str, ds.classes[:12]))} do not match the bundle's {', '.join(map(str, b.classes[:12]))}"

@@ -29,19 +29,23 @@ def load_fitting(
     resize: bool = False,
     owner: str = "the bundle",
     hint: str = " (pass --resize)",
+    download: bool = True,
 ) -> Dataset:
-    """A dataset whose images have ``input_shape`` (C, H, W) (resized to it with ``resize``); ``owner`` names who needs it."""
+    """A dataset whose images have ``input_shape`` (C, H, W) (resized to it with ``resize``); ``owner`` names who needs it.
+    ``download``: a standard dataset's missing files may be downloaded."""
     c, h, w = (int(v) for v in input_shape)
-    ds = load_dataset(spec, data_dir=data_dir, image_size=(h, w) if resize else None)
+    ds = load_dataset(spec, data_dir=data_dir, download=download, image_size=(h, w) if resize else None)
     if tuple(ds.image_shape) != (c, h, w):
         dc, dh, dw = ds.image_shape
         raise FFEdgeError(f"{spec}: images are {dh}x{dw} with {dc} channel(s), {owner} takes {h}x{w} with {c}{hint}")
     return ds
 
 
-def load_for_bundle(bundle: Bundle, spec: str, data_dir: str | None = None, resize: bool = False) -> Dataset:
+def load_for_bundle(
+    bundle: Bundle, spec: str, data_dir: str | None = None, resize: bool = False, download: bool = True
+) -> Dataset:
     """A dataset whose images have the bundle's input shape (resized to it with ``resize``)."""
-    return load_fitting(spec, bundle.input_shape, data_dir, resize)
+    return load_fitting(spec, bundle.input_shape, data_dir, resize, download=download)
 
 
 def first_held_out(
@@ -53,6 +57,7 @@ def first_held_out(
     limit: int | None = None,
     owner: str = "the bundle",
     hint: str = " (pass --resize)",
+    download: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``limit`` images (all without it) of the held-out split of a dataset that fits ``input_shape`` and
     ``num_classes``, as uint8 NHWC pixels and labels.
@@ -61,7 +66,7 @@ def first_held_out(
     the export's parity check uses a random subset instead (``ffedge.train.parity.random_held_out_of_run``).
     """
     check_int(limit, "--limit", 1)
-    ds = load_fitting(spec, input_shape, data_dir, resize, owner, hint)
+    ds = load_fitting(spec, input_shape, data_dir, resize, owner, hint, download)
     if ds.num_classes != num_classes:
         if ds.label_gaps:
             raise FFEdgeError(ds.label_gaps)
@@ -75,10 +80,15 @@ def first_held_out(
 
 
 def first_held_out_for_bundle(
-    rt: Runtime, spec: str, data_dir: str | None = None, resize: bool = False, limit: int | None = None
+    rt: Runtime,
+    spec: str,
+    data_dir: str | None = None,
+    resize: bool = False,
+    limit: int | None = None,
+    download: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`first_held_out` of a dataset, checked against the bundle's classes and input shape."""
-    return first_held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit)
+    return first_held_out(spec, rt.bundle.input_shape, rt.num_classes, data_dir, resize, limit, download=download)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:

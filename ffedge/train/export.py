@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ffedge.bundle import MANIFEST, PRECISIONS
-from ffedge.errors import FFEdgeError
+from ffedge.errors import CheckFailed, FFEdgeError
 from ffedge.fsutil import replace_folder
 from ffedge.options import check_float, check_int
 from ffedge.bundle.manifest import write_manifest
@@ -124,7 +124,7 @@ def _verify(
     manifest["parity"] = report
     manifest = write_manifest(tmp / MANIFEST, manifest).to_dict()
     if report["agreement"] < min_agreement:
-        raise FFEdgeError(
+        raise CheckFailed(
             f"parity check failed: the bundle agrees with the torch model on {report['agreement']:.2%} of "
             f"{report['samples']} held-out images (needs {min_agreement:.2%}); nothing was written to {out}"
         )

@@ -29,7 +29,7 @@ import torch
 import ffedge
 from ffedge.bundle import MANIFEST, QONNX_FORMAT
 from ffedge.bundle.names import INPUT, LAYER_OUTPUTS, QONNX_LABEL_CHANNELS, QONNX_README, layer_file
-from ffedge.errors import FFEdgeError
+from ffedge.errors import CheckFailed, FFEdgeError
 from ffedge.fsutil import atomic_write_json, atomic_write_text, replace_folder
 from ffedge.labels import encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
@@ -186,7 +186,7 @@ def export_qonnx_bundle(
             manifest["check"] = report
             atomic_write_json(tmp / MANIFEST, manifest)
             if report["agreement"] < min_agreement:
-                raise FFEdgeError(
+                raise CheckFailed(
                     f"qonnx check failed: qonnx's executor agrees with the int8 bundle on {report['agreement']:.2%} "
                     f"of {report['samples']} held-out images (needs {min_agreement:.2%}); nothing was written to {out}"
                 )

@@ -48,18 +48,22 @@ def train_run(
     force: bool = False,
     reporter: Reporter | None = None,
     probe: Probe | None = None,
+    download: bool = True,
 ) -> dict[str, Any]:
     """Train a new run in ``out`` and return its metrics (also written to ``metrics.json``).
 
     ``force`` replaces ``out`` only if it is a run folder ffedge wrote, and only once the new run is complete.
+    ``download``: a standard dataset's missing files may be downloaded.
     Ctrl-C raises :class:`~ffedge.train.run_folder.TrainingInterrupted`, which says what was kept.
     """
     cfg.validate()
     mode = out_mode(Path(out), resume=False, force=force)
-    return _train(cfg, Path(out), None, mode, reporter or QuietReporter(), probe)
+    return _train(cfg, Path(out), None, mode, reporter or QuietReporter(), probe, download=download)
 
 
-def resume_run(out: str | Path, epochs: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def resume_run(
+    out: str | Path, epochs: int | None = None, reporter: Reporter | None = None, download: bool = True
+) -> dict[str, Any]:
     """Continue the run in ``out`` from its last finished epoch (optionally to more ``epochs``).
 
     The cosine schedule is laid over the new total, so extending a run changes the remaining steps.
@@ -75,7 +79,7 @@ def resume_run(out: str | Path, epochs: int | None = None, reporter: Reporter | 
     cfg.validate()
     state = read_checkpoint(out, cfg.epochs)
     encoding = _recorded_encoding(run_cfg, out / CONFIG)
-    return _train(cfg, out, state, "resume", reporter or QuietReporter(), encoding=encoding)
+    return _train(cfg, out, state, "resume", reporter or QuietReporter(), encoding=encoding, download=download)
 
 
 def _recorded_encoding(run_cfg: dict[str, Any], path: Path) -> LabelEncoding:
@@ -98,12 +102,13 @@ def _train(
     reporter: Reporter,
     probe: Probe | None = None,
     encoding: LabelEncoding | None = None,
+    download: bool = True,
 ) -> dict[str, Any]:
     """Load and check the data, then open the run folder and train; on any failure, say what was kept."""
     folder = RunFolder(out, mode, int(state["epoch"]) if state else None)
     try:
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-        data = prepare_data(cfg, encoding)
+        data = prepare_data(cfg, encoding, download)
         _check_data(cfg, data)
         # Everything is checked: from here on the run folder is written.
         folder.open()

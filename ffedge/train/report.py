@@ -103,18 +103,20 @@ def write_report(
     data_dir: str | Path | None = None,
     device: str = "cpu",
     reporter: Reporter | None = None,
+    download: bool = True,
 ) -> dict[str, Any]:
     """Write the report's PNGs and ``report.json`` into ``out``; return the ``report.json`` content.
 
     ``images``: images in the activation maps and in each goodness-bar figure;
-    ``limit``: score only the first N held-out images (default all).
+    ``limit``: score only the first N held-out images (default all); ``download``: a standard dataset's missing
+    files may be downloaded.
     """
     rep = reporter or QuietReporter()
     require_matplotlib()
     run_dir, out = Path(run_dir), Path(out)
     _check_args(run_dir, out, images, limit, device)
     run = _load(run_dir, device)
-    raw, x, y = first_held_out_of_run(run.cfg, limit, data_dir)
+    raw, x, y = first_held_out_of_run(run.cfg, limit, data_dir, download)
     scores = score_held_out(run.net, run.enc, x, y, run.predict_layers, device, rep)
     shown = pick_images(scores, y, images)
     rep.log(f"held-out accuracy {scores.accuracy:.2%} ({len(y)} images, goodness of {run.layers_text})")

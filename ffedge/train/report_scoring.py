@@ -25,7 +25,7 @@ SCORE_BATCH = 100  # held-out images per goodness_matrix call (one progress step
 
 
 def first_held_out_of_run(
-    cfg: dict[str, Any], limit: int | None = None, data_dir: str | Path | None = None
+    cfg: dict[str, Any], limit: int | None = None, data_dir: str | Path | None = None, download: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first ``limit`` images of the run's held-out split (:func:`~ffedge.runtime.evaluate.first_held_out`):
     raw uint8 NHWC, normalized NCHW as in training, labels."""
@@ -39,6 +39,7 @@ def first_held_out_of_run(
         limit=limit,
         owner="the run",
         hint="",
+        download=download,
     )
     return raw, normalize(raw, cfg["input"]["mean"], cfg["input"]["std"]), y
 

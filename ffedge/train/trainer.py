@@ -19,15 +19,13 @@ import torch
 from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError, quoted
 from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, MAX_HEAD_GRID
+from ffedge.ff.defaults import LOCAL_MODES, NEGATIVE_MODES, TRAIN_PRECISIONS as PRECISIONS
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import compute_normalization, normalize
 from ffedge.train.losses import ff_loss, torch_loss
 from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
 
-LOCAL_MODES = ("pair", "layer")
-PRECISIONS = ("auto", "fp32", "bf16")
-NEGATIVE_MODES = ("random", "hard")
 MAX_SEED = 2**63 - 1
 MAX_CHANNELS = 4096  # per layer; far more only exhausts memory while the model is built
 MAX_KERNEL = 31
@@ -279,13 +277,14 @@ class PreparedData:
     x_test: np.ndarray
 
 
-def prepare_data(cfg: TrainConfig, encoding: LabelEncoding | None = None) -> PreparedData:
+def prepare_data(cfg: TrainConfig, encoding: LabelEncoding | None = None, download: bool = True) -> PreparedData:
     """Load the dataset, compute normalization on the training split, build the label encoding.
 
     ``encoding``: use this one (a resumed run's, as its ``config.json`` records it) instead of
-    building it from ``cfg.labels`` and ``cfg.label_params``; it must fit the dataset.
+    building it from ``cfg.labels`` and ``cfg.label_params``; it must fit the dataset. ``download``: a standard
+    dataset's missing files may be downloaded.
     """
-    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, download=download)
     if ds.label_gaps:
         raise FFEdgeError(ds.label_gaps)
     mean, std = compute_normalization(ds.x_train)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ffedge.errors import EXIT_FAILED
 from tests.conftest import CLI_MAIN, assert_one_line_error, cli, cli_inprocess, python
 
 
@@ -70,3 +71,31 @@ def test_export_qonnx_and_verify_it(tmp_path: Path, tiny_run: Path, small_npz: s
     r = cli_inprocess("export", str(float_run), "--format", "qonnx", "--out", str(bad))
     assert_one_line_error(r, "QONNX export needs a quantized run")
     assert not bad.exists()
+
+
+def test_export_json_and_a_failed_parity_check_exits_1(
+    tmp_path: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "b"
+    r = cli("export", str(tiny_run), "--out", str(out), "--verify-samples", "50", "--min-agreement", "0.9", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["bundle"] == str(out) and res["precision"] == "int8" and res["manifest"]["parity"]["samples"] == 50
+    assert json.loads((out / "manifest.json").read_text())["parity"] == res["manifest"]["parity"]
+
+    import ffedge.train.parity as parity
+
+    real = parity.parity_report
+
+    def broken(*a, **kw):  # type: ignore[no-untyped-def]
+        report = real(*a, **kw)
+        report["agreement"] = 0.5  # what a broken export (e.g. saturating kernels) looks like
+        return report
+
+    monkeypatch.setattr(parity, "parity_report", broken)
+    r = cli_inprocess("verify", str(out), str(tiny_run), "--samples", "20", "--json")
+    assert_one_line_error(r, "agreement 50.00% is below --min-agreement 99.00%", code=EXIT_FAILED)
+    assert json.loads(r.stdout)["agreement"] == 0.5
+    r = cli_inprocess("export", str(tiny_run), "--out", str(tmp_path / "bad"), "--verify-samples", "20")
+    assert_one_line_error(r, "parity check failed", code=EXIT_FAILED)
+    assert not (tmp_path / "bad").exists()

@@ -216,12 +216,9 @@ def test_help_lists_the_presets_from_the_table() -> None:
 
 def test_help_states_the_trainconfig_defaults() -> None:
     """Options default to None (not given); their help texts state TrainConfig's defaults, which this holds equal."""
-    import typer
+    from ffedge.cli import command
 
-    from ffedge.cli import app
-
-    command = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
-    options = {p.name: p for p in command.params}
+    options = {p.name: p for p in command("train").params}
     not_options = {"label_params", "preset"}  # --label-mode sets label_params["mode"]; --preset is the preset
     missing = sorted({f.name for f in fields(TrainConfig)} - not_options - set(options))
     assert not missing, f"TrainConfig fields without an ffedge train option: {missing}"

@@ -53,6 +53,10 @@ def test_report_writes_pngs_and_json(tiny_run: Path, tmp_path: Path) -> None:
     pred = g[pl].sum(0).argmax(1)
     assert all(pred[i] == y[i] for i in rep["correct_images"]) and all(pred[i] != y[i] for i in rep["wrong_images"])
     assert sum(map(sum, rep["confusion"])) == 120
+    # --json: report.json's content on stdout, alone.
+    r = cli("report", str(tiny_run), "--out", str(tmp_path / "j"), "--images", "1", "--limit", "40", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == json.loads((tmp_path / "j" / "report.json").read_text())
 
 
 def test_report_bad_input_is_one_line(

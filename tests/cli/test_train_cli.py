@@ -23,6 +23,7 @@ TINY = "8x5p,16x3p,16x3"
         (["--layers", "16x4"], "odd kernel"),
         (["--dataset", "npz:/nonexistent.npz"], "nonexistent"),
         (["--predict-layers", "9"], "layer 9"),
+        (["--dataset", "mnist", "--data-dir", ".", "--no-download"], "and downloading is off"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -69,6 +70,14 @@ def test_cli_train_end_to_end(tmp_path: Path, small_npz: str) -> None:
     assert r.returncode == 0, r.stderr
     assert "held-out acc" in r.stdout and "epoch   1/1" in r.stdout
     assert json.loads((tmp_path / "run" / METRICS).read_text())["epochs"] == 1
+    # --json: stdout is the run folder and its metrics alone; the log lines go to stderr.
+    r = cli("train", "--resume", "--epochs", "2", "--out", str(tmp_path / "run"), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["run"] == str(tmp_path / "run") and res["metrics"] == json.loads(
+        (tmp_path / "run" / METRICS).read_text()
+    )
+    assert res["metrics"]["epochs"] == 2 and "epoch   2/2" in r.stderr
 
 
 def test_training_without_torch_names_the_extra(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ffedge.cli.inference_cmds import ENCODING_FRAME_KEYS, encoding_params
+from ffedge.cli.info_cmd import ENCODING_FRAME_KEYS, encoding_params
 from ffedge.labels import ENCODING_NAMES, encoding_class, make_encoding
 
 from tests.conftest import cli_inprocess

@@ -288,7 +288,7 @@ def test_links_and_paths_out_of_the_bundle_are_refused(golden_int8: Path, tmp_pa
         (["eval", "{b}", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["eval", "{b}", "--mode", "topk", "--k", "0"], "--k must be >= 1, got 0"),
         (["eval", "{b}", "--mode", "topk", "--k", "11"], "--k must be between 1 and 10, got 11"),
-        (["eval", "{b}", "--mode", "nosuch"], "unknown mode 'nosuch'"),
+        (["eval", "{b}", "--mode", "nosuch"], "'--mode': 'nosuch' is not one of 'all', 'head', 'topk'"),
         (["predict", "{b}", "{x}", "--threads", "0"], "--threads must be between 1 and"),
         (["predict", "{b}", "{x}", "--mode", "topk", "--k", "0"], "--k must be >= 1, got 0"),
         (["predict", "{b}", "{x}", "--top", "0"], "--top must be >= 1, got 0"),

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 
-from ffedge.cli import app
+from ffedge.cli import command
 from ffedge.datasets import DATASET_NAMES, DATASET_PREFIXES, Dataset, dataset_choices, load_dataset, registry
 from ffedge.errors import FFEdgeError
 from ffedge.ff import LOSS_NAMES
@@ -19,9 +18,17 @@ from ffedge.runtime import MODES, check_mode
 from ffedge.runtime.modes import REGISTRY as MODE_REGISTRY, mode_spec, modes_help
 
 
-def _help(command: str, option: str) -> str:
-    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}  # type: ignore[attr-defined]
-    return " ".join((params[option].help or "").split())
+def _param(name: str, option: str):  # type: ignore[no-untyped-def]
+    return {p.name: p for p in command(name).params}[option]
+
+
+def _help(name: str, option: str) -> str:
+    return " ".join((_param(name, option).help or "").split())
+
+
+def _choices(name: str, option: str) -> tuple[str, ...]:
+    """The values an option takes, as the CLI checks them (its click choice)."""
+    return tuple(_param(name, option).type.choices)
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -84,18 +91,22 @@ def test_the_runtime_predicts_in_every_registered_mode() -> None:
 
 
 def test_cli_help_lists_every_registered_choice() -> None:
-    for command, option in (("eval", "dataset"), ("train", "dataset"), ("labels", "dataset"), ("finetune", "data")):
-        text = _help(command, option)
+    for name, option in (("eval", "dataset"), ("train", "dataset"), ("labels", "dataset"), ("finetune", "data")):
+        text = _help(name, option)
         for choice in dataset_choices(notes=True):
-            assert choice in text, (command, choice)
-    for command in ("eval", "predict"):
-        assert _help(command, "mode") == modes_help()
-        assert _help(command, "k") == "Candidates for --mode topk."
+            assert choice in text, (name, choice)
+    for name in ("eval", "predict"):
+        assert _help(name, "mode") == modes_help()
+        assert _help(name, "k") == "Candidates for --mode topk."
+    for name in ("eval", "predict", "finetune"):
+        assert _choices(name, "mode") == MODES, name
     assert all(re.search(rf"\b{m}\b", _help("finetune", "mode")) for m in MODES)
-    for command, option in (("train", "labels"), ("labels", "encoding")):
-        assert all(name in _help(command, option) for name in ENCODING_NAMES)
-    for command in ("train", "labels"):
-        assert _help(command, "label_mode") == _help("train", "label_mode")
-        assert all(f"'{m}' (" in _help(command, "label_mode") for m in FourierEncoding.MODES)
+    for name, option in (("train", "labels"), ("labels", "encoding")):
+        assert _choices(name, option) == ENCODING_NAMES
+    for name in ("train", "labels"):
+        assert _help(name, "label_mode") == _help("train", "label_mode")
+        assert all(f"'{m}' (" in _help(name, "label_mode") for m in FourierEncoding.MODES)
+        assert _choices(name, "label_mode") == FourierEncoding.MODES
     loss_help = _help("train", "loss")
     assert all(f"{name} (" in loss_help for name in LOSS_NAMES) and loss_help.endswith("(default: symba).")
+    assert _choices("train", "loss") == LOSS_NAMES

@@ -187,4 +187,7 @@ def test_eval_cli_json(golden_int8: Path) -> None:
     assert res["images"] == 100 and 0.3 < res["accuracy"] <= 1.0
     assert np.asarray(res["confusion"]).sum() == 100
     assert res["latency_batch1"]["p90_ms"] >= res["latency_batch1"]["p50_ms"] > 0
-    assert_one_line_error(cli("eval", str(golden_int8), "--mode", "nosuch", "--limit", "5"), "unknown mode")
+    assert_one_line_error(
+        cli("eval", str(golden_int8), "--mode", "nosuch", "--limit", "5"),
+        "'nosuch' is not one of 'all', 'head', 'topk'",
+    )
