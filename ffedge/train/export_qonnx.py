@@ -29,7 +29,7 @@ import torch
 import ffedge
 from ffedge.bundle import MANIFEST, QONNX_FORMAT
 from ffedge.bundle.names import INPUT, LAYER_OUTPUTS, QONNX_LABEL_CHANNELS, QONNX_README, layer_file
-from ffedge.errors import CheckFailed, FFEdgeError
+from ffedge.errors import CheckFailed
 from ffedge.fsutil import atomic_write_json, atomic_write_text, replace_folder
 from ffedge.labels import encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
