@@ -213,9 +213,8 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         raise FFEdgeError(f"--nproc must be >= 1, got {nproc}")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report is a traceback
-    args = get_args_parser().parse_args(
-        ["--standalone", "--nproc-per-node", str(nproc), "--no-python", sys.executable, "-m", "ffedge.cli", *argv]
-    )
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "ffedge.cli"])
+    args.training_script_args = list(argv)  # not parsed by torchrun: its options' prefixes match ours (--local)
     try:
         run(args)
     except ChildFailedError as e:
