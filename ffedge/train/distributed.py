@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -206,6 +207,7 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     """
     import logging
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -221,4 +223,7 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         failed = ", ".join(f"rank {r} (exit {f.exitcode})" for r, f in sorted(e.failures.items()))
         print(f"error: the {nproc}-process job stopped: {failed} failed; see its error above", file=sys.stderr)
         return 1
+    except SignalException as e:  # Ctrl-C or SIGTERM: the ranks got it too and said what they kept
+        print(f"error: the {nproc}-process job was stopped by {e.sigval.name}", file=sys.stderr)
+        return 143 if e.sigval == signal.SIGTERM else 130
     return 0

@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import assert_one_line_error, cli
+from tests.conftest import assert_one_line_error, cli, mnist_5k_slice
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
@@ -112,18 +111,7 @@ def max_difference(a: Path, b: Path) -> float:
 @pytest.fixture(scope="module")
 def dp_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
     """250 training and 64 held-out digits of the embedded mnist-5k: a run of a few seconds."""
-    from ffedge.datasets import load_dataset
-
-    ds = load_dataset("mnist-5k")
-    path = tmp_path_factory.mktemp("data") / "dp.npz"
-    np.savez(
-        path,
-        x_train=ds.x_train[:250, :, :, 0],
-        y_train=ds.y_train[:250],
-        x_test=ds.x_test[:64, :, :, 0],
-        y_test=ds.y_test[:64],
-    )
-    return f"npz:{path}"
+    return mnist_5k_slice(tmp_path_factory.mktemp("data") / "dp.npz", 250, 64)
 
 
 @pytest.fixture(scope="module")
