@@ -56,7 +56,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(argv: list[str], cwds: list[Path], logs: Path, timeout_s: float = 60) -> list[subprocess.Popen]:
+def start_ranks(argv: list[str], cwds: list[Path], logs: Path) -> list[subprocess.Popen]:
     """``python ARGV`` as ranks 0..len(cwds)-1 of one gloo job on 127.0.0.1 (torchrun's variables), each in its cwd,
     its output in ``logs/rank{r}.out|err``."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
@@ -93,10 +93,6 @@ def wait_ranks(procs: list[subprocess.Popen], logs: Path, timeout_s: float = TIM
     return outs
 
 
-def train_ranks(args: list[str], cwds: list[Path], logs: Path) -> list[str]:
-    return wait_ranks(start_ranks(["-m", "ffedge.cli", "train", *args], cwds, logs), logs)
-
-
 def layer_weights(run: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run / "weights.pt", map_location="cpu", weights_only=True)
     return {k: v for k, v in state.items() if k.startswith("layers.")}
@@ -121,9 +117,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, dp_npz: str) -> dict[str, Pat
     base = tmp_path_factory.mktemp("dp")
     args = ["--dataset", dp_npz, "--epochs", "1", *FLOAT_ARGS]
     single = base / "single"
-    r = cli("train", *args, "--out", str(single), timeout=TIMEOUT)
+    ranks = start_ranks(
+        ["-m", "ffedge.cli", "train", *args, "--out", "run"], [base / "rank0", base / "rank1"], base / "logs"
+    )
+    r = cli("train", *args, "--out", str(single), timeout=TIMEOUT)  # meanwhile
     assert r.returncode == 0, r.stderr[-3000:]
-    train_ranks([*args, "--out", "run"], [base / "rank0", base / "rank1"], base / "logs")
+    wait_ranks(ranks, base / "logs")
     return {"base": base, "single": single, "ranks": base / "rank0" / "run", "rank1_dir": base / "rank1"}
 
 
