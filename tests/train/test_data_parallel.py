@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, cli, mnist_5k_slice
+from tests.conftest import assert_one_line_error, cli, cli_inprocess, mnist_5k_slice
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
@@ -249,3 +249,35 @@ def test_a_lost_rank_stops_the_job_with_one_line(tmp_path: Path, dp_npz: str, si
     assert "the checkpoint of epoch" in line and "--resume" in line
     print(f"rank 0 stopped {waited:.1f} s after rank 1 was {'killed' if sig == signal.SIGKILL else 'stopped'}: {line}")
     assert waited < (timeout_s if sig == signal.SIGKILL else timeout_s + 30)
+
+
+@pytest.mark.parametrize(
+    "env, args, needle",
+    [
+        ({}, ["--dist-timeout", "0"], "--dist-timeout must be > 0 seconds"),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, [], "MASTER_ADDR is not"),
+        (
+            {"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+            [],
+            "RANK 2 of WORLD_SIZE 2",
+        ),
+        ({"RANK": "0", "WORLD_SIZE": "two", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, [], "WORLD_SIZE='two'"),
+        (
+            {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+            ["--nproc", "4"],
+            "under torchrun the job has WORLD_SIZE 2",
+        ),
+        ({}, ["--nproc", "0"], "--nproc must be >= 1"),
+    ],
+)
+def test_bad_process_options_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], args: list[str], needle: str
+) -> None:
+    """A bad launch option or torchrun environment: one error line before anything starts or is written."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    r = cli_inprocess("train", "--epochs", "1", "--out", str(tmp_path / "run"), *args)
+    assert_one_line_error(r, needle, code=2)
+    assert not (tmp_path / "run").exists()
