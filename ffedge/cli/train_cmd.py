@@ -72,7 +72,9 @@ def train(
         None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."
     ),
     batch_size: Optional[int] = typer.Option(
-        None, help="Positive examples per batch, each with one negative (default: 64)."
+        None,
+        help="Positive examples per batch, each with one negative; with several processes the global batch, "
+        "split among them (default: 64).",
     ),
     lr: Optional[float] = typer.Option(
         None, help="Adam learning rate, decayed by a cosine over the run (default: 0.002)."
@@ -169,13 +171,38 @@ def train(
     as_json: bool = typer.Option(
         False, "--json", help="Print the run folder and its metrics as JSON (progress and log lines go to stderr)."
     ),
+    nproc: Optional[int] = typer.Option(
+        None,
+        help="Train data parallel in N processes on this machine (through torch.distributed.run; each gets "
+        "cores/N threads; with --device cuda one GPU each). Several machines: start 'torchrun ... -m ffedge.cli "
+        "train' on each instead.",
+    ),
+    dist_timeout: float = typer.Option(
+        300.0,
+        help="Several processes: seconds a process waits for another at a synchronization point before the "
+        "whole job stops with an error (a process that died ends it at once).",
+    ),
 ) -> None:
-    """Train a quantization-aware Forward-Forward CNN with spatially-extended labels."""
+    """Train a quantization-aware Forward-Forward CNN with spatially-extended labels.
+
+    Under torchrun (or with --nproc N) the processes train data parallel: the same model on shards of each batch.
+    """
+    import sys
+
     from ffedge.fsutil import sigterm_as_interrupt
-    from ffedge.progress import RichReporter
+    from ffedge.progress import QuietReporter, RichReporter
     from ffedge.train import resume_run, train_run
+    from ffedge.train.distributed import launch_local, process_group, torchrun_env
     from ffedge.train.presets import resolve
     from ffedge.train.run_folder import TrainingInterrupted
+
+    env = torchrun_env()
+    if nproc is not None and env is None:
+        raise typer.Exit(launch_local(nproc, sys.argv[1:]))  # ranks that run this command again, under torch's launcher
+    if nproc is not None and env is not None and nproc != env["WORLD_SIZE"]:
+        raise FFEdgeError(
+            f"--nproc {nproc} launches processes on this machine; under torchrun the job has WORLD_SIZE {env['WORLD_SIZE']}"
+        )
 
     if resume and force:
         raise FFEdgeError("--resume and --force exclude each other")
@@ -219,15 +246,21 @@ def train(
     if label_mode and cfg.labels != "fourier":
         raise FFEdgeError("--label-mode applies to --labels fourier only")
     out_dir = out or Path("runs") / (preset if preset is not None else f"{cfg.dataset.split(':')[0]}-{cfg.labels}")
-    reporter = RichReporter(log_to_stderr=as_json)
+    group_device = cfg.device
+    if resume and env is not None:  # the ranks' devices: the run's own, as a resumed run trains on it
+        from ffedge.train.run_files import read_run_config
+
+        group_device = str(read_run_config(out_dir)["train"].get("device", "cpu"))
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), process_group(group_device, dist_timeout) as ctx:
+            reporter = RichReporter(log_to_stderr=as_json) if ctx.is_main else QuietReporter()
             if resume:
-                metrics = resume_run(out_dir, epochs=epochs, reporter=reporter, download=download)
+                metrics = resume_run(out_dir, epochs=epochs, reporter=reporter, download=download, ctx=ctx)
             else:
-                metrics = train_run(cfg, out_dir, force=force, reporter=reporter, download=download)
+                metrics = train_run(cfg, out_dir, force=force, reporter=reporter, download=download, ctx=ctx)
+            is_main = ctx.is_main
     except TrainingInterrupted as e:
         err_console.print(one_line(str(e)), soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
-    if as_json:
+    if as_json and is_main:
         print_json({"run": str(out_dir), "metrics": metrics})

@@ -23,6 +23,7 @@ from ffedge.ff.defaults import LOCAL_MODES, NEGATIVE_MODES, TRAIN_PRECISIONS as 
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import compute_normalization, normalize
+from ffedge.train.data_parallel import DataParallel
 from ffedge.train.losses import ff_loss, torch_loss
 from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
 
@@ -383,10 +384,16 @@ class Diverged(FFEdgeError):
 
 
 class LocalTrainer:
-    """One optimizer per layer; :meth:`step` does one FF update of every layer on a batch."""
+    """One optimizer per layer; :meth:`step` does one FF update of every layer on a batch.
 
-    def __init__(self, net: FFNet, cfg: TrainConfig) -> None:
-        self.net, self.cfg = net, cfg
+    With ``dp`` (data parallel, :mod:`ffedge.train.data_parallel`) the batch given to :meth:`step` is this
+    rank's shard of the global batch, and the layers' gradients are summed over the ranks before they step.
+    """
+
+    def __init__(self, net: FFNet, cfg: TrainConfig, dp: DataParallel | None = None) -> None:
+        self.net, self.cfg, self.dp = net, cfg, dp
+        if dp is not None:
+            dp.prepare(net)
         self.optimizers = [torch.optim.Adam(layer.parameters(), lr=cfg.lr) for layer in net.layers]
         # bf16 autocast for the float phase only: Brevitas' fake quantization stays in fp32.
         self.bf16 = cfg.autocast_bf16(net.quant.enabled)
@@ -396,13 +403,21 @@ class LocalTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr
 
-    def step(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[tuple[float, float, float]]:
-        """Update every layer once; returns (loss, mean g_pos, mean g_neg) per layer.
+    def shard(self, n: int) -> slice:
+        """The part of a global batch of ``n`` images this process trains on (all of it without data parallel)."""
+        return slice(None) if self.dp is None else self.dp.shard(n)
 
+    def step(
+        self, x_pos: torch.Tensor, x_neg: torch.Tensor, global_batch: int | None = None
+    ) -> list[tuple[float, float, float]]:
+        """Update every layer once; returns (loss, mean g_pos, mean g_neg) per layer (of the global batch).
+
+        ``global_batch``: images in the whole batch of which ``x_pos`` is this rank's shard (data parallel).
         Raises :class:`Diverged` (before any weight changes) when one of them is not finite.
         """
         cfg, pair = self.cfg, self.cfg.local == "pair"
         b = x_pos.shape[0]
+        weight = b / (global_batch or b)  # this shard's share of the global batch's mean loss
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         inp = torch.cat([x_pos, x_neg], 0)
@@ -415,7 +430,7 @@ class LocalTrainer:
             g = goodness(h.float())
             loss = ff_loss(cfg.loss, g[:b], g[b:], cfg.alpha, cfg.threshold)
             # Pair mode keeps this layer's graph until the next layer pushes its gradient in.
-            loss.backward(retain_graph=pair)
+            (loss if self.dp is None else loss * weight).backward(retain_graph=pair)
             if pair and prev_out is not None:
                 torch.autograd.backward(prev_out, grad_tensors=leaf.grad)
             stats.append((loss.item(), g[:b].mean().item(), g[b:].mean().item()))
@@ -423,6 +438,8 @@ class LocalTrainer:
             # activity alive while the next layer runs; one graph at a time is what makes FF light.
             prev_out, inp = (out, out) if pair else (None, out.detach())
             del h, g, loss, out
+        if self.dp is not None:
+            stats = self.dp.average_gradients(list(self.net.layers.parameters()), stats, weight)
         for idx, values in enumerate(stats):
             if not all(math.isfinite(v) for v in values):
                 raise Diverged(
@@ -430,6 +447,8 @@ class LocalTrainer:
                 )
         for opt in self.optimizers:
             opt.step()
+        if self.dp is not None:
+            self.dp.reduce_quant_stats(self.net)
         return stats
 
 
