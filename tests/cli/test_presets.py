@@ -102,7 +102,12 @@ def captured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
     def fake_train_run(
-        cfg: TrainConfig, out: Path, force: bool = False, reporter: Any = None, ctx: Any = None
+        cfg: TrainConfig,
+        out: Path,
+        force: bool = False,
+        reporter: Any = None,
+        download: bool = True,
+        ctx: Any = None,
     ) -> dict[str, Any]:
         seen.update(cfg=cfg, out=Path(out), force=force)
         return {}
