@@ -14,6 +14,8 @@ from tests.conftest import REPO
     ("script", "args", "needle"),
     [
         ("check-wheel", ["--bogus"], "unknown argument '--bogus'"),
+        ("check-wheel", ["--dist"], "--dist needs a value"),
+        ("check-aarch64", ["--cache", "/tmp", "--images"], "--images needs a value"),
         ("check-aarch64", ["--frobnicate"], "unknown argument '--frobnicate'"),
         ("check-aarch64", ["--images", "0"], "--images must be 1..1000"),
         ("check-aarch64", ["--images", "ten"], "--images must be 1..1000"),
@@ -45,3 +47,17 @@ def test_aarch64_check_on_a_missing_bundle_fails_with_one_line(tmp_path) -> None
         f"check-aarch64: FAILED: no bundle at {tmp_path / 'none'} (no manifest.json)",
         "check-aarch64: FAILED: needs root (debootstrap, chroot and mounts): run it with sudo",
     ), r.stderr
+
+
+def test_aarch64_check_refuses_a_cache_folder_it_did_not_make(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "mine.txt").write_text("a user's file")
+    r = subprocess.run(
+        [str(REPO / "scripts" / "check-aarch64"), "--cache", str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() in (
+        f"check-aarch64: FAILED: {tmp_path} is not empty and is not a check-aarch64 cache (no lock file in it): "
+        "choose another --cache",
+        "check-aarch64: FAILED: needs root (debootstrap, chroot and mounts): run it with sudo",
+    ), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
