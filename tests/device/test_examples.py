@@ -3,6 +3,7 @@ start, which trains, is in tests/train/test_quickstart.py)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -52,3 +53,31 @@ def test_walkthrough_mentions_what_the_test_runs() -> None:
     text = (EXAMPLES / "raspberry-pi.md").read_text()
     for needle in ("ffedge info", "ffedge predict", "pi_classify.py", "ffedge eval", "ffedge bench", "--master"):
         assert needle in text
+
+
+def test_no_install_command_asks_pypi_for_ffedge() -> None:
+    """ffedge is not published on PyPI: a documented `pip install ffedge` (or `"ffedge[train]"`) fails for the user
+    (or, were the name ever taken, installs someone else's package). Install commands name the repository or a
+    wheel; update this test when the package is published."""
+    docs = [REPO / "README.md", REPO / "export" / "README.md", *sorted((REPO / "examples").glob("*.md"))]
+    pypi = re.compile(r"pip install +[\"']?ffedge(\[[a-z,]+\])?[\"']?(\s|$)")
+    offending = [
+        f"{doc.relative_to(REPO)}: {line.strip()}"
+        for doc in docs
+        for line in doc.read_text().splitlines()
+        if line.startswith("    ") and pypi.search(line)
+    ]
+    assert not offending, offending
+
+
+def test_walkthrough_gives_the_aarch64_pip_command_and_its_evidence() -> None:
+    text = (EXAMPLES / "raspberry-pi.md").read_text()
+    for needle in (
+        "--platform manylinux_2_28_aarch64",
+        "onnxruntime>=1.17",
+        "1.23.2",
+        "32-bit",
+        "scripts/check-aarch64",
+    ):
+        assert needle in text, needle
+    assert (REPO / "scripts" / "check-aarch64").is_file()
