@@ -36,7 +36,12 @@ class MissingExtraError(FFEdgeError, ImportError):
     """
 
     def __init__(self, extra: str, what: str) -> None:
-        super().__init__(f"{what} needs the '{extra}' extra: pip install \"ffedge[{extra}]\"")
+        super().__init__(f"{what} needs the '{extra}' extra: {install_hint(extra)}")
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra while ffedge is not on PyPI: from its source folder (or its wheel, the same way)."""
+    return f'pip install ".[{extra}]" in the ffedge source folder (or "WHEEL[{extra}]" for its wheel file)'
 
 
 def quoted(value: Any, limit: int = 120) -> str:

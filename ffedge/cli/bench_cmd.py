@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, print_json
+from ffedge.errors import install_hint
 from ffedge.options import check_int, check_threads
 from ffedge.runtime.engines import ENGINES
 
@@ -234,4 +235,4 @@ def bench(
         return
     print_tables(result, console)
     if not have_torch:
-        console.print("torch is not installed: no torch eager baseline (pip install 'ffedge[train]')")
+        console.print(f"torch is not installed: no torch eager baseline ({install_hint('train')})")

@@ -3,7 +3,7 @@
 - ``onnxruntime`` (the default): :func:`check_providers` turns ``--providers A,B`` into a list onnxruntime takes,
   or a one-line error naming the providers this onnxruntime has (onnxruntime itself only warns and falls back to
   the CPU).
-- ``openvino``: OpenVINO's own runtime (``pip install 'ffedge[openvino]'``), imported only when asked for.
+- ``openvino``: OpenVINO's own runtime (the ``openvino`` extra), imported only when asked for.
   :class:`OpenVINOGraph` compiles a bundle file for OpenVINO's CPU plugin behind the interface of
   :class:`ffedge.runtime.session.Graph`, so :class:`~ffedge.runtime.session.Runtime` runs it unchanged. It runs
   ``net.onnx`` (every hypothesis encoded), never ``net_shared.onnx``: in the shared graph layer 0 is a float
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from ffedge.errors import FFEdgeError, quoted
+from ffedge.errors import FFEdgeError, install_hint, quoted
 
 ENGINES = ("onnxruntime", "openvino")
 DEFAULT_ENGINE = "onnxruntime"
@@ -62,7 +62,7 @@ def import_openvino() -> Any:
     try:
         import openvino
     except ImportError:
-        raise FFEdgeError("OpenVINO is not installed: pip install 'ffedge[openvino]'") from None
+        raise FFEdgeError(f"OpenVINO is not installed: {install_hint('openvino')}") from None
     return openvino
 
 

@@ -83,5 +83,5 @@ def test_report_bad_input_is_one_line(
 def test_report_without_matplotlib_names_the_extra(tiny_run: Path, tmp_path: Path) -> None:
     code = f"from ffedge.cli import main; sys.argv = ['ffedge', 'report', {str(tiny_run)!r}, '--out', {str(tmp_path / 'r')!r}]; main()"
     r = python(code, blocked=("matplotlib",), timeout=120)
-    assert_one_line_error(r, 'pip install "ffedge[report]"')
+    assert_one_line_error(r, 'pip install ".[report]"')
     assert not (tmp_path / "r").exists()

@@ -82,4 +82,4 @@ def test_cli_train_end_to_end(tmp_path: Path, small_npz: str) -> None:
 
 def test_training_without_torch_names_the_extra(tmp_path: Path) -> None:
     r = device_cli("train", "--out", "x", cwd=tmp_path, timeout=60)
-    assert r.returncode == 2 and 'pip install "ffedge[train]"' in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and 'pip install ".[train]"' in r.stderr and "Traceback" not in r.stderr

@@ -22,7 +22,7 @@ try:
 except ImportError:  # a device-only install
     onnx = None
 
-needs_onnx = pytest.mark.skipif(onnx is None, reason="the onnx package (pip install 'ffedge[train]') is the reference")
+needs_onnx = pytest.mark.skipif(onnx is None, reason="the onnx package (the train extra) is the reference")
 RNG = np.random.default_rng(0)
 
 

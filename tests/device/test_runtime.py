@@ -76,7 +76,7 @@ def test_runtime_works_without_torch(golden_int8: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["predictions"][0]["file"] == str(png)
     r = cli("train", torch_free=True)
-    assert_one_line_error(r, "ffedge[train]")
+    assert_one_line_error(r, 'pip install ".[train]"')
 
 
 def _corrupt(bundle: Path, tmp_path: Path, how: str) -> Path:
