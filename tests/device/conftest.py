@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ffedge.bundle import MANIFEST
@@ -61,3 +62,17 @@ def golden_int8_plain(tmp_path_factory: pytest.TempPathFactory, golden_int8: Pat
 def tiny_run() -> None:
     """The device wing never trains: a test here that asks for a trained run (or a bundle exported from one) fails."""
     pytest.fail("tests/device must not train a model: use the golden bundles (golden_int8, golden_fp32)")
+
+
+def finetuned(bundle: Path, out: Path, x: np.ndarray, y: np.ndarray, head_epochs: int = 1) -> Path:
+    """``bundle`` fine-tuned into ``out`` (layers 0 and 1, one epoch) on 100 of the digits ``x``, ``y`` [N, H, W, 1],
+    scored on the others: a real update of the layer-0 weights that the whole-net graphs split or copy."""
+    from ffedge.finetuning import FinetuneConfig, finetune
+
+    data = out.parent / f"{out.name}-data.npz"
+    np.savez(data, x_train=x[:100, :, :, 0], y_train=y[:100], x_test=x[100:, :, :, 0], y_test=y[100:])
+    cfg = FinetuneConfig(
+        data=f"npz:{data}", layers="0,1", epochs=1, max_examples=64, eval_examples=50, head_epochs=head_epochs
+    )
+    finetune(bundle, cfg, out=out, reporter=None)
+    return out

@@ -16,6 +16,7 @@ from ffedge.datasets import load_dataset
 from ffedge.errors import FFEdgeError
 from ffedge.runtime import Runtime
 from tests.conftest import raises_one_line
+from tests.device.conftest import finetuned
 
 N_IMAGES = 200
 
@@ -118,14 +119,8 @@ def test_fine_tuning_patches_the_shared_graph(
     golden_int8: Path, tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """After an update of layer 0 (whose weights the shared graph splits), both graphs still agree."""
-    from ffedge.finetuning import FinetuneConfig, finetune
-
     x, y = digits
-    data = tmp_path / "d.npz"
-    np.savez(data, x_train=x[:100, :, :, 0], y_train=y[:100], x_test=x[100:, :, :, 0], y_test=y[100:])
-    cfg = FinetuneConfig(data=f"npz:{data}", layers="0,1", epochs=1, max_examples=64, eval_examples=50, head_epochs=1)
-    finetune(golden_int8, cfg, out=tmp_path / "tuned", reporter=None)
-    tuned = tmp_path / "tuned"
+    tuned = finetuned(golden_int8, tmp_path / "tuned", x, y)
     xn = Runtime(tuned).normalize(x[:50])
     assert not np.allclose(Runtime(tuned).goodness(xn), Runtime(golden_int8).goodness(xn))  # layer 0 changed
     new = Runtime(tuned).predict(x, "all")

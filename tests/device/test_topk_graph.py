@@ -17,6 +17,7 @@ from ffedge.bundle.names import INPUT, PROBS, TOPK_K
 from ffedge.datasets import load_dataset
 from ffedge.runtime import Runtime
 from tests.conftest import raises_one_line
+from tests.device.conftest import finetuned
 
 N_IMAGES = 200
 
@@ -74,14 +75,8 @@ def test_fine_tuning_patches_the_topk_graph(
     golden_int8: Path, tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """After an update of layers 0 and 1 and a head refit, one call still gives what three calls give."""
-    from ffedge.finetuning import FinetuneConfig, finetune
-
     x, y = digits
-    data = tmp_path / "d.npz"
-    np.savez(data, x_train=x[:100, :, :, 0], y_train=y[:100], x_test=x[100:, :, :, 0], y_test=y[100:])
-    cfg = FinetuneConfig(data=f"npz:{data}", layers="0,1", epochs=1, max_examples=64, eval_examples=50, head_epochs=2)
-    tuned = tmp_path / "tuned"
-    finetune(golden_int8, cfg, out=tuned, reporter=None)
+    tuned = finetuned(golden_int8, tmp_path / "tuned", x, y, head_epochs=2)
     feeds = {INPUT: Runtime(golden_int8).normalize(x[:20]), TOPK_K: np.array([2])}
     probs = [Runtime(b).topk_session.run([PROBS], feeds)[0] for b in (golden_int8, tuned)]  # type: ignore[union-attr]
     assert not np.allclose(*probs)  # the patched graph computes the refitted head
