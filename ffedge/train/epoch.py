@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -56,6 +57,32 @@ class Training:
         self.elapsed += time.perf_counter() - self.t0
 
 
+class EpochEngine:
+    """How a run trains its epochs: here, in this process. A run trained across processes (the layer
+    pipeline, :mod:`ffedge.train.layer_pipeline`) hands its own to :func:`ffedge.train.pipeline.train_run`;
+    evaluation, checkpoints and the run folder stay the same."""
+
+    def threads(self, cfg: TrainConfig) -> int:
+        """CPU threads for torch in this process."""
+        return cfg.threads or os.cpu_count() or 1
+
+    def begin(self, run: Training, data: PreparedData) -> None:
+        """Called once the net is built (and restored from a checkpoint on resume), before the first epoch."""
+
+    def train_epoch(
+        self,
+        run: Training,
+        cfg: TrainConfig,
+        data: PreparedData,
+        epoch: int,
+        folder: RunFolder,
+        reporter: Reporter,
+        probe: Probe | None,
+    ) -> np.ndarray:
+        """Train one epoch; each layer's mean (loss, g+, g-) over its steps (see :func:`train_epoch`)."""
+        return train_epoch(run, cfg, data, epoch, folder, reporter, probe)
+
+
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     """Batches in one epoch (the last one may be short)."""
     return (n_train + cfg.batch_size - 1) // cfg.batch_size
@@ -93,7 +120,7 @@ def train_epoch(
     with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as advance:
         for i in range(steps):
             run.trainer.set_lr(cosine_lr(cfg.lr, epoch * steps + i, total_steps))
-            x_pos, x_neg = _batch(run.net, cfg, data, perm[i * bs : (i + 1) * bs], fill, rng, pred_layers)
+            x_pos, x_neg = batch_inputs(run.net, cfg, data, perm[i * bs : (i + 1) * bs], fill, rng, pred_layers)
             folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps}"
             stats = np.array(run.trainer.step(x_pos, x_neg))
             sums += stats
@@ -104,7 +131,7 @@ def train_epoch(
     return sums / (i + 1)
 
 
-def _batch(
+def batch_inputs(
     net: FFNet,
     cfg: TrainConfig,
     data: PreparedData,

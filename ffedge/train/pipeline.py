@@ -10,7 +10,6 @@ interrupted run can be resumed (:func:`resume_run`).
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ffedge.fsutil import atomic_write_json, signals_held
 from ffedge.labels import LabelEncoding, encoding_from_config
 from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.checkpoint import read_checkpoint, restore, save_checkpoint
-from ffedge.train.epoch import Probe, Training, train_epoch
+from ffedge.train.epoch import EpochEngine, Probe, Training
 from ffedge.train.evaluation import epoch_record, final_metrics, heldout_scores, log_epoch
 from ffedge.train.model import FFNet
 from ffedge.train.qat import quantize_stopped_float_net, quantized_at_start, start_qat_if_due
@@ -48,18 +47,22 @@ def train_run(
     force: bool = False,
     reporter: Reporter | None = None,
     probe: Probe | None = None,
+    engine: EpochEngine | None = None,
 ) -> dict[str, Any]:
     """Train a new run in ``out`` and return its metrics (also written to ``metrics.json``).
 
     ``force`` replaces ``out`` only if it is a run folder ffedge wrote, and only once the new run is complete.
     Ctrl-C raises :class:`~ffedge.train.run_folder.TrainingInterrupted`, which says what was kept.
+    ``engine``: how the epochs are trained (default: in this process; the layer pipeline hands its own).
     """
     cfg.validate()
     mode = out_mode(Path(out), resume=False, force=force)
-    return _train(cfg, Path(out), None, mode, reporter or QuietReporter(), probe)
+    return _train(cfg, Path(out), None, mode, reporter or QuietReporter(), probe, engine=engine)
 
 
-def resume_run(out: str | Path, epochs: int | None = None, reporter: Reporter | None = None) -> dict[str, Any]:
+def resume_run(
+    out: str | Path, epochs: int | None = None, reporter: Reporter | None = None, engine: EpochEngine | None = None
+) -> dict[str, Any]:
     """Continue the run in ``out`` from its last finished epoch (optionally to more ``epochs``).
 
     The cosine schedule is laid over the new total, so extending a run changes the remaining steps.
@@ -75,7 +78,7 @@ def resume_run(out: str | Path, epochs: int | None = None, reporter: Reporter | 
     cfg.validate()
     state = read_checkpoint(out, cfg.epochs)
     encoding = _recorded_encoding(run_cfg, out / CONFIG)
-    return _train(cfg, out, state, "resume", reporter or QuietReporter(), encoding=encoding)
+    return _train(cfg, out, state, "resume", reporter or QuietReporter(), encoding=encoding, engine=engine)
 
 
 def _recorded_encoding(run_cfg: dict[str, Any], path: Path) -> LabelEncoding:
@@ -98,17 +101,19 @@ def _train(
     reporter: Reporter,
     probe: Probe | None = None,
     encoding: LabelEncoding | None = None,
+    engine: EpochEngine | None = None,
 ) -> dict[str, Any]:
     """Load and check the data, then open the run folder and train; on any failure, say what was kept."""
     folder = RunFolder(out, mode, int(state["epoch"]) if state else None)
+    engine = engine or EpochEngine()
     try:
-        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        torch.set_num_threads(engine.threads(cfg))
         data = prepare_data(cfg, encoding)
         _check_data(cfg, data)
         # Everything is checked: from here on the run folder is written.
         folder.open()
         folder.phase = "while setting up training"
-        metrics = _fit(cfg, data, folder, state, reporter, probe)
+        metrics = _fit(cfg, data, folder, state, reporter, probe, engine)
         folder.commit()
     except BaseException as e:
         err = folder.stopped(e)
@@ -137,6 +142,7 @@ def _fit(
     state: dict[str, Any] | None,
     reporter: Reporter,
     probe: Probe | None,
+    engine: EpochEngine,
 ) -> dict[str, Any]:
     """Train epoch by epoch (a checkpoint after each), then the head; write weights and metrics.
 
@@ -144,12 +150,13 @@ def _fit(
     """
     atomic_write_json(folder.dir / CONFIG, run_config_dict(cfg, data))
     run = _start(cfg, data, folder, state, reporter)
+    engine.begin(run, data)
     run.next_probe = probe.every_s if probe else float("inf")
     sub = eval_subset(len(data.dataset.y_test), cfg.eval_samples, cfg.seed)
     precision = cfg.float_precision()
     _log_plan(cfg, data, precision, reporter)
     for epoch in range(run.start_epoch, cfg.epochs):
-        _epoch(run, cfg, data, epoch, sub, folder, reporter, probe)
+        _epoch(run, cfg, data, epoch, sub, folder, reporter, probe, engine)
         if run.stopped is not None:
             reporter.log(
                 f"stopped by the probe at step {run.stopped['step']}/{run.stopped['steps_per_epoch']} of epoch {epoch + 1}"
@@ -205,11 +212,12 @@ def _epoch(
     folder: RunFolder,
     reporter: Reporter,
     probe: Probe | None,
+    engine: EpochEngine,
 ) -> None:
     """One epoch: the switch to QAT when due, training, the held-out record (on the clock), the checkpoint."""
     folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
     start_qat_if_due(run, cfg, epoch, reporter)
-    means = train_epoch(run, cfg, data, epoch, folder, reporter, probe)
+    means = engine.train_epoch(run, cfg, data, epoch, folder, reporter, probe)
     folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
     acc, per_layer = heldout_scores(run.net, cfg, data, sub)
     run.stop_clock()
