@@ -128,19 +128,23 @@ def raises_one_line(fn: Callable, *args) -> str:  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- data and (with torch) a trained run
 
 
+def mnist_5k_slice(path: Path, n_train: int, n_test: int) -> str:
+    """The first ``n_train`` / ``n_test`` digits of the embedded mnist-5k written to ``path``: its ``npz:`` spec."""
+    ds = load_dataset("mnist-5k")
+    np.savez(
+        path,
+        x_train=ds.x_train[:n_train, :, :, 0],
+        y_train=ds.y_train[:n_train],
+        x_test=ds.x_test[:n_test, :, :, 0],
+        y_test=ds.y_test[:n_test],
+    )
+    return f"npz:{path}"
+
+
 @pytest.fixture(scope="session")
 def small_npz(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 600/200 slice of the embedded mnist-5k as an npz dataset."""
-    ds = load_dataset("mnist-5k")
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(
-        path,
-        x_train=ds.x_train[:600, :, :, 0],
-        y_train=ds.y_train[:600],
-        x_test=ds.x_test[:200, :, :, 0],
-        y_test=ds.y_test[:200],
-    )
-    return f"npz:{path}"
+    return mnist_5k_slice(tmp_path_factory.mktemp("data") / "small.npz", 600, 200)
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,9 @@ def train(
         None, help="Train in float first, quantization-aware for the last N epochs; 0 with --no-quant (default: 1)."
     ),
     batch_size: Optional[int] = typer.Option(
-        None, help="Positive examples per batch, each with one negative (default: 64)."
+        None,
+        help="Positive examples per batch, each with one negative; with several processes the global batch, "
+        "split among them (default: 64).",
     ),
     lr: Optional[float] = typer.Option(
         None, help="Adam learning rate, decayed by a cosine over the run (default: 0.002)."
@@ -156,13 +158,38 @@ def train(
     force: bool = typer.Option(
         False, "--force", help="Replace --out if it is a run folder ffedge wrote (only once the new run is complete)."
     ),
+    nproc: Optional[int] = typer.Option(
+        None,
+        help="Train data parallel in N processes on this machine (through torch.distributed.run; each gets "
+        "cores/N threads; with --device cuda one GPU each). Several machines: start 'torchrun ... -m ffedge.cli "
+        "train' on each instead.",
+    ),
+    dist_timeout: float = typer.Option(
+        300.0,
+        help="Several processes: seconds a process waits for another at a synchronization point before the "
+        "whole job stops with an error (a process that died ends it at once).",
+    ),
 ) -> None:
-    """Train a quantization-aware Forward-Forward CNN with spatially-extended labels."""
+    """Train a quantization-aware Forward-Forward CNN with spatially-extended labels.
+
+    Under torchrun (or with --nproc N) the processes train data parallel: the same model on shards of each batch.
+    """
+    import sys
+
     from ffedge.fsutil import sigterm_as_interrupt
-    from ffedge.progress import RichReporter
+    from ffedge.progress import QuietReporter, RichReporter
     from ffedge.train import resume_run, train_run
+    from ffedge.train.distributed import launch_local, process_group, torchrun_env
     from ffedge.train.presets import resolve
     from ffedge.train.run_folder import TrainingInterrupted
+
+    env = torchrun_env()
+    if nproc is not None and env is None:
+        raise typer.Exit(launch_local(nproc, sys.argv[1:]))  # ranks that run this command again, under torch's launcher
+    if nproc is not None and env is not None and nproc != env["WORLD_SIZE"]:
+        raise FFEdgeError(
+            f"--nproc {nproc} launches processes on this machine; under torchrun the job has WORLD_SIZE {env['WORLD_SIZE']}"
+        )
 
     if resume and force:
         raise FFEdgeError("--resume and --force exclude each other")
@@ -206,13 +233,18 @@ def train(
     if label_mode and cfg.labels != "fourier":
         raise FFEdgeError("--label-mode applies to --labels fourier only")
     out_dir = out or Path("runs") / (preset if preset is not None else f"{cfg.dataset.split(':')[0]}-{cfg.labels}")
-    reporter = RichReporter()
+    group_device = cfg.device
+    if resume and env is not None:  # the ranks' devices: the run's own, as a resumed run trains on it
+        from ffedge.train.run_files import read_run_config
+
+        group_device = str(read_run_config(out_dir)["train"].get("device", "cpu"))
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), process_group(group_device, dist_timeout) as ctx:
+            reporter = RichReporter() if ctx.is_main else QuietReporter()
             if resume:
-                resume_run(out_dir, epochs=epochs, reporter=reporter)
+                resume_run(out_dir, epochs=epochs, reporter=reporter, ctx=ctx)
                 return
-            train_run(cfg, out_dir, force=force, reporter=reporter)
+            train_run(cfg, out_dir, force=force, reporter=reporter, ctx=ctx)
     except TrainingInterrupted as e:
         err_console.print(escape(one_line(str(e))), highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None

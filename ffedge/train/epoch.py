@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -62,9 +61,7 @@ class EpochEngine:
     pipeline, :mod:`ffedge.train.layer_pipeline`) hands its own to :func:`ffedge.train.pipeline.train_run`;
     evaluation, checkpoints and the run folder stay the same."""
 
-    def threads(self, cfg: TrainConfig) -> int:
-        """CPU threads for torch in this process."""
-        return cfg.threads or os.cpu_count() or 1
+    world_size = 1  # processes that train the run (``metrics.json``'s ``world_size``)
 
     def begin(self, run: Training, data: PreparedData) -> None:
         """Called once the net is built (and restored from a checkpoint on resume), before the first epoch."""
@@ -105,7 +102,8 @@ def train_epoch(
     """Train epoch ``epoch`` (0-based) batch by batch; return each layer's mean (loss, g+, g-) over the steps done.
 
     Starts the epoch's clock (``run.t0``); the caller stops it. A probe that says stop ends the
-    epoch after the current step and sets ``run.stopped``.
+    epoch after the current step and sets ``run.stopped``. Data parallel: every rank draws the same global
+    batches and trains on its shard of each; a last batch smaller than the number of ranks is skipped.
     """
     ds = data.dataset
     n_train, bs = len(ds.y_train), cfg.batch_size
@@ -117,18 +115,25 @@ def train_epoch(
     rng = np.random.default_rng([cfg.seed, epoch])
     perm = rng.permutation(n_train)
     sums = np.zeros((len(run.net.layers), 3))
+    ranks = run.trainer.dp.ctx.world_size if run.trainer.dp is not None else 1
+    done = 0
     with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as advance:
         for i in range(steps):
+            idx = perm[i * bs : (i + 1) * bs]
+            if len(idx) < ranks:  # a shard for every rank, or no step
+                break
             run.trainer.set_lr(cosine_lr(cfg.lr, epoch * steps + i, total_steps))
-            x_pos, x_neg = batch_inputs(run.net, cfg, data, perm[i * bs : (i + 1) * bs], fill, rng, pred_layers)
+            shard = run.trainer.shard(len(idx))
+            x_pos, x_neg = batch_inputs(run.net, cfg, data, idx, shard, fill, rng, pred_layers)
             folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps}"
-            stats = np.array(run.trainer.step(x_pos, x_neg))
+            stats = np.array(run.trainer.step(x_pos, x_neg, len(idx)))
             sums += stats
+            done += 1
             advance(1, loss=f"{stats[-1, 0]:.3f}")
             if probe is not None and _probe_says_stop(run, probe, data):
                 run.stopped = {"epoch": epoch + 1, "step": i + 1, "steps_per_epoch": steps}
                 break
-    return sums / (i + 1)
+    return sums / max(done, 1)
 
 
 def batch_inputs(
@@ -136,17 +141,22 @@ def batch_inputs(
     cfg: TrainConfig,
     data: PreparedData,
     idx: np.ndarray,
+    shard: slice,
     fill: np.ndarray,
     rng: np.random.Generator,
     pred_layers: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive and negative inputs of one batch: the augmented images encoded with their true and with wrong labels."""
+    """Positive and negative inputs of the ``shard`` of one batch: the augmented images encoded with their true and
+    with wrong labels. The random draws are those of the whole batch, so every rank's shard is a part of the batch a
+    single process trains on."""
     ds, enc = data.dataset, data.encoding
     xb, yb = augment(data.x_train[idx], cfg.shift, cfg.flip, fill, rng, cfg.rotate, cfg.scale), ds.y_train[idx]
     if cfg.negatives == "hard":
+        xb, yb = xb[shard], yb[shard]
         neg = hard_negatives(net, enc, xb, yb, pred_layers, cfg.device)
     else:
-        neg = wrong_labels(yb, ds.num_classes, rng, cfg.wrong_labels).reshape(-1)
+        neg = wrong_labels(yb, ds.num_classes, rng, cfg.wrong_labels)  # [B] or [n, B]
+        xb, yb, neg = xb[shard], yb[shard], neg[..., shard].reshape(-1)
     x_pos = torch.from_numpy(enc.encode(xb, yb)).to(cfg.device)
     x_neg = torch.from_numpy(enc.encode(np.tile(xb, (len(neg) // len(yb), 1, 1, 1)), neg)).to(cfg.device)
     return x_pos, x_neg

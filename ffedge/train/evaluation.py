@@ -13,16 +13,28 @@ import numpy as np
 import torch
 
 from ffedge.progress import Reporter
+from ffedge.train.data_parallel import DataParallel
 from ffedge.train.model import FFNet
 from ffedge.train.trainer import PreparedData, TrainConfig, goodness_accuracy, goodness_matrix, head_accuracy
 
 
-def heldout_scores(net: FFNet, cfg: TrainConfig, data: PreparedData, sub: np.ndarray) -> tuple[float, list[float]]:
-    """Goodness accuracy on the held-out images ``sub``: of the prediction layers, and of each layer alone."""
+def heldout_scores(
+    net: FFNet, cfg: TrainConfig, data: PreparedData, sub: np.ndarray, dp: DataParallel | None = None
+) -> tuple[float, list[float]]:
+    """Goodness accuracy on the held-out images ``sub``: of the prediction layers, and of each layer alone.
+
+    Data parallel (``dp``): each rank scores its shard of ``sub`` and the counts are summed over the ranks.
+    """
     ds = data.dataset
-    g = goodness_matrix(net, data.encoding, data.x_test[sub], cfg.device)
-    per_layer = [goodness_accuracy(g, ds.y_test[sub], [l]) for l in range(len(net.layers))]
-    return goodness_accuracy(g, ds.y_test[sub], cfg.prediction_layers(len(net.layers))), per_layer
+    part = sub if dp is None else sub[dp.shard(len(sub))]
+    g = goodness_matrix(net, data.encoding, data.x_test[part], cfg.device)
+    layer_sets = [cfg.prediction_layers(len(net.layers))] + [[l] for l in range(len(net.layers))]
+    if dp is None:
+        scores = [goodness_accuracy(g, ds.y_test[part], layers) for layers in layer_sets]
+    else:
+        right = [float((g[layers].sum(0).argmax(1) == ds.y_test[part]).sum()) for layers in layer_sets]
+        scores = [c / len(sub) if len(sub) else float("nan") for c in dp.sum(right)]
+    return scores[0], scores[1:]
 
 
 def epoch_record(

@@ -35,9 +35,9 @@ Not available in the pipeline: ``--negatives hard`` (it scores every layer for e
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ import torch.distributed as dist
 from ffedge.errors import FFEdgeError
 from ffedge.finetuning.numerics import cosine_lr
 from ffedge.progress import QuietReporter, Reporter
+from ffedge.train.distributed import DistContext, collectives
 from ffedge.train.epoch import EpochEngine, Probe, Training, batch_inputs, black_pixel, steps_per_epoch
 from ffedge.train.model import FFNet
 from ffedge.train.qat import start_qat_if_due
@@ -106,17 +107,6 @@ def check_pipeline(cfg: TrainConfig, n_stages: int) -> None:
         )
 
 
-def local_device(device: str) -> str:
-    """A rank's torch device: ``cuda`` without an index means the GPU of the rank's ``LOCAL_RANK``."""
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device == "cuda" else device
-
-
-def default_threads() -> int:
-    """CPU threads per rank when ``--threads`` is not given: the cores shared by the ranks of this machine."""
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-    return max(1, (os.cpu_count() or 1) // per_node)
-
-
 # ---------------------------------------------------------------- transport
 
 
@@ -161,49 +151,39 @@ class Stage:
     def send(self, t: torch.Tensor, dst: int) -> None:
         """Send ``t`` without waiting for it, at most :data:`SENDS_IN_FLIGHT` at a time."""
         if len(self.pending) >= SENDS_IN_FLIGHT:
-            self._wait(*self.pending.pop(0))
+            self.pending.pop(0)[0].wait()
         t = t.contiguous()
-        self.pending.append((self._p2p(dist.isend, _wire(t), dst), t))
+        self.pending.append((dist.isend(_wire(t), dst), t))
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src: int) -> torch.Tensor:
         buf = torch.empty(shape, dtype=dtype, device=self.device)
-        self._p2p(dist.recv, _wire(buf), src)
+        dist.recv(_wire(buf), src)
         return buf
 
     def flush(self) -> None:
         """Wait until every send has been taken."""
         while self.pending:
-            self._wait(*self.pending.pop(0))
+            self.pending.pop(0)[0].wait()
 
     def send_bytes(self, t: torch.Tensor, dst: int) -> None:
-        self._p2p(dist.send, torch.tensor([t.numel()], dtype=torch.int64, device=self.device), dst)
-        self._p2p(dist.send, t, dst)
+        dist.send(torch.tensor([t.numel()], dtype=torch.int64, device=self.device), dst)
+        dist.send(t, dst)
 
     def recv_bytes(self, src: int) -> torch.Tensor:
         n = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self._p2p(dist.recv, n, src)
+        dist.recv(n, src)
         return self.recv((int(n.item()),), torch.uint8, src)
 
     def broadcast_bytes(self, t: torch.Tensor | None, status: int = 0) -> tuple[int, torch.Tensor | None]:
         """Rank 0 sends (``status``, ``t``) to every rank; a ``status`` other than 0 carries no bytes."""
         head = torch.tensor([status, 0 if t is None else t.numel()], dtype=torch.int64, device=self.device)
-        self._p2p(dist.broadcast, head, 0)
+        dist.broadcast(head, 0)
         if int(head[0]) != 0:
             return int(head[0]), None
         if t is None:
             t = torch.empty(int(head[1]), dtype=torch.uint8, device=self.device)
-        self._p2p(dist.broadcast, t, 0)
+        dist.broadcast(t, 0)
         return 0, t
-
-    def _wait(self, work: Any, _t: torch.Tensor) -> None:
-        self._p2p(lambda: work.wait())
-
-    def _p2p(self, fn: Any, *args: Any) -> Any:
-        """A torch.distributed call; a lost peer is one clear error."""
-        try:
-            return fn(*args)
-        except RuntimeError as e:  # DistBackendError and gloo's connection errors
-            raise FFEdgeError(f"layer pipeline, stage {self.rank}: another stage stopped ({first_line(e)})") from None
 
 
 # ---------------------------------------------------------------- one epoch of one stage
@@ -289,18 +269,16 @@ def _load_stage_state(run: Training, own: range, state: dict[str, Any]) -> None:
 class PipelineEngine(EpochEngine):
     """Rank 0's epochs: stage 0 of the pipeline, then the other stages' layers gathered into its net."""
 
-    def __init__(self, cfg: TrainConfig, world: int) -> None:
-        self.world = world
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx, self.world_size = ctx, ctx.world_size
         self.stage: Stage | None = None
         self.started = False
-
-    def threads(self, cfg: TrainConfig) -> int:
-        return cfg.threads or default_threads()
 
     def begin(self, run: Training, data: PreparedData) -> None:
         """Hand every rank the run: its options, the net's shape, the data's size, where it starts, its state."""
         cfg, ds = run.trainer.cfg, data.dataset
-        layers = stage_layers(run.net, self.world)
+        check_pipeline(cfg, self.world_size)  # a resumed run's options too
+        layers = stage_layers(run.net, self.world_size)
         self.stage = Stage(0, layers, cfg.device)
         hello = {
             # The precision resolved here, so every rank computes in the same arithmetic.
@@ -315,11 +293,14 @@ class PipelineEngine(EpochEngine):
         self.stage.broadcast_bytes(_pack(json.dumps(hello), cfg.device))
         self.stage.broadcast_bytes(_pack(_stage_state(run, range(len(run.net.layers))), cfg.device))
         self.started = True
+        reporter_line = ", ".join(f"{r.start}-{r.stop - 1}" if len(r) > 1 else str(r.start) for r in layers)
+        self.plan = f"layer pipeline on {self.world_size} ranks ({self.ctx.backend}): layers {reporter_line}"
 
     def abort(self) -> None:
         """Rank 0 failed before the run started: tell the other ranks that nothing will come."""
-        if not self.started and self.world > 1:
-            Stage(0, [], "cpu").broadcast_bytes(None, status=1)
+        if not self.started and self.world_size > 1:
+            with contextlib.suppress(Exception):  # the others may be gone already
+                Stage(0, [], self.ctx.device).broadcast_bytes(None, status=1)
 
     def train_epoch(
         self,
@@ -334,7 +315,9 @@ class PipelineEngine(EpochEngine):
         assert self.stage is not None
         if probe is not None:
             raise FFEdgeError("the layer pipeline does not call probes")
-        folder.phase = f"in epoch {epoch + 1}/{cfg.epochs} (layer pipeline, {self.world} stages)"
+        folder.phase = f"in epoch {epoch + 1}/{cfg.epochs} (layer pipeline, {self.world_size} stages)"
+        if epoch == run.start_epoch:
+            reporter.log(self.plan)
         n_train = len(data.dataset.y_train)
         steps = steps_per_epoch(cfg, n_train)
         run.t0 = time.perf_counter()
@@ -342,7 +325,7 @@ class PipelineEngine(EpochEngine):
         with reporter.task(f"epoch {epoch + 1}/{cfg.epochs}", steps) as advance:
             sums = stage_epoch(self.stage, run, cfg, epoch, n_train, _batches(run, cfg, data, epoch), advance)
         means[self.stage.own] = sums / steps
-        for r in range(1, self.world):
+        for r in range(1, self.world_size):
             state = _unpack(self.stage.recv_bytes(r))
             _load_stage_state(run, self.stage.layers[r], state)
             means[self.stage.layers[r]] = state["sums"].numpy() / steps
@@ -359,32 +342,33 @@ def _batches(
     fill = black_pixel(data)
     pred_layers = cfg.prediction_layers(len(run.net.layers))
     for i in range(steps_per_epoch(cfg, n_train)):
-        yield batch_inputs(run.net, cfg, data, perm[i * bs : (i + 1) * bs], fill, rng, pred_layers)
+        yield batch_inputs(run.net, cfg, data, perm[i * bs : (i + 1) * bs], slice(None), fill, rng, pred_layers)
 
 
 # ---------------------------------------------------------------- the other ranks
 
 
-def run_stage(rank: int, world: int, device: str) -> bool:
-    """Rank ``rank`` (> 0): take the run from rank 0 and train this stage's layers epoch by epoch, handing them
+def run_stage(ctx: DistContext) -> bool:
+    """A rank other than 0: take the run from rank 0 and train this stage's layers epoch by epoch, handing them
     to rank 0 after each. False if rank 0 stopped before the run started (it says why)."""
-    status, blob = Stage(rank, [], device).broadcast_bytes(None)
-    if status != 0 or blob is None:
-        return False
-    hello = json.loads(_unpack(blob))
-    cfg = TrainConfig.from_dict({**hello["cfg"], "device": device}, source="rank 0")
-    torch.set_num_threads(cfg.threads or default_threads())
-    net = build_model(cfg, hello["in_channels"], tuple(hello["image_hw"]), hello["num_classes"], hello["quantized"])
-    net = net.to(device)
-    run = Training(net, LocalTrainer(net, cfg), start_epoch=int(hello["start_epoch"]))
-    stage = Stage(rank, stage_layers(net, world), device)
-    _, blob = stage.broadcast_bytes(None)
-    assert blob is not None
-    _load_stage_state(run, range(len(net.layers)), _unpack(blob))
-    for epoch in range(run.start_epoch, cfg.epochs):
-        start_qat_if_due(run, cfg, epoch, QuietReporter())
-        sums = stage_epoch(stage, run, cfg, epoch, int(hello["n_train"]), None)
-        stage.send_bytes(_pack(_stage_state(run, stage.own, sums), device), 0)
+    with collectives(ctx, "in the layer pipeline"):
+        status, blob = Stage(ctx.rank, [], ctx.device).broadcast_bytes(None)
+        if status != 0 or blob is None:
+            return False
+        hello = json.loads(_unpack(blob))
+        cfg = TrainConfig.from_dict({**hello["cfg"], "device": ctx.device}, source="rank 0")
+        torch.set_num_threads(cfg.threads or ctx.cpu_threads())
+        net = build_model(cfg, hello["in_channels"], tuple(hello["image_hw"]), hello["num_classes"], hello["quantized"])
+        net = net.to(ctx.device)
+        run = Training(net, LocalTrainer(net, cfg), start_epoch=int(hello["start_epoch"]))
+        stage = Stage(ctx.rank, stage_layers(net, ctx.world_size), ctx.device)
+        _, blob = stage.broadcast_bytes(None)
+        assert blob is not None
+        _load_stage_state(run, range(len(net.layers)), _unpack(blob))
+        for epoch in range(run.start_epoch, cfg.epochs):
+            start_qat_if_due(run, cfg, epoch, QuietReporter())
+            sums = stage_epoch(stage, run, cfg, epoch, int(hello["n_train"]), None)
+            stage.send_bytes(_pack(_stage_state(run, stage.own, sums), ctx.device), 0)
     return True
 
 
@@ -392,43 +376,41 @@ def run_stage(rank: int, world: int, device: str) -> bool:
 
 
 def train_pipelined(
-    cfg: TrainConfig, out: str | Path, force: bool = False, reporter: Reporter | None = None
+    cfg: TrainConfig, out: str | Path, ctx: DistContext, force: bool = False, reporter: Reporter | None = None
 ) -> dict[str, Any] | None:
-    """Train a new run as a layer pipeline over the initialized default process group (one stage per rank).
+    """Train a new run as a layer pipeline, one stage per rank of ``ctx``'s process group
+    (:func:`ffedge.train.distributed.process_group`).
 
     Rank 0 writes the run in ``out`` and returns its metrics, as :func:`ffedge.train.train_run`; the other
-    ranks return None.
+    ranks return None (they need no dataset and write nothing).
     """
     from ffedge.train.pipeline import train_run
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if rank != 0:
-        run_stage(rank, world, local_device(cfg.device))
+    if not ctx.is_main:
+        run_stage(ctx)
         return None
-    cfg.device = local_device(cfg.device)
-    engine = PipelineEngine(cfg, world)
+    engine = PipelineEngine(ctx)
     try:
-        check_pipeline(cfg, world)
-        return train_run(cfg, out, force=force, reporter=reporter, engine=engine)
+        check_pipeline(cfg, ctx.world_size)
+        return train_run(cfg, out, force=force, reporter=reporter, ctx=ctx, engine=engine)
     except BaseException:
         engine.abort()
         raise
 
 
 def resume_pipelined(
-    out: str | Path, epochs: int | None = None, reporter: Reporter | None = None, device: str = "cpu"
+    out: str | Path, ctx: DistContext, epochs: int | None = None, reporter: Reporter | None = None
 ) -> dict[str, Any] | None:
-    """Continue the run in ``out`` (made by a pipeline or by one process) as a layer pipeline; rank 0 reads and
-    writes it, as :func:`ffedge.train.resume_run`. ``device`` is where the other ranks compute."""
+    """Continue the run in ``out`` (made by a pipeline, by data parallel or by one process) as a layer pipeline;
+    rank 0 alone reads and writes it, as :func:`ffedge.train.resume_run`."""
     from ffedge.train.pipeline import resume_run
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if rank != 0:
-        run_stage(rank, world, local_device(device))
+    if not ctx.is_main:
+        run_stage(ctx)
         return None
-    engine = PipelineEngine(TrainConfig(), world)
+    engine = PipelineEngine(ctx)
     try:
-        return resume_run(out, epochs, reporter, engine=engine)
+        return resume_run(out, epochs, reporter, ctx=ctx, engine=engine)
     except BaseException:
         engine.abort()
         raise

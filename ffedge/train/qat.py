@@ -34,7 +34,7 @@ def start_qat_if_due(run: Training, cfg: TrainConfig, epoch: int, reporter: Repo
     """At the first QAT epoch, make the float net quantization-aware (with new optimizers)."""
     if cfg.quant and not run.net.quant.enabled and epoch >= cfg.float_epochs():
         run.net = to_quantized(run.net, cfg)
-        run.trainer = LocalTrainer(run.net, cfg)
+        run.trainer = LocalTrainer(run.net, cfg, run.trainer.dp)
         reporter.log(f"epoch {epoch + 1}: quantization-aware training from here on (int{cfg.bits} activations)")
 
 
@@ -52,15 +52,18 @@ def quantize_stopped_float_net(
     folder.phase = "while quantizing the net stopped in its float phase"
     t0 = time.perf_counter()
     run.net = to_quantized(run.net, cfg)
-    run.trainer = LocalTrainer(run.net, cfg)
+    run.trainer = LocalTrainer(run.net, cfg, run.trainer.dp)
     rng = np.random.default_rng([cfg.seed, cfg.epochs])
     for _ in range(cfg.quant_config().stats_steps):
         idx = rng.choice(len(ds.y_train), cfg.batch_size, replace=False)
-        xb, yb = data.x_train[idx], ds.y_train[idx]
-        neg = wrong_labels(yb, ds.num_classes, rng)
+        neg = wrong_labels(ds.y_train[idx], ds.num_classes, rng)
+        part = run.trainer.shard(len(idx))  # data parallel: this rank's share of the batch
+        xb, yb, neg = data.x_train[idx[part]], ds.y_train[idx[part]], neg[part]
         run.trainer.set_lr(0.0)
         run.trainer.step(
-            torch.from_numpy(enc.encode(xb, yb)).to(cfg.device), torch.from_numpy(enc.encode(xb, neg)).to(cfg.device)
+            torch.from_numpy(enc.encode(xb, yb)).to(cfg.device),
+            torch.from_numpy(enc.encode(xb, neg)).to(cfg.device),
+            len(idx),
         )
     run.elapsed += time.perf_counter() - t0
     reporter.log(f"quantized after the float phase ({cfg.quant_config().stats_steps} calibration steps)")

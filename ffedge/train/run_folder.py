@@ -27,6 +27,7 @@ from ffedge.fsutil import (
     remove_made_folders,
     replace_folder,
 )
+from ffedge.train.distributed import RankLost
 from ffedge.train.run_files import CONFIG, RUN_FILES
 from ffedge.train.trainer import Diverged
 
@@ -95,8 +96,9 @@ class RunFolder:
     training steps update it.
     """
 
-    def __init__(self, out: Path, mode: str, saved_epoch: int | None) -> None:
+    def __init__(self, out: Path, mode: str, saved_epoch: int | None, writes: bool = True) -> None:
         self.out, self.mode = out, mode
+        self.writes = writes  # False on the ranks other than 0 of a multi-process run: they never touch the folder
         self.dir = out
         self.tmp: Path | None = None  # replace mode: the folder the new run is trained in
         self.made: list[Path] = []
@@ -106,7 +108,9 @@ class RunFolder:
 
     def open(self) -> None:
         """Everything is checked: create the folder the run is written into."""
-        if self.mode == "replace":
+        if not self.writes:
+            pass
+        elif self.mode == "replace":
             self.tmp = temp_folder_beside(self.out)
             self.dir = self.tmp
         elif self.mode == "fresh":
@@ -123,6 +127,8 @@ class RunFolder:
 
     def abandon(self) -> str:
         """Remove what must not stay after a failure; say what is kept."""
+        if not self.writes:
+            return f"rank 0 says what is kept in {self.out}"
         if self.committed:
             return f"the finished run is in {self.out}"
         if self.tmp is not None:
@@ -148,6 +154,8 @@ class RunFolder:
             if isinstance(e, Terminated):
                 return TrainingInterrupted(f"terminated (SIGTERM) {self.phase}: {kept}", exit_code=143)
             return TrainingInterrupted(f"interrupted {self.phase}: {kept}")
+        if isinstance(e, RankLost):
+            return RankLost(f"{e}; {kept}")
         if isinstance(e, Diverged):
             return FFEdgeError(f"training diverged {self.phase}: {e} (try a smaller --lr or --alpha); {kept}")
         if isinstance(e, OSError) and self.opened:

@@ -22,6 +22,7 @@ from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, MAX_HEAD_G
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import compute_normalization, normalize
+from ffedge.train.data_parallel import DataParallel
 from ffedge.train.losses import ff_loss, torch_loss
 from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
 
@@ -384,10 +385,18 @@ class Diverged(FFEdgeError):
 
 
 class LocalTrainer:
-    """One optimizer per layer; :meth:`step` does one FF update of every layer on a batch."""
+    """One optimizer per layer; :meth:`step` does one FF update of every layer on a batch.
 
-    def __init__(self, net: FFNet, cfg: TrainConfig) -> None:
-        self.net, self.cfg = net, cfg
+    With ``dp`` (data parallel, :mod:`ffedge.train.data_parallel`) the batch given to :meth:`step` is this
+    rank's shard of the global batch, and the layers' gradients are summed over the ranks before they step.
+    A layer-pipeline stage (:mod:`ffedge.train.layer_pipeline`) trains its own layers with :meth:`layer_pass`
+    and :meth:`apply`.
+    """
+
+    def __init__(self, net: FFNet, cfg: TrainConfig, dp: DataParallel | None = None) -> None:
+        self.net, self.cfg, self.dp = net, cfg, dp
+        if dp is not None:
+            dp.prepare(net)
         self.optimizers = [self._adam(idx) for idx in range(len(net.layers))]
         # bf16 autocast for the float phase only: Brevitas' fake quantization stays in fp32.
         self.bf16 = cfg.autocast_bf16(net.quant.enabled)
@@ -422,14 +431,27 @@ class LocalTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr
 
-    def step(self, x_pos: torch.Tensor, x_neg: torch.Tensor) -> list[tuple[float, float, float]]:
-        """Update every layer once; returns (loss, mean g_pos, mean g_neg) per layer.
+    def shard(self, n: int) -> slice:
+        """The part of a global batch of ``n`` images this process trains on (all of it without data parallel)."""
+        return slice(None) if self.dp is None else self.dp.shard(n)
 
+    def step(
+        self, x_pos: torch.Tensor, x_neg: torch.Tensor, global_batch: int | None = None
+    ) -> list[tuple[float, float, float]]:
+        """Update every layer once; returns (loss, mean g_pos, mean g_neg) per layer (of the global batch).
+
+        ``global_batch``: images in the whole batch of which ``x_pos`` is this rank's shard (data parallel).
         Raises :class:`Diverged` (before any weight changes) when one of them is not finite.
         """
+        b = x_pos.shape[0]
+        weight = b / (global_batch or b)  # this shard's share of the global batch's mean loss
         every = range(len(self.net.layers))
-        stats, _ = self.layer_pass(torch.cat([x_pos, x_neg], 0), x_pos.shape[0], every)
+        stats, _ = self.layer_pass(torch.cat([x_pos, x_neg], 0), b, every, loss_weight=weight)
+        if self.dp is not None:
+            stats = self.dp.average_gradients(list(self.net.layers.parameters()), stats, weight)
         self.apply(stats, every)
+        if self.dp is not None:
+            self.dp.reduce_quant_stats(self.net)
         return stats
 
     def layer_pass(
@@ -439,10 +461,12 @@ class LocalTrainer:
         layers: range,
         on_output: Callable[[torch.Tensor], None] | None = None,
         on_input_grad: Callable[[torch.Tensor], None] | None = None,
+        loss_weight: float = 1.0,
     ) -> tuple[list[tuple[float, float, float]], torch.Tensor | None]:
         """The forward and backward passes of the consecutive ``layers`` on ``inp`` (``b`` positives, then the
         negatives); their gradients are left for :meth:`apply`. Returns (loss, mean g_pos, mean g_neg) per layer
         and, in pair mode, the last layer's output with its graph kept (the next layer's gradient goes in there).
+        ``loss_weight`` scales the losses that are differentiated (a data-parallel shard's share).
 
         A pipeline stage (:mod:`ffedge.train.layer_pipeline`) runs its own layers this way: ``on_output`` gets
         the last layer's detached output as soon as it is computed; in pair mode ``on_input_grad`` gets the
@@ -465,7 +489,7 @@ class LocalTrainer:
             g = goodness(h.float())
             loss = ff_loss(cfg.loss, g[:b], g[b:], cfg.alpha, cfg.threshold)
             # Pair mode keeps this layer's graph until the next layer pushes its gradient in.
-            loss.backward(retain_graph=pair)
+            (loss if loss_weight == 1.0 else loss * loss_weight).backward(retain_graph=pair)
             if pair and idx > 0:
                 if prev_out is not None:
                     torch.autograd.backward(prev_out, grad_tensors=leaf.grad)

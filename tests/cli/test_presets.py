@@ -101,7 +101,9 @@ def captured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
     """``ffedge train`` in-process with train_run replaced: what the CLI hands to the trainer."""
     seen: dict[str, Any] = {}
 
-    def fake_train_run(cfg: TrainConfig, out: Path, force: bool = False, reporter: Any = None) -> dict[str, Any]:
+    def fake_train_run(
+        cfg: TrainConfig, out: Path, force: bool = False, reporter: Any = None, ctx: Any = None
+    ) -> dict[str, Any]:
         seen.update(cfg=cfg, out=Path(out), force=force)
         return {}
 

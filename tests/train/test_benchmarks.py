@@ -17,7 +17,14 @@ from ffedge.datasets import load_dataset
 from tests.conftest import REPO
 
 BENCH = REPO / "benchmarks"
-SCRIPTS = ["accuracy.py", "label_ablation.py", "ff_vs_backprop.py", "finetune_shift.py", "default_recipe.py"]
+SCRIPTS = [
+    "accuracy.py",
+    "label_ablation.py",
+    "ff_vs_backprop.py",
+    "finetune_shift.py",
+    "default_recipe.py",
+    "scaling.py",
+]
 TINY = "--layers 8x5p,16x3p --head-epochs 2 --eval-samples 10"  # the smallest network and head: the pipeline, not the accuracy
 
 
@@ -204,6 +211,7 @@ QUICK_CASES = {  # script -> options for its --quick run (smaller ones it suppor
     "ff_vs_backprop.py": ["--dataset", "mnist", "--layers", "8x3p"],  # --quick: ff-layer and backprop
     "finetune_shift.py": ["--train-images", "300", "--train-args", TINY],
     "default_recipe.py": ["--train-args", TINY],
+    "scaling.py": ["--dataset", "mnist", "--rows", "1x2,2x1-data,2x1-layers", "--train-args", TINY],
 }
 
 
@@ -243,6 +251,16 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
     elif script == "ff_vs_backprop.py":
         assert result["quick"] and [row["method"] for row in result["rows"]] == ["ff-layer", "backprop"]
         assert all(row["examples"] == 300 and row["saved_for_backward_mb"] > 0 for row in result["rows"])
+    elif script == "scaling.py":
+        rows = {row["row"]: row for row in result["rows"]}
+        assert result["quick"] and list(rows) == ["1x2", "2x1-data", "2x1-layers"]
+        assert (rows["1x2"]["world_size"], rows["2x1-data"]["world_size"]) == (1, 2)
+        for key in ("1x2", "2x1-data"):
+            row = rows[key]
+            assert row["n_train"] == 300 and row["epochs"] == 1 and 0.0 <= row["test_accuracy"] <= 1.0
+            assert row["images_per_s"] == pytest.approx(300 / row["train_seconds"], rel=0.01)
+        assert rows["1x2"]["speedup"] == 1.0 and rows["2x1-data"]["speedup"] > 0
+        assert "world_size" in rows["2x1-layers"] or "--parallel" in rows["2x1-layers"]["skipped"]
     elif script == "default_recipe.py":
         (row,) = result["rows"]
         assert result["quick"] and row["seed"] == 0 and row["epochs"] == 1 and row["n_test"] == 200

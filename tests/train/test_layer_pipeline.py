@@ -24,6 +24,7 @@ pytest.importorskip("brevitas")
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from ffedge.train.distributed import DistContext  # noqa: E402
 from ffedge.train.layer_pipeline import stage_layers, train_pipelined  # noqa: E402
 from ffedge.train.model import FFNet, QuantConfig, parse_layers  # noqa: E402
 from ffedge.train.pipeline import train_run  # noqa: E402
@@ -54,8 +55,9 @@ def _rank(rank: int, world: int, rdzv: str, dataset: str, local: str, outs: list
     dist.init_process_group(
         "gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
     )
+    ctx = DistContext(rank, world, rank, world, "cpu", "gloo", timeout_s=120)
     try:
-        train_pipelined(_cfg(dataset, local), outs[rank])
+        train_pipelined(_cfg(dataset, local), outs[rank], ctx)
     finally:
         dist.destroy_process_group()
 
