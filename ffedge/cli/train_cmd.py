@@ -21,6 +21,9 @@ from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, registered
 from ffedge.labels import ENCODING_NAMES
 
 
+PARALLEL_MODES = ("data", "layers")  # --parallel: ffedge.train.data_parallel, ffedge.train.layer_pipeline
+
+
 def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
     """``"2,3"`` -> [2, 3]; None stays None."""
     if text is None:
@@ -160,9 +163,16 @@ def train(
     ),
     nproc: Optional[int] = typer.Option(
         None,
-        help="Train data parallel in N processes on this machine (through torch.distributed.run; each gets "
+        help="Train in N processes on this machine, data parallel or as a layer pipeline (--parallel) (through "
+        "torch.distributed.run; each gets "
         "cores/N threads; with --device cuda one GPU each). Several machines: start 'torchrun ... -m ffedge.cli "
         "train' on each instead.",
+    ),
+    parallel: str = typer.Option(
+        "data",
+        help="How several processes (--nproc or torchrun) share the work: 'data' (each trains the whole net on its "
+        "share of every batch) or 'layers' (a pipeline: the layers split into consecutive stages, one per process, "
+        "each training on the outputs of the one before; the weights of one process) (default: data).",
     ),
     dist_timeout: float = typer.Option(
         300.0,
@@ -172,7 +182,8 @@ def train(
 ) -> None:
     """Train a quantization-aware Forward-Forward CNN with spatially-extended labels.
 
-    Under torchrun (or with --nproc N) the processes train data parallel: the same model on shards of each batch.
+    Under torchrun (or with --nproc N) the processes train data parallel: the same model on shards of each batch;
+    with --parallel layers, as a pipeline of layer stages.
     """
     import sys
 
@@ -183,7 +194,11 @@ def train(
     from ffedge.train.presets import resolve
     from ffedge.train.run_folder import TrainingInterrupted
 
+    if parallel not in PARALLEL_MODES:
+        raise FFEdgeError(f"unknown --parallel {quoted(parallel)}: choose one of {', '.join(PARALLEL_MODES)}")
     env = torchrun_env()
+    if parallel == "layers" and nproc is None and env is None:
+        raise FFEdgeError("--parallel layers splits the layers among processes: add --nproc N, or start under torchrun")
     if nproc is not None and env is None:
         raise typer.Exit(launch_local(nproc, sys.argv[1:]))  # ranks that run this command again, under torch's launcher
     if nproc is not None and env is not None and nproc != env["WORLD_SIZE"]:
@@ -241,6 +256,14 @@ def train(
     try:
         with sigterm_as_interrupt(), process_group(group_device, dist_timeout) as ctx:
             reporter = RichReporter() if ctx.is_main else QuietReporter()
+            if parallel == "layers":
+                from ffedge.train.layer_pipeline import resume_pipelined, train_pipelined
+
+                if resume:
+                    resume_pipelined(out_dir, ctx, epochs=epochs, reporter=reporter)
+                else:
+                    train_pipelined(cfg, out_dir, ctx, force=force, reporter=reporter)
+                return
             if resume:
                 resume_run(out_dir, epochs=epochs, reporter=reporter, ctx=ctx)
                 return

@@ -28,7 +28,7 @@ from ffedge.train.distributed import DistContext  # noqa: E402
 from ffedge.train.layer_pipeline import stage_layers, train_pipelined  # noqa: E402
 from ffedge.train.model import FFNet, QuantConfig, parse_layers  # noqa: E402
 from ffedge.train.pipeline import train_run  # noqa: E402
-from ffedge.train.run_files import CONFIG, METRICS, WEIGHTS, load_torch  # noqa: E402
+from ffedge.train.run_files import CHECKPOINT, CONFIG, METRICS, WEIGHTS, load_torch  # noqa: E402
 from ffedge.train.trainer import TrainConfig, build_model, prepare_data  # noqa: E402
 
 LAYERS = "8x5p,16x3p,16x3"
@@ -148,3 +148,35 @@ def test_more_stages_than_layers_is_one_clear_error() -> None:
         check_pipeline(TrainConfig(), 5)
     with pytest.raises(FFEdgeError, match="negatives hard"):
         check_pipeline(TrainConfig(negatives="hard"), 2)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--parallel", "layers"), "add --nproc N, or start under torchrun"),
+        (("--parallel", "rows", "--nproc", "2"), "unknown --parallel 'rows'"),
+    ],
+)
+def test_cli_parallel_errors_are_one_line(args: tuple[str, ...], needle: str) -> None:
+    from tests.conftest import assert_one_line_error, cli_inprocess
+
+    assert_one_line_error(cli_inprocess("train", *args), needle, code=None)
+
+
+def test_a_restored_checkpoint_trains_every_parameter(tiny_run: Path) -> None:
+    """Brevitas replaces the activation scales' parameters when a state is loaded: the restored optimizers must
+    hold the new ones, or the scales would stop training after a resume (or after a pipeline gathers a stage)."""
+    from ffedge.train.checkpoint import read_checkpoint, restore
+    from ffedge.train.trainer import LocalTrainer
+
+    cfg = TrainConfig.from_dict(json.loads((tiny_run / CONFIG).read_text())["train"])
+    state = read_checkpoint(tiny_run, cfg.epochs)
+    assert state is not None
+    data = prepare_data(cfg)
+    net = build_model(cfg, data.encoding.out_channels, data.dataset.image_shape[1:], data.dataset.num_classes)
+    trainer = LocalTrainer(net, cfg)
+    restore(net, trainer, state, tiny_run / CHECKPOINT)
+    for layer, opt in zip(net.layers, trainer.optimizers):
+        held = {id(p) for group in opt.param_groups for p in group["params"]}
+        assert all(id(p) in held for p in layer.parameters())
+        assert sum("scaling_impl.value" in name for name, _ in layer.named_parameters()) == 2
