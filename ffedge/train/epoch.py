@@ -56,30 +56,6 @@ class Training:
         self.elapsed += time.perf_counter() - self.t0
 
 
-class EpochEngine:
-    """How a run trains its epochs: here, in this process. A run trained across processes (the layer
-    pipeline, :mod:`ffedge.train.layer_pipeline`) hands its own to :func:`ffedge.train.pipeline.train_run`;
-    evaluation, checkpoints and the run folder stay the same."""
-
-    world_size = 1  # processes that train the run (``metrics.json``'s ``world_size``)
-
-    def begin(self, run: Training, data: PreparedData) -> None:
-        """Called once the net is built (and restored from a checkpoint on resume), before the first epoch."""
-
-    def train_epoch(
-        self,
-        run: Training,
-        cfg: TrainConfig,
-        data: PreparedData,
-        epoch: int,
-        folder: RunFolder,
-        reporter: Reporter,
-        probe: Probe | None,
-    ) -> np.ndarray:
-        """Train one epoch; each layer's mean (loss, g+, g-) over its steps (see :func:`train_epoch`)."""
-        return train_epoch(run, cfg, data, epoch, folder, reporter, probe)
-
-
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     """Batches in one epoch (the last one may be short)."""
     return (n_train + cfg.batch_size - 1) // cfg.batch_size
@@ -134,6 +110,18 @@ def train_epoch(
                 run.stopped = {"epoch": epoch + 1, "step": i + 1, "steps_per_epoch": steps}
                 break
     return sums / max(done, 1)
+
+
+class EpochEngine:
+    """How a run trains its epochs: here, in this process (:func:`train_epoch`). A run trained across processes
+    as a layer pipeline (:mod:`ffedge.train.layer_pipeline`) hands its own to :func:`ffedge.train.pipeline.train_run`;
+    evaluation, checkpoints and the run folder stay the same."""
+
+    world_size = 1  # processes that train the run (``metrics.json``'s ``world_size``)
+    train_epoch = staticmethod(train_epoch)
+
+    def begin(self, run: Training, data: PreparedData) -> None:
+        """Called once the net is built (and restored from a checkpoint on resume), before the first epoch."""
 
 
 def batch_inputs(

@@ -1,7 +1,7 @@
 """The layer pipeline (``ffedge train --parallel layers``): consecutive FF layers split into stages, one per rank.
 
-Every rank of an initialized ``torch.distributed`` process group (gloo on CPU, NCCL on CUDA) holds the whole
-net but trains only its stage's layers (:func:`stage_layers`: consecutive, balanced by multiply-accumulates).
+Every rank of the process group :func:`ffedge.train.distributed.process_group` opened (gloo on CPU, NCCL on
+CUDA) holds the whole net but trains only its stage's layers (:func:`stage_layers`: consecutive, balanced by multiply-accumulates).
 Stage 0 (rank 0) makes the batches (the same augmentation and negatives as single-process training) and
 writes the run; stage r receives the detached output of stage r-1's last layer for every step by
 point-to-point ``send``/``recv``, trains its layers on it and sends its own output on. The unit that flows is
@@ -27,10 +27,11 @@ small, so gathering, needed for the checkpoint anyway, beats a pipelined forward
 checkpoint and run folder (``ffedge export`` takes it unchanged; ``--resume`` continues it in one process
 or in a pipeline). The head is fitted on rank 0 after the last epoch. Each stage owns its layers'
 quantizers: their statistics are collected on the rank that trains the layer, and gathered with it.
-As for a checkpoint, an epoch that ends while quantizer statistics are still being collected (an epoch
-of fewer than 30 steps) hands on the layer's weights but not the partial statistics.
+As in a checkpoint, a quantizer still collecting its statistics when an epoch ends (an epoch of fewer than
+30 steps) hands on its statistics so far, which rank 0's copy then takes as its scale.
 
-Not available in the pipeline: ``--negatives hard`` (it scores every layer for every batch) and probes.
+A rank that stops ends the others with one line (:func:`ffedge.train.distributed.collectives`); rank 0
+failing before the run starts tells the others so at once. Not available in the pipeline: ``--negatives hard`` (it scores every layer for every batch) and probes.
 """
 
 from __future__ import annotations
