@@ -25,7 +25,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from ffedge.train.distributed import DistContext  # noqa: E402
-from ffedge.train.layer_pipeline import stage_layers, train_pipelined  # noqa: E402
+from ffedge.train.layer_pipeline import resume_pipelined, stage_layers, train_pipelined  # noqa: E402
 from ffedge.train.model import FFNet, QuantConfig, parse_layers  # noqa: E402
 from ffedge.train.pipeline import train_run  # noqa: E402
 from ffedge.train.run_files import CHECKPOINT, CONFIG, METRICS, WEIGHTS, load_torch  # noqa: E402
@@ -180,3 +180,26 @@ def test_a_restored_checkpoint_trains_every_parameter(tiny_run: Path) -> None:
         held = {id(p) for group in opt.param_groups for p in group["params"]}
         assert all(id(p) in held for p in layer.parameters())
         assert sum("scaling_impl.value" in name for name, _ in layer.named_parameters()) == 2
+
+
+def _resume_rank(rank: int, world: int, rdzv: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{rdzv}", rank=rank, world_size=world)
+    try:
+        resume_pipelined(out, DistContext(rank, world, rank, world, "cpu", "gloo", timeout_s=120), epochs=2)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_one_process_run_resumes_as_a_pipeline(tmp_path: Path, single: Callable[[str], Path]) -> None:
+    """The checkpoint of one process, continued by a 2-stage pipeline: the weights of continuing it in one process."""
+    import shutil
+
+    from ffedge.train.pipeline import resume_run
+
+    piped, alone = tmp_path / "piped", tmp_path / "alone"
+    for copy in (piped, alone):
+        shutil.copytree(single("layer"), copy)
+    mp.spawn(_resume_rank, args=(2, str(tmp_path / "rdzv"), str(piped)), nprocs=2)
+    resume_run(alone, epochs=2)
+    assert len(json.loads((piped / METRICS).read_text())["history"]) == 2
+    assert _max_weight_difference(piped, alone) <= TOLERANCE
