@@ -155,6 +155,20 @@ def subset(src: Path, dst: Path, n_train: int | None, n_test: int | None, seed: 
     return dst
 
 
+def embedded_subset(dst: Path, n_train: int, n_test: int) -> Path:
+    """A class-mixed random subset of the embedded mnist-5k written as an .npz dataset (for --quick runs)."""
+    from ffedge.datasets import load_dataset
+
+    ds = load_dataset("mnist-5k")
+    full = dst.with_name(dst.stem + ".full.npz")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(full, x_train=ds.x_train[..., 0], y_train=ds.y_train, x_test=ds.x_test[..., 0], y_test=ds.y_test)
+    try:
+        return subset(full, dst, n_train, n_test)
+    finally:
+        full.unlink(missing_ok=True)
+
+
 def ffedge(*args: str, log: Path | None = None) -> str:
     """Run one ffedge CLI command in a fresh process; returns stdout, exits with its stderr on failure."""
     t0 = time.perf_counter()

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     add_out_option,
     command,
+    embedded_subset,
     evaluate,
     export_int8,
     ffedge,
@@ -36,7 +37,6 @@ from common import (  # noqa: E402
     machine_line,
     out_stem,
     pct,
-    subset,
     work_dir,
     write_results,
 )
@@ -153,15 +153,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         train_args: list[str] = []
         if a.quick:
-            from ffedge.datasets import load_dataset
-
             seeds = seeds[:1]
-            ds = load_dataset("mnist-5k")
-            import numpy as np
-
-            full = Path(tmp) / "full.npz"
-            np.savez(full, x_train=ds.x_train[..., 0], y_train=ds.y_train, x_test=ds.x_test[..., 0], y_test=ds.y_test)
-            small = subset(full, Path(tmp) / "small.npz", 500, 200)
+            small = embedded_subset(Path(tmp) / "small.npz", 500, 200)
             train_args = ["--dataset", f"npz:{small}", "--epochs", "1", "--qat-epochs", "1"]
         train_args += shlex.split(a.train_args)
         rows = []

@@ -18,7 +18,7 @@ for CPU rows the speedup itself (every CPU row uses the same 2 cores). Accuracy:
     python benchmarks/scaling.py                          # mnist-5k, the default recipe's 50 epochs, CPU rows (+ GPU rows)
     python benchmarks/scaling.py --epochs 10 --rows 1x2,2x1-data
     python benchmarks/scaling.py --rows gpu-1,gpu-N       # on a GPU machine
-    python benchmarks/scaling.py --quick                  # smoke: 1 epoch, small head, results/quick/
+    python benchmarks/scaling.py --quick                  # smoke: 1 epoch on 500 / 200 digits, small head, results/quick/
 
 Nothing else may run on the machine meanwhile: the training time is the figure.
 """
@@ -40,6 +40,7 @@ from common import (  # noqa: E402
     choices,
     command,
     dataset_file,
+    embedded_subset,
     ffedge,
     fresh_log,
     machine,
@@ -52,6 +53,7 @@ from common import (  # noqa: E402
 )
 
 QUICK_TRAIN = ["--epochs", "1", "--head-epochs", "2", "--head-augment", "0", "--eval-samples", "50"]
+QUICK_DIGITS = (500, 200)  # --quick on mnist-5k: this many of its training / held-out digits
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,11 @@ def main() -> int:
     p.add_argument(
         "--work", type=Path, default=None, help="runs (default: runs/bench-scaling; --quick: runs/bench-scaling-quick)"
     )
-    p.add_argument("--quick", action="store_true", help=f"smoke test: {' '.join(QUICK_TRAIN)}; results/quick/")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {' '.join(QUICK_TRAIN)} (mnist-5k: {QUICK_DIGITS[0]} / {QUICK_DIGITS[1]} digits); results/quick/",
+    )
     add_out_option(p, "scaling")
     a = p.parse_args()
     available = rows_available(gpu_count())
@@ -183,7 +189,12 @@ def main() -> int:
     )
     out = out_stem("scaling", a.out, a.quick)
     work = work_dir("bench-scaling", a.work, a.quick)
-    dataset = a.dataset if a.dataset == "mnist-5k" else f"npz:{dataset_file(a.dataset, a.data_dir)}"
+    if a.dataset != "mnist-5k":
+        dataset = f"npz:{dataset_file(a.dataset, a.data_dir)}"
+    elif a.quick:
+        dataset = f"npz:{embedded_subset(work / 'mnist-5k-small.npz', *QUICK_DIGITS)}"
+    else:
+        dataset = "mnist-5k"
     train_args = (QUICK_TRAIN if a.quick else []) + (["--epochs", str(a.epochs)] if a.epochs is not None else [])
     train_args += shlex.split(a.train_args)
     log = fresh_log(out)
@@ -208,7 +219,8 @@ def main() -> int:
         "command": command("scaling.py"),
         "quick": a.quick,
         "machine": machine(),
-        "dataset": a.dataset,
+        "dataset": a.dataset
+        + (f" ({QUICK_DIGITS[0]} / {QUICK_DIGITS[1]} digits)" if a.quick and a.dataset == "mnist-5k" else ""),
         "train_args": train_args,
         "rows": rows,
     }

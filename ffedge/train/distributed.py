@@ -214,7 +214,8 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     if nproc < 1:
         raise FFEdgeError(f"--nproc must be >= 1, got {nproc}")
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report is a traceback
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # its reports are tracebacks; the ranks say what happened
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "ffedge.cli"])
     args.training_script_args = list(argv)  # not parsed by torchrun: its options' prefixes match ours (--local)
     try:

@@ -1,5 +1,5 @@
 """Data-parallel training on 2 gloo ranks on localhost: same weights as one process, one model on every rank,
-rank 0 alone writes, resume across world sizes, a killed rank stops the job.
+rank 0 alone writes, resume across world sizes, a killed or hung rank stops the job.
 
 The ranks are started as torchrun starts them (its environment variables: RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT), each running the real ``ffedge train``;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import assert_one_line_error, cli, mnist_5k_slice
+from tests.conftest import assert_one_line_error, cli, cli_inprocess, mnist_5k_slice
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
@@ -56,7 +56,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_ranks(argv: list[str], cwds: list[Path], logs: Path, timeout_s: float = 60) -> list[subprocess.Popen]:
+def start_ranks(argv: list[str], cwds: list[Path], logs: Path) -> list[subprocess.Popen]:
     """``python ARGV`` as ranks 0..len(cwds)-1 of one gloo job on 127.0.0.1 (torchrun's variables), each in its cwd,
     its output in ``logs/rank{r}.out|err``."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
@@ -93,10 +93,6 @@ def wait_ranks(procs: list[subprocess.Popen], logs: Path, timeout_s: float = TIM
     return outs
 
 
-def train_ranks(args: list[str], cwds: list[Path], logs: Path) -> list[str]:
-    return wait_ranks(start_ranks(["-m", "ffedge.cli", "train", *args], cwds, logs), logs)
-
-
 def layer_weights(run: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run / "weights.pt", map_location="cpu", weights_only=True)
     return {k: v for k, v in state.items() if k.startswith("layers.")}
@@ -121,9 +117,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, dp_npz: str) -> dict[str, Pat
     base = tmp_path_factory.mktemp("dp")
     args = ["--dataset", dp_npz, "--epochs", "1", *FLOAT_ARGS]
     single = base / "single"
-    r = cli("train", *args, "--out", str(single), timeout=TIMEOUT)
+    ranks = start_ranks(
+        ["-m", "ffedge.cli", "train", *args, "--out", "run"], [base / "rank0", base / "rank1"], base / "logs"
+    )
+    r = cli("train", *args, "--out", str(single), timeout=TIMEOUT)  # meanwhile
     assert r.returncode == 0, r.stderr[-3000:]
-    train_ranks([*args, "--out", "run"], [base / "rank0", base / "rank1"], base / "logs")
+    wait_ranks(ranks, base / "logs")
     return {"base": base, "single": single, "ranks": base / "rank0" / "run", "rank1_dir": base / "rank1"}
 
 
@@ -222,10 +221,11 @@ def test_every_rank_holds_the_same_quantized_model(tmp_path: Path, dp_npz: str) 
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["model_sha256"] == results[0]["model_sha256"]
 
 
-def test_a_killed_rank_stops_the_job_with_one_line(tmp_path: Path, dp_npz: str) -> None:
-    """Rank 1 is killed after epoch 1: rank 0 stops at once (well within --dist-timeout) with one error line
-    that says what happened and what was kept."""
-    timeout_s = 20
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_a_lost_rank_stops_the_job_with_one_line(tmp_path: Path, dp_npz: str, sig: signal.Signals) -> None:
+    """Rank 1 is killed (or stopped: it hangs) after epoch 1: rank 0 stops with one error line that says what
+    happened and what was kept; at once after a kill, within --dist-timeout (plus the step under way) after a hang."""
+    timeout_s = 10
     args = ["--dataset", dp_npz, "--epochs", "200", *FLOAT_ARGS, "--out", str(tmp_path / "run")]
     procs = start_ranks(
         ["-m", "ffedge.cli", "train", *args, "--dist-timeout", str(timeout_s)], [tmp_path, tmp_path], tmp_path / "logs"
@@ -235,16 +235,49 @@ def test_a_killed_rank_stops_the_job_with_one_line(tmp_path: Path, dp_npz: str) 
         while not (tmp_path / "run" / "checkpoint.pt").exists():
             assert time.monotonic() < deadline and procs[0].poll() is None, "no checkpoint of epoch 1"
             time.sleep(0.2)
-        procs[1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        procs[0].wait(timeout=timeout_s + 30)
-        waited = time.monotonic() - killed
+        procs[1].send_signal(sig)
+        lost_at = time.monotonic()
+        procs[0].wait(timeout=timeout_s + 60)
+        waited = time.monotonic() - lost_at
     finally:
+        procs[1].send_signal(signal.SIGCONT)
         for p in procs:
             p.kill()
     err = (tmp_path / "logs" / "rank0.err").read_text()
     r = subprocess.CompletedProcess([], procs[0].returncode, "", err)
     line = assert_one_line_error(r, "rank 0/2: lost contact with another rank", code=None)
     assert "the checkpoint of epoch" in line and "--resume" in line
-    print(f"rank 0 stopped {waited:.1f} s after rank 1 was killed: {line}")
-    assert waited < timeout_s
+    print(f"rank 0 stopped {waited:.1f} s after rank 1 was {'killed' if sig == signal.SIGKILL else 'stopped'}: {line}")
+    assert waited < (timeout_s if sig == signal.SIGKILL else timeout_s + 30)
+
+
+@pytest.mark.parametrize(
+    "env, args, needle",
+    [
+        ({}, ["--dist-timeout", "0"], "--dist-timeout must be > 0 seconds"),
+        ({"RANK": "0", "WORLD_SIZE": "2"}, [], "MASTER_ADDR is not"),
+        (
+            {"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+            [],
+            "RANK 2 of WORLD_SIZE 2",
+        ),
+        ({"RANK": "0", "WORLD_SIZE": "two", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, [], "WORLD_SIZE='two'"),
+        (
+            {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"},
+            ["--nproc", "4"],
+            "under torchrun the job has WORLD_SIZE 2",
+        ),
+        ({}, ["--nproc", "0"], "--nproc must be >= 1"),
+    ],
+)
+def test_bad_process_options_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], args: list[str], needle: str
+) -> None:
+    """A bad launch option or torchrun environment: one error line before anything starts or is written."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    r = cli_inprocess("train", "--epochs", "1", "--out", str(tmp_path / "run"), *args)
+    assert_one_line_error(r, needle, code=2)
+    assert not (tmp_path / "run").exists()
