@@ -30,6 +30,10 @@ NegativeMode = choice(NEGATIVE_MODES)
 Precision = choice(TRAIN_PRECISIONS)
 
 
+PARALLEL_MODES = ("data", "layers")  # --parallel: ffedge.train.data_parallel, ffedge.train.layer_pipeline
+ParallelMode = choice(PARALLEL_MODES)
+
+
 def parse_int_list(text: Optional[str], option: str) -> Optional[list[int]]:
     """``"2,3"`` -> [2, 3]; None stays None."""
     if text is None:
@@ -173,9 +177,17 @@ def train(
     ),
     nproc: Optional[int] = typer.Option(
         None,
-        help="Train data parallel in N processes on this machine (through torch.distributed.run; each gets "
+        help="Train in N processes on this machine, data parallel or as a layer pipeline (--parallel) (through "
+        "torch.distributed.run; each gets "
         "cores/N threads; with --device cuda one GPU each). Several machines: start 'torchrun ... -m ffedge.cli "
         "train' on each instead.",
+    ),
+    parallel: ParallelMode = typer.Option(
+        "data",
+        "--parallel",
+        help="How several processes (--nproc or torchrun) share the work: 'data' (each trains the whole net on its "
+        "share of every batch) or 'layers' (a pipeline: the layers split into consecutive stages, one per process, "
+        "each training on the outputs of the one before; the weights of one process) (default: data).",
     ),
     dist_timeout: float = typer.Option(
         300.0,
@@ -185,7 +197,8 @@ def train(
 ) -> None:
     """Train a quantization-aware Forward-Forward CNN with spatially-extended labels.
 
-    Under torchrun (or with --nproc N) the processes train data parallel: the same model on shards of each batch.
+    Under torchrun (or with --nproc N) the processes train data parallel: the same model on shards of each batch;
+    with --parallel layers, as a pipeline of layer stages.
     """
     import sys
 
@@ -197,6 +210,8 @@ def train(
     from ffedge.train.run_folder import TrainingInterrupted
 
     env = torchrun_env()
+    if parallel == "layers" and nproc is None and env is None:
+        raise FFEdgeError("--parallel layers splits the layers among processes: add --nproc N, or start under torchrun")
     if nproc is not None and env is None:
         raise typer.Exit(launch_local(nproc, sys.argv[1:]))  # ranks that run this command again, under torch's launcher
     if nproc is not None and env is not None and nproc != env["WORLD_SIZE"]:
@@ -254,7 +269,14 @@ def train(
     try:
         with sigterm_as_interrupt(), process_group(group_device, dist_timeout) as ctx:
             reporter = RichReporter(log_to_stderr=as_json) if ctx.is_main else QuietReporter()
-            if resume:
+            if parallel == "layers":
+                from ffedge.train.layer_pipeline import resume_pipelined, train_pipelined
+
+                if resume:
+                    metrics = resume_pipelined(out_dir, ctx, epochs=epochs, reporter=reporter, download=download)
+                else:
+                    metrics = train_pipelined(cfg, out_dir, ctx, force=force, reporter=reporter, download=download)
+            elif resume:
                 metrics = resume_run(out_dir, epochs=epochs, reporter=reporter, download=download, ctx=ctx)
             else:
                 metrics = train_run(cfg, out_dir, force=force, reporter=reporter, download=download, ctx=ctx)

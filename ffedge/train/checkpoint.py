@@ -79,7 +79,6 @@ def restore(net: FFNet, trainer: LocalTrainer, state: dict[str, Any], path: Path
         )
     try:
         net.load_state_dict(state["model"])
-        for opt, sd in zip(trainer.optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
+        trainer.load_optimizers(state["optimizers"])
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise FFEdgeError(f"{path} does not match {CONFIG}: {first_line(e)}") from None

@@ -100,7 +100,7 @@ def train_epoch(
                 break
             run.trainer.set_lr(cosine_lr(cfg.lr, epoch * steps + i, total_steps))
             shard = run.trainer.shard(len(idx))
-            x_pos, x_neg = _batch(run.net, cfg, data, idx, shard, fill, rng, pred_layers)
+            x_pos, x_neg = batch_inputs(run.net, cfg, data, idx, shard, fill, rng, pred_layers)
             folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps}"
             stats = np.array(run.trainer.step(x_pos, x_neg, len(idx)))
             sums += stats
@@ -112,7 +112,19 @@ def train_epoch(
     return sums / max(done, 1)
 
 
-def _batch(
+class EpochEngine:
+    """How a run trains its epochs: here, in this process (:func:`train_epoch`). A run trained across processes
+    as a layer pipeline (:mod:`ffedge.train.layer_pipeline`) hands its own to :func:`ffedge.train.pipeline.train_run`;
+    evaluation, checkpoints and the run folder stay the same."""
+
+    world_size = 1  # processes that train the run (``metrics.json``'s ``world_size``)
+    train_epoch = staticmethod(train_epoch)
+
+    def begin(self, run: Training, data: PreparedData) -> None:
+        """Called once the net is built (and restored from a checkpoint on resume), before the first epoch."""
+
+
+def batch_inputs(
     net: FFNet,
     cfg: TrainConfig,
     data: PreparedData,

@@ -29,7 +29,7 @@ from ffedge.progress import QuietReporter, Reporter
 from ffedge.train.checkpoint import read_checkpoint, restore, save_checkpoint
 from ffedge.train.data_parallel import DataParallel, model_sha256
 from ffedge.train.distributed import SINGLE, DistContext, is_comm_error, lost
-from ffedge.train.epoch import Probe, Training, train_epoch
+from ffedge.train.epoch import EpochEngine, Probe, Training
 from ffedge.train.evaluation import epoch_record, final_metrics, heldout_scores, log_epoch
 from ffedge.train.model import FFNet
 from ffedge.train.qat import quantize_stopped_float_net, quantized_at_start, start_qat_if_due
@@ -56,6 +56,7 @@ def train_run(
     probe: Probe | None = None,
     download: bool = True,
     ctx: DistContext = SINGLE,
+    engine: EpochEngine | None = None,
 ) -> dict[str, Any]:
     """Train a new run in ``out`` and return its metrics (also written to ``metrics.json``).
 
@@ -64,11 +65,15 @@ def train_run(
     Ctrl-C raises :class:`~ffedge.train.run_folder.TrainingInterrupted`, which says what was kept.
     ``ctx``: this process's rank (:func:`ffedge.train.distributed.process_group`); with several ranks the run is
     data parallel and a rank other than 0 returns only its ``rank``, ``world_size`` and ``model_sha256``.
+    ``engine``: how the epochs are trained, when not in this process or data parallel (the layer pipeline's
+    rank 0 hands its own, :mod:`ffedge.train.layer_pipeline`).
     """
     cfg.validate()
     # Only rank 0 looks at the folder it alone writes (another rank would find it already begun).
     mode = out_mode(Path(out), resume=False, force=force) if ctx.is_main else "fresh"
-    return _train(cfg, Path(out), None, mode, reporter or QuietReporter(), probe, download=download, ctx=ctx)
+    return _train(
+        cfg, Path(out), None, mode, reporter or QuietReporter(), probe, download=download, ctx=ctx, engine=engine
+    )
 
 
 def resume_run(
@@ -77,6 +82,7 @@ def resume_run(
     reporter: Reporter | None = None,
     download: bool = True,
     ctx: DistContext = SINGLE,
+    engine: EpochEngine | None = None,
 ) -> dict[str, Any]:
     """Continue the run in ``out`` from its last finished epoch (optionally to more ``epochs``), with any number of
     ranks (``ctx``; each reads the run folder, so on several machines it must be shared).
@@ -94,7 +100,17 @@ def resume_run(
     cfg.validate()
     state = read_checkpoint(out, cfg.epochs)
     encoding = _recorded_encoding(run_cfg, out / CONFIG)
-    return _train(cfg, out, state, "resume", reporter or QuietReporter(), encoding=encoding, download=download, ctx=ctx)
+    return _train(
+        cfg,
+        out,
+        state,
+        "resume",
+        reporter or QuietReporter(),
+        encoding=encoding,
+        download=download,
+        ctx=ctx,
+        engine=engine,
+    )
 
 
 def _recorded_encoding(run_cfg: dict[str, Any], path: Path) -> LabelEncoding:
@@ -119,11 +135,13 @@ def _train(
     encoding: LabelEncoding | None = None,
     download: bool = True,
     ctx: DistContext = SINGLE,
+    engine: EpochEngine | None = None,
 ) -> dict[str, Any]:
     """Load and check the data, then open the run folder and train; on any failure, say what was kept."""
     folder = RunFolder(out, mode, int(state["epoch"]) if state else None, writes=ctx.is_main)
-    dp = DataParallel(ctx) if ctx.is_distributed else None
-    if dp is not None:
+    dp = DataParallel(ctx) if ctx.is_distributed and engine is None else None
+    engine = engine or EpochEngine()
+    if ctx.is_distributed:
         if probe is not None:
             raise FFEdgeError("a training probe runs in a single process only")
         cfg = replace(cfg, device=ctx.device)  # cuda becomes this rank's GPU
@@ -134,10 +152,10 @@ def _train(
         # Everything is checked: from here on the run folder is written.
         folder.open()
         folder.phase = "while setting up training"
-        metrics = _fit(cfg, data, folder, state, reporter, probe, dp)
+        metrics = _fit(cfg, data, folder, state, reporter, probe, engine, dp)
         folder.commit()
     except BaseException as e:
-        if dp is not None and is_comm_error(e):
+        if ctx.is_distributed and is_comm_error(e):
             e = lost(ctx, folder.phase)
         err = folder.stopped(e)
         if err is e:
@@ -167,6 +185,7 @@ def _fit(
     state: dict[str, Any] | None,
     reporter: Reporter,
     probe: Probe | None,
+    engine: EpochEngine,
     dp: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train epoch by epoch (a checkpoint after each), then the head; write weights and metrics.
@@ -177,6 +196,7 @@ def _fit(
     if folder.writes:
         atomic_write_json(folder.dir / CONFIG, run_config_dict(cfg, data))
     run = _start(cfg, data, folder, state, reporter, dp)
+    engine.begin(run, data)
     run.next_probe = probe.every_s if probe else float("inf")
     sub = eval_subset(len(data.dataset.y_test), cfg.eval_samples, cfg.seed)
     precision = cfg.float_precision()
@@ -187,7 +207,7 @@ def _fit(
             f"about {cfg.batch_size // dp.ctx.world_size} images per rank and step"
         )
     for epoch in range(run.start_epoch, cfg.epochs):
-        _epoch(run, cfg, data, epoch, sub, folder, reporter, probe)
+        _epoch(run, cfg, data, epoch, sub, folder, reporter, probe, engine)
         if run.stopped is not None:
             reporter.log(
                 f"stopped by the probe at step {run.stopped['step']}/{run.stopped['steps_per_epoch']} of epoch {epoch + 1}"
@@ -201,7 +221,7 @@ def _fit(
     f_test, head_seconds = _fit_head(run.net, cfg, data, folder)
     folder.phase = "while scoring the held-out split"
     metrics = final_metrics(run.net, cfg, data, f_test, precision, train_seconds, head_seconds, run.history)
-    metrics["world_size"] = 1 if dp is None else dp.ctx.world_size
+    metrics["world_size"] = engine.world_size if dp is None else dp.ctx.world_size
     metrics["model_sha256"] = digest  # of the trained layers (before the head): equal on every rank
     if run.stopped is not None:
         metrics["stopped_by_probe"] = run.stopped
@@ -253,11 +273,12 @@ def _epoch(
     folder: RunFolder,
     reporter: Reporter,
     probe: Probe | None,
+    engine: EpochEngine,
 ) -> None:
     """One epoch: the switch to QAT when due, training, the held-out record (on the clock), the checkpoint."""
     folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
     start_qat_if_due(run, cfg, epoch, reporter)
-    means = train_epoch(run, cfg, data, epoch, folder, reporter, probe)
+    means = engine.train_epoch(run, cfg, data, epoch, folder, reporter, probe)
     folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}"
     acc, per_layer = heldout_scores(run.net, cfg, data, sub, run.trainer.dp)
     run.stop_clock()

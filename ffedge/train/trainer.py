@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -388,15 +388,42 @@ class LocalTrainer:
 
     With ``dp`` (data parallel, :mod:`ffedge.train.data_parallel`) the batch given to :meth:`step` is this
     rank's shard of the global batch, and the layers' gradients are summed over the ranks before they step.
+    A layer-pipeline stage (:mod:`ffedge.train.layer_pipeline`) trains its own layers with :meth:`layer_pass`
+    and :meth:`apply`.
     """
 
     def __init__(self, net: FFNet, cfg: TrainConfig, dp: DataParallel | None = None) -> None:
         self.net, self.cfg, self.dp = net, cfg, dp
         if dp is not None:
             dp.prepare(net)
-        self.optimizers = [torch.optim.Adam(layer.parameters(), lr=cfg.lr) for layer in net.layers]
+        self.optimizers = [self._adam(idx) for idx in range(len(net.layers))]
         # bf16 autocast for the float phase only: Brevitas' fake quantization stays in fp32.
         self.bf16 = cfg.autocast_bf16(net.quant.enabled)
+
+    def load_layer(self, idx: int, layer_state: dict[str, Any], optimizer_state: dict[str, Any]) -> list[str]:
+        """Load layer ``idx``'s state and its optimizer's (as ``state_dict()`` gave them); returns the keys
+        the layer state lacked (a quantizer still collecting its statistics has no scale in it).
+
+        Brevitas replaces an activation quantizer's scale parameter when a state is loaded, so the
+        optimizer is made anew for the layer's current parameters before its state goes in: the old one
+        would go on updating the replaced scale and never train the new one.
+        """
+        keys = self.net.layers[idx].load_state_dict(layer_state, strict=False)
+        if keys.unexpected_keys:
+            raise ValueError(f"unexpected key(s) {', '.join(keys.unexpected_keys[:3])}")
+        self.optimizers[idx] = self._adam(idx)
+        self.optimizers[idx].load_state_dict(optimizer_state)
+        return list(keys.missing_keys)
+
+    def load_optimizers(self, states: list[dict[str, Any]]) -> None:
+        """Every layer's optimizer made anew and loaded with ``states``, after the net's state was loaded
+        (see :meth:`load_layer` for why anew)."""
+        self.optimizers = [self._adam(idx) for idx in range(len(self.net.layers))]
+        for opt, sd in zip(self.optimizers, states):
+            opt.load_state_dict(sd)
+
+    def _adam(self, idx: int) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.layers[idx].parameters(), lr=self.cfg.lr)
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers:
@@ -415,41 +442,77 @@ class LocalTrainer:
         ``global_batch``: images in the whole batch of which ``x_pos`` is this rank's shard (data parallel).
         Raises :class:`Diverged` (before any weight changes) when one of them is not finite.
         """
-        cfg, pair = self.cfg, self.cfg.local == "pair"
         b = x_pos.shape[0]
         weight = b / (global_batch or b)  # this shard's share of the global batch's mean loss
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        inp = torch.cat([x_pos, x_neg], 0)
+        every = range(len(self.net.layers))
+        stats, _ = self.layer_pass(torch.cat([x_pos, x_neg], 0), b, every, loss_weight=weight)
+        if self.dp is not None:
+            stats = self.dp.average_gradients(list(self.net.layers.parameters()), stats, weight)
+        self.apply(stats, every)
+        if self.dp is not None:
+            self.dp.reduce_quant_stats(self.net)
+        return stats
+
+    def layer_pass(
+        self,
+        inp: torch.Tensor,
+        b: int,
+        layers: range,
+        on_output: Callable[[torch.Tensor], None] | None = None,
+        on_input_grad: Callable[[torch.Tensor], None] | None = None,
+        loss_weight: float = 1.0,
+    ) -> tuple[list[tuple[float, float, float]], torch.Tensor | None]:
+        """The forward and backward passes of the consecutive ``layers`` on ``inp`` (``b`` positives, then the
+        negatives); their gradients are left for :meth:`apply`. Returns (loss, mean g_pos, mean g_neg) per layer
+        and, in pair mode, the last layer's output with its graph kept (the next layer's gradient goes in there).
+        ``loss_weight`` scales the losses that are differentiated (a data-parallel shard's share).
+
+        A pipeline stage (:mod:`ffedge.train.layer_pipeline`) runs its own layers this way: ``on_output`` gets
+        the last layer's detached output as soon as it is computed; in pair mode ``on_input_grad`` gets the
+        gradient of the first layer's loss at its input, which single-process training pushes into the layer
+        before (only when the first layer is not layer 0; the next layer's backward pass adds to that tensor
+        afterwards, so a caller that keeps it copies it).
+        """
+        cfg, pair = self.cfg, self.cfg.local == "pair"
+        for idx in layers:
+            self.optimizers[idx].zero_grad(set_to_none=True)
         prev_out: torch.Tensor | None = None
         stats = []
-        for idx, layer in enumerate(self.net.layers):
+        for idx in layers:
+            layer = self.net.layers[idx]
             leaf = inp.detach().requires_grad_(pair and idx > 0)
             with torch.autocast(leaf.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 h, out = layer(leaf)
+            if on_output is not None and idx == layers[-1]:
+                on_output(out.detach())
             g = goodness(h.float())
             loss = ff_loss(cfg.loss, g[:b], g[b:], cfg.alpha, cfg.threshold)
             # Pair mode keeps this layer's graph until the next layer pushes its gradient in.
-            (loss if self.dp is None else loss * weight).backward(retain_graph=pair)
-            if pair and prev_out is not None:
-                torch.autograd.backward(prev_out, grad_tensors=leaf.grad)
+            (loss if loss_weight == 1.0 else loss * loss_weight).backward(retain_graph=pair)
+            if pair and idx > 0:
+                if prev_out is not None:
+                    torch.autograd.backward(prev_out, grad_tensors=leaf.grad)
+                elif on_input_grad is not None:
+                    on_input_grad(leaf.grad)
             stats.append((loss.item(), g[:b].mean().item(), g[b:].mean().item()))
             # In layer mode keep only the detached output: the pooling's graph would hold this layer's
             # activity alive while the next layer runs; one graph at a time is what makes FF light.
             prev_out, inp = (out, out) if pair else (None, out.detach())
             del h, g, loss, out
-        if self.dp is not None:
-            stats = self.dp.average_gradients(list(self.net.layers.parameters()), stats, weight)
-        for idx, values in enumerate(stats):
+        return stats, prev_out
+
+    def apply(self, stats: list[tuple[float, float, float]], layers: range) -> None:
+        """The optimizer steps of ``layers`` after :meth:`layer_pass` (``stats``: its result).
+
+        Raises :class:`Diverged` (before any weight changes) when a loss or goodness is not finite.
+        """
+        for idx, values in zip(layers, stats):
             if not all(math.isfinite(v) for v in values):
                 raise Diverged(
                     f"layer {idx} has loss {values[0]}, goodness {values[1]}/{values[2]} (positive/negative)"
                 )
-        for opt in self.optimizers:
-            opt.step()
-        if self.dp is not None:
-            self.dp.reduce_quant_stats(self.net)
-        return stats
+        for idx in layers:
+            self.optimizers[idx].step()
 
 
 @torch.no_grad()
