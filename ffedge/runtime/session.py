@@ -74,16 +74,20 @@ DISABLED_OPTIMIZERS = ["QDQPropagationTransformer"]
 
 
 def session_options(
-    threads: int | None, spin: bool = True, arena: bool = True, mem_pattern: bool = True
+    threads: int | None, spin: bool = True, arena: bool = True, mem_pattern: bool = True, optimize: bool = True
 ) -> ort.SessionOptions:
     """EXTENDED optimization: the level at which onnxruntime fuses QDQ convs into QLinearConv.
 
     ``spin=False`` stops idle pool threads from busy-waiting: with one pool per layer
     session, spinning pools of finished layers steal the cores of the running one. ``mem_pattern=False``: no
-    block planned (and held) for all intermediate tensors of a run (streaming mode).
+    block planned (and held) for all intermediate tensors of a run (streaming mode). ``optimize=False``: no graph
+    optimization at all, for a session that is only opened to check a file (``ffedge info``): onnxruntime still
+    parses and validates the model and finds a kernel for every node.
     """
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = int(threads)
@@ -105,9 +109,10 @@ def make_session(
     optimized_path: str | Path | None = None,
     arena: bool = True,
     mem_pattern: bool = True,
+    optimize: bool = True,
 ) -> ort.InferenceSession:
     """An onnxruntime session as ffedge runs it; a file onnxruntime rejects is a one-line error."""
-    so = session_options(threads, spin, arena, mem_pattern)
+    so = session_options(threads, spin, arena, mem_pattern, optimize)
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     try:
@@ -265,6 +270,7 @@ class Runtime:
         stream: bool = False,
         shared: bool = True,
         engine: str = DEFAULT_ENGINE,
+        optimize: bool = True,
     ) -> None:
         """``arena=False`` trades a little speed for lower peak memory. ``stream=True`` (low-memory mode,
         :mod:`ffedge.runtime.streaming`) opens no session here: each pass opens the layer files one at a
@@ -275,7 +281,8 @@ class Runtime:
         runs ``net.onnx`` on encoded hypotheses even where the bundle has a shared graph.
         ``providers``: onnxruntime execution providers in priority order (checked: :func:`check_providers`).
         ``engine="openvino"`` runs every graph with OpenVINO instead (:mod:`ffedge.runtime.engines`; ``net.onnx``,
-        not the shared graph; no providers, no streaming).
+        not the shared graph; no providers, no streaming). ``optimize=False`` opens the graphs without onnxruntime's
+        graph optimization: to load and check them (``ffedge info``), not to run them fast.
 
         Every graph opened is checked against the manifest (:func:`check_graph`).
         """
@@ -286,6 +293,7 @@ class Runtime:
         self.bundle: Bundle = open_bundle(bundle_dir, verify=verify)
         self.stream = stream
         self.arena = arena and not stream
+        self.optimize = optimize
         self.replaced = dict(replaced or {})
         self.encoding = self.bundle.encoding
         self.providers = check_providers(providers)
@@ -323,7 +331,9 @@ class Runtime:
         if self.engine == "openvino":
             graph = OpenVINOGraph(path, name, n)
         else:
-            session = make_session(path, n, spin, self.providers, arena=self.arena, mem_pattern=not self.stream)
+            session = make_session(
+                path, n, spin, self.providers, arena=self.arena, mem_pattern=not self.stream, optimize=self.optimize
+            )
             graph = Graph(session, name)
         check_graph(graph, kind, self.bundle, index)
         return graph
@@ -548,7 +558,7 @@ def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, 
     """
     if not verified:
         check_files(bundle_dir, read_manifest(bundle_dir))
-    rt = Runtime(bundle_dir, threads=1, verify=False, arena=False)
+    rt = Runtime(bundle_dir, threads=1, verify=False, arena=False, optimize=False)  # opened to check, not to run
     b, m = rt.bundle, rt.bundle.manifest
     checked = {name: "sha256" for name in m.files}
     graph = "sha256, opened with onnxruntime, inputs/outputs match the manifest"
