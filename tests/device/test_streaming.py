@@ -46,7 +46,7 @@ def test_stream_holds_one_session_at_a_time(
     alive, most = [0], [0]
 
     def counting(path, *args, **kwargs):  # type: ignore[no-untyped-def]
-        assert kwargs == {"arena": False, "mem_pattern": False}
+        assert kwargs == {"arena": False, "mem_pattern": False, "optimize": True}
         session = make_session(path, *args, **kwargs)
         opened.append(Path(path).name)
         alive[0] += 1
