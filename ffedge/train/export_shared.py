@@ -30,6 +30,7 @@ import ffedge
 from ffedge.bundle.names import FUSED_FILE, GOODNESS, INPUT, LABELS, SHARED_FILE, SHARED_LABEL_TABLE
 from ffedge.labels import encoding_from_config
 from ffedge.train.export_graph import fused_ops, one_opset_per_domain
+from ffedge.train.graph_shapes import graph_constants
 
 # Operators of layer 0's input chain that act on each channel separately (given constant per-channel parameters).
 _CHANNELWISE = ("BatchNormalization", "QuantizeLinear", "DequantizeLinear", "Clip", "Mul", "Add", "Sub", "Div")
@@ -59,10 +60,7 @@ def build_shared(
     encoding's :meth:`~ffedge.labels.LabelEncoding.label_channels`. ``features``: outputs of ``net.onnx`` (head
     features, [B * K', F]) the graph also returns (``net_shared.onnx`` returns none). Raises :class:`NotSeparable`."""
     g = fused.graph
-    inits = {t.name: t for t in g.initializer}
-    for n in g.node:  # the float exporter writes some constants (a Clip's bounds) as Constant nodes
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            inits.setdefault(n.output[0], n.attribute[0].t)
+    inits = graph_constants(g)
     producer = {o: n for n in g.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
@@ -99,7 +97,7 @@ def build_shared(
             return name
         if name not in inits:
             raise NotSeparable(f"layer 0's input chain reads {name!r}, which is not a constant")
-        a = numpy_helper.to_array(inits[name])
+        a = inits[name]
         if a.size == 1:
             return name
         if a.ndim == 1 and a.shape[0] == width:
@@ -162,7 +160,7 @@ def build_shared(
     lab = clone_chain(SHARED_LABEL_TABLE, slice(c, width), "lab", foldable=True)
     nodes.append(helper.make_node("Conv", [lab, "lab_w"] + ([bias] if bias else []), ["lab_term"], name="lab_conv"))
     nodes[-1].attribute.extend(conv.attribute)
-    out_channels = numpy_helper.to_array(inits[_root(conv.input[1], producer, inits)]).shape[0]
+    out_channels = inits[_root(conv.input[1], producer, inits)].shape[0]
     h, w = label_table.shape[2:]
     nodes += [
         helper.make_node("Gather", ["lab_term", LABELS], ["lab_sel"], axis=0),  # [B, K', O, H, W]
@@ -237,7 +235,7 @@ def _pool_first(nodes: list[onnx.NodeProto], start: str) -> list[onnx.NodeProto]
     return before + [pool, *chain] + rest[len(before) :]
 
 
-def _root(t: str, producer: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto]) -> str:
+def _root(t: str, producer: dict[str, onnx.NodeProto], inits: dict[str, np.ndarray]) -> str:
     """The initializer a weight tensor is computed from (through DequantizeLinear / Clip / Identity)."""
     while t not in inits:
         t = producer[t].input[0]

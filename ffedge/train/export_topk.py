@@ -99,7 +99,7 @@ def build_topk(
         nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name)))
         return name
 
-    neutral = int(label_table.shape[0]) - 1
+    neutral = n_classes = int(label_table.shape[0]) - 1  # the table's last row is the neutral label
     nodes += [
         helper.make_node("Shape", [INPUT], ["t_shape"]),
         helper.make_node(
@@ -134,7 +134,6 @@ def build_topk(
 
     x_in = next(i for i in g.input if i.name == INPUT)
     batch = x_in.type.tensor_type.shape.dim[0].dim_param or "n"
-    n_classes = int(label_table.shape[0]) - 1
     inputs = [x_in, helper.make_tensor_value_info(TOPK_K, onnx.TensorProto.INT64, [1])]
     outputs = [
         helper.make_tensor_value_info(GOODNESS, onnx.TensorProto.FLOAT, [batch, "k"]),

@@ -28,7 +28,9 @@ def _dims(model: onnx.ModelProto) -> dict[str, list[Dim]]:
     return out
 
 
-def _constants(g: onnx.GraphProto) -> dict[str, np.ndarray]:
+def graph_constants(g: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The value of every initializer and ``Constant`` node output (the float exporter writes some constants, a
+    Clip's bounds, as ``Constant`` nodes)."""
     values = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for n in g.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
@@ -51,7 +53,7 @@ def fold_reshape_targets(model: onnx.ModelProto) -> int:
 def _fold_once(model: onnx.ModelProto) -> int:
     g = model.graph
     dims = _dims(model)
-    consts = _constants(g)
+    consts = graph_constants(g)
     producer = {o: n for n in g.node for o in n.output}
 
     def resolve(t: str, data: str) -> list[int] | None:
