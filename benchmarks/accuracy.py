@@ -132,8 +132,40 @@ def markdown(rows: list[dict], info: dict, cmd: str) -> str:
         lines += ["", machine_line(info)]
     else:
         lines += [""] + [f"{ds}: {line}" for ds, line in where.items()]
-    lines += [f"Command: `{cmd}`"]
+    # Rows kept from other commands (another --datasets) each name the command that reproduces them.
+    cmds = {DATASETS[r["dataset"]]: r.get("command", cmd) for r in rows}
+    if len(set(cmds.values())) <= 1:
+        lines += [f"Command: `{cmd if not cmds else next(iter(cmds.values()))}`"]
+    else:
+        lines += [f"{ds}: `{c}`" for ds, c in cmds.items()]
     return "\n".join(lines) + "\n"
+
+
+def row_command(name: str, settings: dict) -> str:
+    """The command that trains one dataset's row again with its kept settings."""
+    parts = ["python benchmarks/accuracy.py"]
+    parts += ["--presets"] if settings.get("presets") else []
+    parts += ["--quick"] if settings.get("quick") else []
+    parts += ["--datasets", name]
+    parts += ["--epochs", str(settings["epochs"])] if settings.get("epochs") is not None else []
+    parts += [f"--train-args={settings['train_args']!r}"] if settings.get("train_args") else []
+    parts += ["--data-dir", str(Path(settings["data"]).parent)] if settings.get("data") else []
+    return " ".join(parts)
+
+
+def kept_rows(out: Path, names: list[str], presets: bool, quick: bool) -> list[dict]:
+    """Rows of the datasets not trained by this command, kept in OUT-DATASET.json by an earlier one with the same
+    --presets and --quick, so that a command for one dataset leaves the others in the table."""
+    rows = []
+    for n in DATASETS:
+        path = out.with_name(f"{out.name}-{n}.json")
+        if n in names or not path.is_file():
+            continue
+        kept = json.loads(path.read_text())
+        settings = kept.get("settings", {})
+        if bool(settings.get("presets")) == presets and bool(settings.get("quick")) == quick:
+            rows.append({"command": row_command(n, settings), **kept["row"]})
+    return rows
 
 
 def main() -> int:
@@ -213,6 +245,10 @@ def main() -> int:
         )
     info = machine()
     cmd = command("accuracy.py")
+    for r in rows:
+        r.setdefault("command", cmd)
+    others = kept_rows(out, names, a.presets, a.quick)
+    rows = sorted(rows + others, key=lambda r: list(DATASETS).index(r["dataset"]))
     md = markdown(rows, info, cmd) + skipped_note(skipped)
     result = {"rows": rows, "anchors": ANCHORS, "machine": info, "command": cmd, "quick": a.quick, "skipped": skipped}
     write_results(out, result, md)

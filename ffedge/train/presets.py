@@ -36,8 +36,10 @@ PRESETS: dict[str, Preset] = {
     # The default recipe (TrainConfig: float epochs in bf16 where the CPU has AMX, one QAT epoch at the end,
     # augmentation before the label is embedded) with epochs sized to the issue-11 budgets on a 2-core x86 with
     # AMX: a bf16 float epoch of 60k digits is about 47 s there, the QAT epoch about 3.3 min (15x the mnist-5k
-    # epochs of benchmarks/results/default_recipe.md). MNIST and Fashion-MNIST 45 min, CIFAR-10 90 min; in fp32
-    # (CPUs without AMX) each takes about 2.5x as long. See benchmarks/results/accuracy.md for what was measured.
+    # epochs of benchmarks/results/default_recipe.md). MNIST and Fashion-MNIST 45 min, CIFAR-10 90 min (sized on a
+    # 2-core EPYC with AVX512-BF16: about 88 s per bf16 float epoch of 50k images, 209 s for the QAT epoch); in fp32
+    # (CPUs without native bf16) each takes about 2.5x as long. benchmarks/results/accuracy-presets.md has what was
+    # measured.
     "mnist": Preset(
         "MNIST (60k): the default recipe, 40 epochs (39 float + 1 int8 QAT); 99.28% int8 in 31 min on 2 cores with AMX (bf16)",
         {"dataset": "mnist", "epochs": 40, "qat_epochs": 1, "shift": 2, "rotate": 12.0, "scale": 0.1},
@@ -56,9 +58,9 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     "cifar10": Preset(
-        "CIFAR-10 (50k): the default net with random crop (shift 4) + mirror, 80 epochs (79 float + 1 QAT), about 80 min "
-        "with AMX; not yet measured",
-        {"dataset": "cifar10", "epochs": 80, "qat_epochs": 1, "shift": 4, "rotate": 0.0, "scale": 0.0, "flip": True},
+        "CIFAR-10 (50k): the default net with random crop (shift 4) + mirror, 52 epochs (51 float + 1 int8 QAT); "
+        "71.41% int8 in 81 min on 2 cores with AVX512-BF16 (bf16)",
+        {"dataset": "cifar10", "epochs": 52, "qat_epochs": 1, "shift": 4, "rotate": 0.0, "scale": 0.0, "flip": True},
     ),
     # Scodellaro et al. 2025 (Sci. Rep. 15:38461), MNIST, as far as it is published: three conv layers of 128 7x7
     # filters, each with layer normalization and ReLU (here: the rms norm of Hinton's FF / loeweX before each
