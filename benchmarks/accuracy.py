@@ -135,7 +135,7 @@ def markdown(rows: list[dict], info: dict, cmd: str) -> str:
     # Rows kept from other commands (another --datasets) each name the command that reproduces them.
     cmds = {DATASETS[r["dataset"]]: r.get("command", cmd) for r in rows}
     if len(set(cmds.values())) <= 1:
-        lines += [f"Command: `{cmd if not cmds else next(iter(cmds.values()))}`"]
+        lines += [f"Command: `{next(iter(cmds.values()), cmd)}`"]
     else:
         lines += [f"{ds}: `{c}`" for ds, c in cmds.items()]
     return "\n".join(lines) + "\n"
