@@ -159,7 +159,7 @@ def check_files(bundle_dir: str | Path, manifest: Manifest) -> None:
 
 def load_npy(bundle_dir: str | Path, ref: str, what: str) -> np.ndarray:
     """One .npy array of the bundle: bounded before allocating, never unpickled; a damaged file is a one-line error."""
-    from ffedge.datasets.files import load_npy as read_bounded_npy
+    from ffedge.untrusted import load_npy as read_bounded_npy
 
     root = Path(bundle_dir)
     try:
@@ -172,7 +172,7 @@ def load_npy(bundle_dir: str | Path, ref: str, what: str) -> np.ndarray:
 
 def load_npz(bundle_dir: str | Path, ref: str, what: str) -> dict[str, np.ndarray]:
     """Every array of one .npz archive of the bundle: bounded, CRC-checked, never unpickled; a damaged file is one line."""
-    from ffedge.datasets.files import NpzArchive
+    from ffedge.untrusted import NpzArchive
 
     root = Path(bundle_dir)
     try:

@@ -139,8 +139,9 @@ def shown(value: object) -> str:
 
 
 def say(text: str) -> None:
-    """Print a line on stdout as it is (values in it are never read as markup; long lines are not wrapped)."""
-    console.print(text, soft_wrap=True)
+    """Print a line on stdout as it is: plain ``print``, so values in it are never read as markup, long lines are
+    not wrapped, and a command that only says lines (``ffedge info``) never imports rich."""
+    print(text)
 
 
 def choice(names: Sequence[str]) -> Any:

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import typer
 
-from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, print_json, say
 from ffedge.errors import install_hint
 from ffedge.options import check_int, check_threads
 from ffedge.runtime.engines import ENGINES
 
 EngineName = choice(ENGINES)
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
 
 def _fmt(v: Any, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
 
-def print_tables(result: dict[str, Any], out: Console) -> None:
+def print_tables(result: dict[str, Any]) -> None:
     """The human tables of :func:`ffedge.runtime.bench.run_bench`'s result."""
-    from rich.table import Table
+    from ffedge.cli.table import Table
 
     rows, g, mach = result["rows"], result["gemm"], result["machine"]
     sizes = " or ".join(f"{n}^3" for n in g["sizes"])
@@ -45,7 +42,7 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
             f"{r['first_ms']:.2f}",
             _fmt(r["peak_rss_mb"], ".0f"),
         )
-    out.print(t)
+    t.print()
     t = Table(
         "variant", "p50 ms", "p90 ms", "min ms", "max ms", "std ms", f"img/s at {result['batch']}",
         "x torch p50", "x torch min", f"x torch at {result['batch']}",
@@ -59,7 +56,7 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
             f"{r['images_per_s']:.0f}",
             *(_fmt(r[k], ".2f") for k in ("speedup", "speedup_min", "speedup_batch")),
         )
-    out.print(t)
+    t.print()
     t = Table(
         "variant", "GEMM line", "MMAC/img", "MMAC/img today", "GMAC/s p50", "% p50", "GMAC/s min", "% min",
         f"GMAC/s at {result['batch']}", f"% at {result['batch']}", f"% at {result['batch']} today",
@@ -77,7 +74,7 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
             *(_fmt(lim[at][k], ".1f") for at in ("p50", "min", "batch") for k in ("gmacs", "pct")),
             _fmt(lim["batch"]["pct_today"], ".1f"),
         )
-    out.print(t)
+    t.print()
     twins = [r for r in rows if r.get("agree_with")]
     if twins:
         t = Table(
@@ -95,7 +92,7 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
                 _fmt(r["p50_ratio"], ".2f"),
                 f"{', '.join(precisions) or '-'} ({len(r.get('conv_precisions') or {})} convs)",
             )
-        out.print(t)
+        t.print()
     n_layers = max(len(r["layer_ms"]) for r in rows)
     t = Table(
         "variant",
@@ -105,13 +102,12 @@ def print_tables(result: dict[str, Any], out: Console) -> None:
     )
     for r in rows:
         t.add_row(r["name"], *[f"{v:.3f}" for v in r["layer_ms"]])
-    out.print(t)
+    t.print()
     flags = ", ".join(mach["gemm_flags"]) or "none of the listed"
-    out.print(
+    say(
         f"machine: {mach['cpu']} ({mach['arch']}, {mach['logical_cpus']} logical CPUs; {flags}), "
         f"onnxruntime {mach['onnxruntime']}, numpy {mach['numpy']}, load average {mach['load_average']} "
-        f"-> {mach['load_average_after']}",
-        highlight=False,
+        f"-> {mach['load_average_after']}"
     )
 
 
@@ -233,6 +229,6 @@ def bench(
     if as_json:
         print_json(result)
         return
-    print_tables(result, console)
+    print_tables(result)
     if not have_torch:
-        console.print(f"torch is not installed: no torch eager baseline ({install_hint('train')})")
+        say(f"torch is not installed: no torch eager baseline ({install_hint('train')})")

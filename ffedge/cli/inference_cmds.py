@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, mode_help, one_of, print_json, say, shown
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, dataset_help, mode_help, one_of, print_json, say, shown
 from ffedge.options import check_int, check_threads
 from ffedge.runtime.engines import ENGINES
 from ffedge.runtime.modes import DEFAULT_MODE, MODES, REGISTRY as MODE_REGISTRY, mode_spec
@@ -97,7 +97,7 @@ def eval_cmd(
     if as_json:
         print_json(r)
         return
-    from rich.table import Table
+    from ffedge.cli.table import Table
 
     mode_txt = (f"{mode} (k={k})" if mode_spec(mode).uses_k else mode) + (", low-memory" if low_memory else "")
     on = ", OpenVINO" if engine == "openvino" else ""
@@ -108,16 +108,15 @@ def eval_cmd(
     t = Table("true \\ predicted", *[shown(c) for c in r["classes"]], title="confusion matrix")
     for c, row in zip(r["classes"], r["confusion"]):
         t.add_row(shown(c), *[str(v) for v in row])
-    console.print(t)
+    t.print()
     lat = r["latency_batch1"]
     if lat:
-        console.print(
-            f"latency per image (batch 1, {lat['images']} images): p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms",
-            highlight=False,
+        say(
+            f"latency per image (batch 1, {lat['images']} images): p50 {lat['p50_ms']:.2f} ms, p90 {lat['p90_ms']:.2f} ms"
         )
-    console.print(f"throughput (batch {batch_size}): {r['throughput_images_per_s']:.1f} images/s", highlight=False)
+    say(f"throughput (batch {batch_size}): {r['throughput_images_per_s']:.1f} images/s")
     if r["peak_rss_mb"] is not None:
-        console.print(f"peak RSS {r['peak_rss_mb']:.0f} MB", highlight=False)
+        say(f"peak RSS {r['peak_rss_mb']:.0f} MB")
 
 
 @app.command("predict")

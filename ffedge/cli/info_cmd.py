@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ffedge.cli.app import app, console, print_json, say, shown
+from ffedge.cli.app import app, print_json, say, shown
 from ffedge.errors import EXIT_FAILED
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _print_info(
     checked: dict[str, str],
 ) -> None:
     """The text form of ``ffedge info``."""
-    from rich.table import Table
+    from ffedge.cli.table import Table
 
     c, h, w = m.input.shape
     enc = m.encoding
@@ -118,7 +118,7 @@ def _print_info(
             str(sizes.get(layer.file, "missing")),
             str(fused),
         )
-    console.print(t)
+    t.print()
     head = (
         f"{shown(m.head.file)} on layers {m.head.layers}, {m.head.grid_size}x{m.head.grid_size} grid"
         if m.head

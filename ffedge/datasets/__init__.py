@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 from ffedge.datasets.base import Dataset, resized
-from ffedge.datasets.files import MAX_ARRAY_BYTES
+from ffedge.untrusted import MAX_ARRAY_BYTES
 from ffedge.datasets.images import MAX_IMAGE_PIXELS
 from ffedge.datasets.registry import dataset_choices, dataset_names, dataset_prefixes, named_dataset, path_kind
 from ffedge.errors import FFEdgeError

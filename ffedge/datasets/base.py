@@ -66,7 +66,7 @@ def resize_images(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if x.shape[1:3] == (h, w):
         return x
-    from PIL import Image  # here: reading a bundle's arrays (ffedge.datasets.files) needs no Pillow
+    from PIL import Image  # here: reading a bundle's arrays (ffedge.untrusted) needs no Pillow
 
     out = np.empty((x.shape[0], h, w, x.shape[3]), dtype=np.uint8)
     for i, img in enumerate(x):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels
-from ffedge.datasets.files import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, reason
+from ffedge.untrusted import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, reason
 from ffedge.datasets.registry import register_dataset
 from ffedge.datasets.remote import ensure_files
 from ffedge.errors import FFEdgeError

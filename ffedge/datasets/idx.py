@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels, as_nhwc
-from ffedge.datasets.files import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, read_upto, reason
+from ffedge.untrusted import DECODE_ERRORS, MAX_ARRAY_BYTES, open_regular, read_upto, reason
 from ffedge.datasets.registry import register_dataset
 from ffedge.datasets.remote import ensure_files
 from ffedge.errors import FFEdgeError

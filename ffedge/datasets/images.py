@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from ffedge.datasets.base import resize_images
-from ffedge.datasets.files import MAX_ARRAY_BYTES, open_regular, printable, reason
+from ffedge.untrusted import MAX_ARRAY_BYTES, open_regular, printable, reason
 from ffedge.errors import FFEdgeError
 
 if TYPE_CHECKING:  # Pillow is imported where an image is decoded: `ffedge info` and `--help` never need it

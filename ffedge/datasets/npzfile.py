@@ -5,7 +5,7 @@ Images are uint8 NHW or NHWC (C = 1 or 3). Labels: any integer dtype, values
 (a set with gaps such as {0, 200} is refused there: it would silently make 201
 classes; scoring or fine-tuning a bundle on a subset of its classes is fine), with
 class_names (K names) they must lie in 0..K-1. Read by
-:class:`~ffedge.datasets.files.NpzArchive`: sizes bounded before allocating, CRCs
+:class:`~ffedge.untrusted.NpzArchive`: sizes bounded before allocating, CRCs
 checked, object arrays refused (never unpickled).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ffedge.datasets.base import Dataset, as_labels, as_nhwc, resized
-from ffedge.datasets.files import NpzArchive
+from ffedge.untrusted import NpzArchive
 from ffedge.datasets.registry import register_path_kind
 from ffedge.errors import FFEdgeError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ffedge.datasets.base import resize_images
-from ffedge.datasets.files import check_regular, load_npy
+from ffedge.untrusted import check_regular, load_npy
 from ffedge.datasets.images import load_images
 from ffedge.errors import FFEdgeError
 from ffedge.runtime.preprocess import check_pixels

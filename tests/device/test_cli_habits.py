@@ -21,7 +21,15 @@ from tests.conftest import BLOCK, REPO, assert_one_line_error, cli_inprocess, de
 
 # Runs `ffedge ARGS` as the console script does and, as the process ends, lists on stderr which of these
 # modules it imported.
-HEAVY = ("numpy", "onnxruntime", "rich", "PIL", "torch", *sorted({f"{m}" for m, _ in COMMANDS.values()}))
+HEAVY = (
+    "numpy",
+    "onnxruntime",
+    "rich",
+    "PIL",
+    "torch",
+    "ffedge.datasets",
+    *sorted({f"{m}" for m, _ in COMMANDS.values()}),
+)
 IMPORTED = (
     BLOCK + "import atexit\n"
     f"atexit.register(lambda: sys.stderr.write('IMPORTED ' + ' '.join(m for m in {HEAVY!r} if sys.modules.get(m))))\n"
@@ -61,9 +69,11 @@ def test_help_lists_every_command_and_the_exit_codes_and_imports_no_command() ->
 def test_info_imports_what_it_needs_only(golden_int8: Path) -> None:
     r, imported = _imported("info", str(golden_int8))
     assert r.returncode == 0, r.stderr
-    assert {"numpy", "onnxruntime", "rich", "ffedge.cli.info_cmd"} <= imported
+    assert {"numpy", "onnxruntime", "ffedge.cli.info_cmd"} <= imported
     others = {m for m, _ in COMMANDS.values() if m != "ffedge.cli.info_cmd"}
-    assert not imported & {"torch", "PIL", *others}, imported  # Pillow: only where an image is decoded
+    # Pillow: only where an image is decoded; rich: only for errors, JSON and progress (the table is plain text);
+    # the dataset loaders: a bundle's arrays are read by ffedge.untrusted alone.
+    assert not imported & {"torch", "PIL", "rich", "ffedge.datasets", *others}, imported
 
 
 def test_the_command_table_is_what_the_modules_register() -> None:
@@ -166,3 +176,18 @@ def test_no_download_on_every_command_that_loads_a_dataset(golden_int8: Path, tm
     argv = [a.format(b=golden_int8, tmp=tmp_path) for a in args] + ["--data-dir", str(tmp_path), "--no-download"]
     assert_one_line_error(cli_inprocess(*argv), "and downloading is off", code=EXIT_USAGE)
     assert not (tmp_path / "ft").exists() and not (tmp_path / "l.png").exists()
+
+
+def test_plain_tables_align_numbers_right_and_cut_nothing() -> None:
+    from ffedge.cli.table import Table
+
+    t = Table("name", "accuracy", "ms", title="a title")
+    t.add_row("int8 [ort]", "95.70%", "1.25")
+    t.add_row("a-much-longer-variant-name", "-", "12.5")
+    lines = t.lines()
+    assert lines[0] == "a title" and lines[1].split() == ["name", "accuracy", "ms"] and set(lines[2]) == {"-", " "}
+    assert lines[3].startswith("int8 [ort] ") and "a-much-longer-variant-name" in lines[4]
+    assert lines[3].endswith(" 1.25") and lines[4].endswith("12.5")  # a numeric column: right-aligned
+    assert lines[3].index("95.70%") + len("95.70%") == lines[4].index(" - ") + 2  # "-" counts as a number
+    with pytest.raises(ValueError):
+        t.add_row("too", "few")

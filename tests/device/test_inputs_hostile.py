@@ -22,7 +22,7 @@ from PIL import Image
 
 from ffedge.datasets import load_dataset
 from ffedge.datasets.cifar import LAYOUTS, read_cifar_tarball
-from ffedge.datasets.files import MAX_ARRAY_BYTES, NpzArchive, load_npy
+from ffedge.untrusted import MAX_ARRAY_BYTES, NpzArchive, load_npy
 from ffedge.datasets.idx import parse_idx
 from ffedge.datasets.images import MAX_IMAGE_PIXELS, decode_image
 from ffedge.errors import FFEdgeError

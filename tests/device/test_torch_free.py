@@ -48,7 +48,7 @@ def test_the_walk_finds_every_concern_and_skips_training() -> None:
     for name in (
         "ffedge.errors",
         "ffedge.cli.inference_cmds",
-        "ffedge.datasets.files",
+        "ffedge.untrusted",
         "ffedge.labels.fourier",
         "ffedge.labels.draw",
         "ffedge.bundle.names",
