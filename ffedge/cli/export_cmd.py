@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from ffedge.cli.app import app, choice, console, err_console, print_json
+from ffedge.cli.app import app, choice, err_console, print_json, say
 from ffedge.errors import EXIT_SIGINT, EXIT_SIGTERM, CheckFailed, FFEdgeError, one_line
 
 EXPORT_FORMATS = ("onnx", "qonnx")
@@ -134,22 +134,18 @@ def export(
         return
     if fmt == "qonnx":
         for i, layer in enumerate(m["layers"]):
-            console.print(
-                f"layer {i}: {layer['file']}, QONNX with {layer['ops'].get('Quant', 0)} Quant nodes", highlight=False
-            )
+            say(f"layer {i}: {layer['file']}, QONNX with {layer['ops'].get('Quant', 0)} Quant nodes")
         for line in qonnx_lines(m["check"]) if "check" in m else []:
-            console.print(line, highlight=False)
-        console.print(f"wrote {dest} (qonnx)", highlight=False)
+            say(line)
+        say(f"wrote {dest} (qonnx)")
         return
     for i, layer in enumerate(m["layers"]):
         fused = {k: v for k, v in layer["ort_ops"].items() if k.startswith(("QLinear", "ConvInteger", "MatMulInteger"))}
-        console.print(
-            f"layer {i}: {layer['file']}, integer kernels at EXTENDED optimization: {fused or 'none'}", highlight=False
-        )
+        say(f"layer {i}: {layer['file']}, integer kernels at EXTENDED optimization: {fused or 'none'}")
     if "parity" in m:
         for line in parity_lines(m["parity"]):
-            console.print(line, highlight=False)
-    console.print(f"wrote {dest} ({precision})", highlight=False)
+            say(line)
+    say(f"wrote {dest} ({precision})")
 
 
 @app.command("verify")
@@ -179,6 +175,6 @@ def verify(
         print_json(report)
     else:
         for line in lines:
-            console.print(line, highlight=False)
+            say(line)
     if report["agreement"] < min_agreement:
         raise CheckFailed(f"agreement {report['agreement']:.2%} is below --min-agreement {min_agreement:.2%}")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, err_console, mode_help, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, dataset_help, err_console, mode_help, print_json, say
 from ffedge.errors import EXIT_SIGINT, EXIT_SIGTERM
 from ffedge.fsutil import Terminated, signals_held, sigterm_as_interrupt
 from ffedge.runtime.modes import DEFAULT_MODE, MODES
@@ -136,9 +136,7 @@ def finetune_cmd(
     if as_json:
         print_json(r)
         return
-    console.print(
+    say(
         f"{r['bundle']} is now version {r['version']}: held-out accuracy {r['accuracy_before']:.2%} -> {r['accuracy_after']:.2%} "
-        f"on {r['held_out']} examples of {data} ({r['examples']} trained on, {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB)",
-        highlight=False,
-        soft_wrap=True,
+        f"on {r['held_out']} examples of {data} ({r['examples']} trained on, {r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB)"
     )

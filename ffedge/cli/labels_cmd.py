@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import DOWNLOAD_HELP, app, choice, console, dataset_help, label_mode_help, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, choice, dataset_help, label_mode_help, print_json, say
 from ffedge.errors import FFEdgeError
 from ffedge.labels import ENCODING_NAMES, FourierEncoding
 
@@ -46,4 +46,4 @@ def labels(
     if as_json:
         print_json({"file": str(path), "dataset": dataset, "labels": encoding})
         return
-    console.print(f"wrote {path}")
+    say(f"wrote {path}")

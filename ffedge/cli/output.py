@@ -1,16 +1,17 @@
-"""The CLI's rich consoles: what a command prints is never read as markup, and never cut when it goes to a pipe.
+"""The CLI's rich consoles (errors, JSON, messages on stderr): never read as markup, never cut in a pipe.
 
-Values printed (paths, class names, a message naming ``ffedge[train]``) may hold square brackets, which rich
-would otherwise take for markup and drop; styles are given as rich ``Text`` instead. When stdout (stderr) is not a
-terminal, tables are printed at their full width rather than cut at 80 columns (nor at $COLUMNS, which some shells
-and tools export with the terminal's width even when the output goes to a file).
+A command's result lines and tables are plain ``print`` (:func:`ffedge.cli.app.say`, :mod:`ffedge.cli.table`);
+these consoles carry the rest. Values printed (paths, class names, a message naming ``ffedge[train]``) may hold
+square brackets, which rich would otherwise take for markup and drop; styles are given as rich ``Text`` instead.
+When stdout (stderr) is not a terminal, lines are printed at their full width rather than wrapped at 80 columns
+(nor at $COLUMNS, which some shells and tools export with the terminal's width even when the output goes to a file).
 """
 
 from __future__ import annotations
 
 from rich.console import Console, ConsoleDimensions
 
-# Width when the output is not a terminal: tables keep every column (rich sizes a table to its content).
+# Width when the output is not a terminal: nothing is wrapped.
 PIPE_WIDTH = 100_000
 
 

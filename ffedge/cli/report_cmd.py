@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ffedge.cli.app import DOWNLOAD_HELP, app, console, print_json
+from ffedge.cli.app import DOWNLOAD_HELP, app, print_json, say
 
 
 @app.command("report")
@@ -45,4 +45,4 @@ def report(
         print_json(r)
         return
     for name in r["files"] + ["report.json"]:
-        console.print(f"wrote {out / name}", highlight=False, soft_wrap=True)
+        say(f"wrote {out / name}")

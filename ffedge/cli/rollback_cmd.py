@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ffedge.cli.app import app, console, print_json
+from ffedge.cli.app import app, print_json, say
 
 
 @app.command("rollback")
@@ -24,7 +24,6 @@ def rollback(
     if as_json:
         print_json({"bundle": str(bundle), "rolled_back": before, "current": bundle_version(manifest)})
         return
-    console.print(
-        f"rolled back {bundle}: version {bundle_version(manifest)} is current (version {before} kept in versions/ as rolled back)",
-        soft_wrap=True,
+    say(
+        f"rolled back {bundle}: version {bundle_version(manifest)} is current (version {before} kept in versions/ as rolled back)"
     )
