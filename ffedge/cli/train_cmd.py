@@ -125,7 +125,10 @@ def train(
         help="'pair': a layer's loss also updates the layer before it; 'layer': pure FF, detached inputs (default: pair).",
     ),
     negatives: Optional[NegativeMode] = typer.Option(
-        None, help="'random' wrong labels or 'hard' (the wrong label the net likes most) (default: random)."
+        None,
+        help="'random' wrong labels; 'hard': the wrong label the net likes most (scores every label first); "
+        "'confused': half random, half drawn towards the class pairs the training steps found confused, from "
+        "goodness they computed anyway (default: random).",
     ),
     wrong_labels: Optional[int] = typer.Option(
         None,

@@ -11,5 +11,5 @@ DEFAULT_THRESHOLD = 1.0  # goodness threshold of the bce loss (mean square of a 
 HEAD_NORM_EPS = 1e-6  # added to the L2 norm of a head feature before dividing by it (an all-zero feature stays finite)
 # The choices of the training objective (``TrainConfig``, ``ffedge train``): here, without torch, so the CLI lists them.
 LOCAL_MODES = ("pair", "layer")  # what a layer's loss updates: it and the layer before it, or only itself (pure FF)
-NEGATIVE_MODES = ("random", "hard")  # how the wrong labels are drawn
+NEGATIVE_MODES = ("random", "hard", "confused")  # how the wrong labels are drawn
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")  # arithmetic of the float epochs (QAT is always fp32)

@@ -1,8 +1,8 @@
 """``checkpoint.pt``: written after every epoch, checked and restored by ``--resume``.
 
 It holds the net's and the optimizers' state, the number of finished epochs,
-whether the net was quantization-aware then, the training seconds so far and
-the per-epoch history.
+whether the net was quantization-aware then, the training seconds so far,
+the per-epoch history and, for ``--negatives confused``, the class pairs' margins.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ffedge.errors import FFEdgeError
 from ffedge.train.model import FFNet
@@ -32,6 +33,7 @@ def save_checkpoint(
             "quantized": net.quant.enabled,
             "elapsed": elapsed,
             "history": history,
+            **({"confusion": torch.from_numpy(trainer.confusion.margins)} if trainer.confusion is not None else {}),
         },
     )
 
@@ -80,5 +82,10 @@ def restore(net: FFNet, trainer: LocalTrainer, state: dict[str, Any], path: Path
     try:
         net.load_state_dict(state["model"])
         trainer.load_optimizers(state["optimizers"])
+        if trainer.confusion is not None and "confusion" in state:
+            margins = np.asarray(state["confusion"], dtype=np.float64)
+            if margins.shape != trainer.confusion.margins.shape or not np.isfinite(margins).all():
+                raise ValueError(f"'confusion' is not a finite {trainer.confusion.margins.shape} matrix")
+            trainer.confusion.margins = margins.copy()
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise FFEdgeError(f"{path} does not match {CONFIG}: {first_line(e)}") from None

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ffedge.ff import wrong_labels
+from ffedge.ff import ConfusionMemory, wrong_labels
 from ffedge.finetuning.numerics import cosine_lr
 from ffedge.progress import Reporter
 from ffedge.train.model import FFNet
@@ -100,9 +100,10 @@ def train_epoch(
                 break
             run.trainer.set_lr(cosine_lr(cfg.lr, epoch * steps + i, total_steps))
             shard = run.trainer.shard(len(idx))
-            x_pos, x_neg = batch_inputs(run.net, cfg, data, idx, shard, fill, rng, pred_layers)
+            x_pos, x_neg = batch_inputs(run.net, cfg, data, idx, shard, fill, rng, pred_layers, run.trainer.confusion)
             folder.phase = f"in epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps}"
             stats = np.array(run.trainer.step(x_pos, x_neg, len(idx)))
+            run.trainer.learn_confusion(pred_layers)
             sums += stats
             done += 1
             advance(1, loss=f"{stats[-1, 0]:.3f}")
@@ -133,15 +134,18 @@ def batch_inputs(
     fill: np.ndarray,
     rng: np.random.Generator,
     pred_layers: list[int],
+    confusion: ConfusionMemory | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive and negative inputs of the ``shard`` of one batch: the augmented images encoded with their true and
     with wrong labels. The random draws are those of the whole batch, so every rank's shard is a part of the batch a
-    single process trains on."""
+    single process trains on. ``--negatives confused`` draws from ``confusion`` (one process only)."""
     ds, enc = data.dataset, data.encoding
     xb, yb = augment(data.x_train[idx], cfg.shift, cfg.flip, fill, rng, cfg.rotate, cfg.scale), ds.y_train[idx]
     if cfg.negatives == "hard":
         xb, yb = xb[shard], yb[shard]
         neg = hard_negatives(net, enc, xb, yb, pred_layers, cfg.device)
+    elif confusion is not None:
+        neg = confusion.draw(yb, rng)
     else:
         neg = wrong_labels(yb, ds.num_classes, rng, cfg.wrong_labels)  # [B] or [n, B]
         xb, yb, neg = xb[shard], yb[shard], neg[..., shard].reshape(-1)

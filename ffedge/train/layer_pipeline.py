@@ -100,6 +100,10 @@ def check_pipeline(cfg: TrainConfig, n_stages: int) -> None:
     """The options a pipeline of ``n_stages`` can train; else one clear error."""
     if cfg.negatives == "hard":
         raise FFEdgeError("--negatives hard scores every layer for every batch: the layer pipeline cannot train it")
+    if cfg.negatives == "confused":
+        raise FFEdgeError(
+            "--negatives confused learns from the prediction layers' goodness of every step: train it in one process"
+        )
     from ffedge.train.model import parse_layers
 
     n = len(parse_layers(cfg.layers))

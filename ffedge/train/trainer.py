@@ -18,7 +18,7 @@ import torch
 
 from ffedge.datasets import Dataset, load_dataset
 from ffedge.errors import FFEdgeError, quoted
-from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, MAX_HEAD_GRID
+from ffedge.ff import DEFAULT_ALPHA, DEFAULT_LOSS, DEFAULT_THRESHOLD, MAX_HEAD_GRID, ConfusionMemory
 from ffedge.ff.defaults import LOCAL_MODES, NEGATIVE_MODES, TRAIN_PRECISIONS as PRECISIONS
 from ffedge.labels import ENCODING_NAMES, LabelEncoding, make_encoding
 from ffedge.options import check_float, check_int, check_threads
@@ -112,8 +112,10 @@ class TrainConfig:
         check_float(self.rotate, "--rotate", 0.0, 180.0)
         check_float(self.scale, "--scale", 0.0, 0.9)
         check_int(self.wrong_labels, "--wrong-labels", 1)
-        if self.negatives == "hard" and self.wrong_labels != 1:
-            raise FFEdgeError("--negatives hard picks one wrong label per image: use it with --wrong-labels 1")
+        if self.negatives in ("hard", "confused") and self.wrong_labels != 1:
+            raise FFEdgeError(
+                f"--negatives {self.negatives} picks one wrong label per image: use it with --wrong-labels 1"
+            )
         if self.qat_epochs is not None:
             check_int(self.qat_epochs, "--qat-epochs", 1 if self.quant else 0, self.epochs)
         check_int(self.seed, "--seed", 0, MAX_SEED)
@@ -397,6 +399,15 @@ class LocalTrainer:
         if dp is not None:
             dp.prepare(net)
         self.optimizers = [self._adam(idx) for idx in range(len(net.layers))]
+        # --negatives confused: the class pairs' margins, learnt from the goodness each step computes anyway.
+        self.confusion: ConfusionMemory | None = None
+        if cfg.negatives == "confused":
+            if dp is not None:
+                raise FFEdgeError(
+                    "--negatives confused learns from the goodness of the whole batch: train it in one process"
+                )
+            self.confusion = ConfusionMemory(net.head.out_features)
+        self.goodness: dict[int, torch.Tensor] = {}  # each layer's goodness of the last step (positives, negatives)
         # bf16 autocast for the float phase only: Brevitas' fake quantization stays in fp32.
         self.bf16 = cfg.autocast_bf16(net.quant.enabled)
 
@@ -486,6 +497,7 @@ class LocalTrainer:
             if on_output is not None and idx == layers[-1]:
                 on_output(out.detach())
             g = goodness(h.float())
+            self.goodness[idx] = g.detach()
             loss = ff_loss(cfg.loss, g[:b], g[b:], cfg.alpha, cfg.threshold)
             # Pair mode keeps this layer's graph until the next layer pushes its gradient in.
             (loss if loss_weight == 1.0 else loss * loss_weight).backward(retain_graph=pair)
@@ -500,6 +512,15 @@ class LocalTrainer:
             prev_out, inp = (out, out) if pair else (None, out.detach())
             del h, g, loss, out
         return stats, prev_out
+
+    def learn_confusion(self, layers: list[int]) -> None:
+        """``--negatives confused``: the margins of the last step's negatives (goodness summed over ``layers``, the
+        prediction layers: negative minus its positive) go into the confusion memory."""
+        if self.confusion is None:
+            return
+        g = torch.stack([self.goodness[i] for i in layers]).sum(0)
+        b = len(g) // 2
+        self.confusion.learn((g[b:] - g[:b]).cpu().numpy())
 
     def apply(self, stats: list[tuple[float, float, float]], layers: range) -> None:
         """The optimizer steps of ``layers`` after :meth:`layer_pass` (``stats``: its result).

@@ -106,6 +106,30 @@ def test_wrong_labels_are_wrong() -> None:
     assert many.shape == (3, len(y)) and not np.any(many == y[None])
 
 
+def test_confusion_memory_draws_wrong_labels_towards_the_confused_pairs() -> None:
+    mem = ff.ConfusionMemory(10)
+    y = np.arange(10).repeat(200)
+    first = mem.draw(y, np.random.default_rng(1))
+    assert not np.any(first == y) and np.array_equal(first, ff.ConfusionMemory(10).draw(y, np.random.default_rng(1)))
+    # Margins start at 0: every wrong label about equally likely.
+    assert np.bincount(first[y == 3], minlength=10)[3] == 0 and np.bincount(first[y == 3], minlength=10).max() < 45
+    # Steps measure that 5 passes for 3 (margin +2) and every other pair is clear (-3).
+    for _ in range(200):
+        neg = mem.draw(y, np.random.default_rng(2))
+        mem.learn(np.where((y == 3) & (neg == 5), 2.0, -3.0))
+    assert mem.margins[3, 5] == pytest.approx(2.0, abs=1e-3) and mem.margins[4, 6] == pytest.approx(-3.0, abs=1e-3)
+    assert np.all(np.diag(mem.margins) == 0)
+    neg = mem.draw(y, np.random.default_rng(3))
+    assert not np.any(neg == y)
+    share = (neg[y == 3] == 5).mean()  # mix 0.5: 0.5 * softmax share (about 0.99) + 0.5 / 9 drawn uniformly
+    assert 0.45 < share < 0.65, share
+    assert (neg[y == 4] == 6).mean() < 0.2  # no pair of 4 stands out: uniform
+    before = mem.margins.copy()
+    mem.learn(np.zeros(len(y)))  # what draw() proposed is learnt once
+    mem.learn(np.ones(len(y)))
+    assert np.abs(mem.margins - before).max() > 0 and mem._drawn is None
+
+
 def test_the_defaults() -> None:
     assert (ff.DEFAULT_LOSS, ff.DEFAULT_ALPHA, ff.DEFAULT_THRESHOLD) == ("symba", 4.0, 1.0)
 

@@ -24,6 +24,7 @@ SCRIPTS = [
     "finetune_shift.py",
     "default_recipe.py",
     "scaling.py",
+    "recipe_screen.py",
 ]
 TINY = "--layers 8x5p,16x3p --head-epochs 2 --eval-samples 10"  # the smallest network and head: the pipeline, not the accuracy
 
@@ -212,6 +213,10 @@ QUICK_CASES = {  # script -> options for its --quick run (smaller ones it suppor
     "finetune_shift.py": ["--train-images", "300", "--train-args", TINY],
     "default_recipe.py": ["--train-args", TINY],
     "scaling.py": ["--dataset", "mnist", "--rows", "1x2,2x1-data,2x1-layers", "--train-args", TINY],
+    "recipe_screen.py": [
+        "--base",
+        "--epochs 1 --no-quant --qat-epochs 0 --head-epochs 0 --eval-samples 0 --layers 8x5p,16x3p",
+    ],
 }
 
 
@@ -261,6 +266,17 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
             assert row["images_per_s"] == pytest.approx(300 / row["train_seconds"], rel=0.01)
         assert rows["1x2"]["speedup"] == 1.0 and rows["2x1-data"]["speedup"] > 0
         assert "world_size" in rows["2x1-layers"] or "--parallel" in rows["2x1-layers"]["skipped"]
+    elif script == "recipe_screen.py":  # the embedded mnist-5k, 300 / 100 digits
+        assert result["quick"] and [row["lever"] for row in result["rows"]] == ["default", "lr 0.004"]
+        for row in result["rows"]:
+            assert row["epochs"] == 1 and row["train_seconds"] > 0 and 0.0 <= row["accuracy"] <= 1.0
+        runs = root / "runs" / "bench-recipe_screen-quick" / "runs"
+        assert json.loads((runs / "lr-0-004" / "config.json").read_text())["train"]["lr"] == 0.004
+        assert json.loads((runs / "default" / "metrics.json").read_text())["n_train"] == 300
+        assert "| lr 0.004 | `--lr 0.004` |" in (quick / f"{name}.md").read_text()
+        again = _quick(root, script, data, *QUICK_CASES[script])  # both rows kept: nothing trains
+        assert again.returncode == 0 and again.stdout.count("kept from") == 2, again.stderr[-2000:]
+        assert json.loads((quick / f"{name}.json").read_text())["rows"] == result["rows"]
     elif script == "default_recipe.py":
         (row,) = result["rows"]
         assert result["quick"] and row["seed"] == 0 and row["epochs"] == 1 and row["n_test"] == 200

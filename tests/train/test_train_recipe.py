@@ -115,6 +115,34 @@ def test_several_wrong_labels_train_and_are_checked(tmp_path: Path, small_npz: s
     assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
 
 
+def test_confused_negatives_learn_margins_that_the_checkpoint_keeps(tmp_path: Path, small_npz: str) -> None:
+    """--negatives confused: the class pairs' margins come from the steps' own goodness, the checkpoint keeps them
+    and --resume restores them; data parallel and the layer pipeline refuse it (one line)."""
+    from ffedge.train.checkpoint import restore
+    from ffedge.train.trainer import LocalTrainer, build_model
+
+    cfg = _cfg(small_npz, epochs=1, quant=False, negatives="confused")
+    m = train_run(cfg, tmp_path / "c")
+    assert np.isfinite(m["test_accuracy"]) and m["history"][0]["g_neg"]
+    state = load_torch(tmp_path / "c" / CHECKPOINT)
+    margins = state["confusion"].numpy()
+    off = ~np.eye(10, dtype=bool)
+    assert margins.shape == (10, 10) and np.isfinite(margins).all() and np.all(np.diag(margins) == 0)
+    assert (margins[off] != 0).mean() > 0.9 and margins[off].mean() < 0  # negatives score below their positives
+    net = build_model(cfg, 2, (28, 28), 10)
+    trainer = LocalTrainer(net, cfg)
+    restore(net, trainer, state, tmp_path / "c" / CHECKPOINT)
+    assert np.array_equal(trainer.confusion.margins, margins)
+    resume_run(tmp_path / "c", epochs=2)
+    assert not np.array_equal(load_torch(tmp_path / "c" / CHECKPOINT)["confusion"].numpy(), margins)
+    with pytest.raises(FFEdgeError, match="--wrong-labels 1"):
+        train_run(_cfg(small_npz, wrong_labels=2, negatives="confused"), tmp_path / "y")
+    from ffedge.train.layer_pipeline import check_pipeline
+
+    with pytest.raises(FFEdgeError, match="one process"):
+        check_pipeline(cfg, 2)
+
+
 def test_probe_runs_on_training_time_and_is_not_counted(tmp_path: Path, small_npz: str) -> None:
     import time
 
