@@ -164,15 +164,18 @@ def test_fashion_mnist_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and ds.num_classes == 10
 
 
+# mtime=0: the payloads are test IDs, which must be the same in every pytest-xdist worker (a gzip header holds
+# the time it was written, and the workers collect in different seconds).
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
         (b"not gzip at all", "corrupt or truncated gzip"),
-        (gzip.compress(idx_bytes(np.zeros((4, 28, 28))))[:-30], "corrupt or truncated gzip"),
-        (gzip.compress(b"\x01\x02\x08\x03" + bytes(12)), "bad magic"),
-        (gzip.compress(idx_bytes(np.zeros((4, 28, 28)))[:-5]), r"header says \(4, 28, 28\)"),
-        (gzip.compress(b"\x00\x00\x0d\x01" + bytes(8)), "data type 0x0d"),
+        (gzip.compress(idx_bytes(np.zeros((4, 28, 28))), mtime=0)[:-30], "corrupt or truncated gzip"),
+        (gzip.compress(b"\x01\x02\x08\x03" + bytes(12), mtime=0), "bad magic"),
+        (gzip.compress(idx_bytes(np.zeros((4, 28, 28)))[:-5], mtime=0), r"header says \(4, 28, 28\)"),
+        (gzip.compress(b"\x00\x00\x0d\x01" + bytes(8), mtime=0), "data type 0x0d"),
     ],
+    ids=["not-gzip", "truncated", "bad-magic", "short-data", "data-type-0x0d"],
 )
 def test_bad_idx_file_named(tmp_path: Path, payload: bytes, match: str) -> None:
     path = tmp_path / "train-images-idx3-ubyte.gz"
