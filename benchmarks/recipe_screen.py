@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ffedge.fsutil import atomic_write_json
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
@@ -128,10 +130,10 @@ def main() -> int:
             rows.append(kept[name])
             continue
         run = work / "runs" / "".join(c if c.isalnum() else "-" for c in name)
-        resume = (run / "checkpoint.pt").is_file() and not (run / "metrics.json").is_file()
-        if not resume or (name in kept and kept[name]["settings"] != settings) or a.force:
+        stale = a.force or (name in kept and kept[name]["settings"] != settings)
+        resume = not stale and (run / "checkpoint.pt").is_file() and not (run / "metrics.json").is_file()
+        if not resume:
             clean(run)
-            resume = False
         print(f"{name}: training ({' '.join(opts) or 'the base recipe'})", flush=True)
         m = train(f"npz:{data}", run, None, [*base, *opts], log, resume=resume)
         rows.append(
@@ -144,7 +146,11 @@ def main() -> int:
             }
         )
         print(f"{name}: {pct(m['test_accuracy'])} after {m['train_seconds']:.0f} s of training", flush=True)
-        write_results(out, {"rows": rows + [r for n, r in kept.items() if n not in {x["lever"] for x in rows}]}, "")
+        # Only the JSON while levers are left: a cut screen keeps its finished rows and the last complete table.
+        atomic_write_json(
+            out.with_suffix(".json"),
+            {"rows": rows + [r for n, r in kept.items() if n not in {x["lever"] for x in rows}]},
+        )
     info = machine()
     md = "| lever | options added | training time | held-out accuracy |\n|---|---|---|---|\n"
     md += "".join(

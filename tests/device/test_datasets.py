@@ -164,8 +164,8 @@ def test_fashion_mnist_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and ds.num_classes == 10
 
 
-# mtime=0: the payloads are test IDs, which must be the same in every pytest-xdist worker (a gzip header holds
-# the time it was written, and the workers collect in different seconds).
+# Named IDs: every pytest-xdist worker must collect the same IDs, and the payloads as IDs held the gzip header's
+# write time, which differs between workers collecting in different seconds. mtime=0 keeps the payloads fixed too.
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
