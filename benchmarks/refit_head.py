@@ -2,7 +2,8 @@
 
 The FF layers are what takes minutes to hours to train; the head is fitted after them on frozen
 neutral-label activities (seconds). This compares head recipes on the same trained layers, e.g. a run
-made before the head grid existed (global mean, ``--head-grid 1``) against the 2x2 default:
+made before the head grid existed (global mean, ``--head-grid 1``) against the 2x2 default, or other head layers
+(``--layers 1,2,3``: those of runs made before ``--head-layers`` existed):
 
     python benchmarks/refit_head.py runs/mnist-5k runs/mnist-5k-grid2 --grid 2
     ffedge export runs/mnist-5k-grid2 --int8 && ffedge eval export/mnist-5k-grid2-int8 --mode head
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--grid", type=int, default=2)
+    ap.add_argument("--layers", default=None, help="head layers, comma-separated (default: the run's)")
     ap.add_argument("--head-epochs", type=int, default=None, help="default: the run's")
     ap.add_argument("--head-augment", type=int, default=4, help="augmented copies of the training images (0: none)")
     ap.add_argument("--threads", type=int, default=2)
@@ -48,6 +50,8 @@ def main() -> None:
     cfg = json.loads(json.dumps(cfg))
     cfg["train"]["head_grid"] = a.grid
     cfg["train"]["head_augment"] = a.head_augment
+    if a.layers is not None:
+        cfg["train"]["head_layers"] = [int(v) for v in a.layers.split(",")]
     if a.head_epochs is not None:
         cfg["train"]["head_epochs"] = a.head_epochs
     tcfg = TrainConfig.from_dict(cfg["train"])
@@ -70,6 +74,7 @@ def main() -> None:
     metrics["head_refit"] = {
         "from": str(a.run),
         "grid": a.grid,
+        "layers": list(net.head_layers),
         "head_augment": a.head_augment,
         "head_epochs": tcfg.head_epochs,
         "seconds": round(seconds, 2),
@@ -81,7 +86,9 @@ def main() -> None:
     atomic_write_json(a.out / CONFIG, cfg)
     save_torch(a.out / WEIGHTS, net.state_dict())
     atomic_write_json(a.out / METRICS, metrics)
-    print(f"head grid {a.grid}: held-out {acc:.4f} (was {before}), fitted in {seconds:.1f}s -> {a.out}")
+    print(
+        f"head grid {a.grid}, layers {net.head_layers}: held-out {acc:.4f} (was {before}), fitted in {seconds:.1f}s -> {a.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -125,6 +125,24 @@ def raises_one_line(fn: Callable, *args) -> str:  # type: ignore[no-untyped-def]
     return msg
 
 
+def bundle_without(src: Path, key: str, dst: Path) -> Path:
+    """A copy of the bundle ``src`` at ``dst`` without its optional graph ``key`` (``topk``, ``head_net``): the entry,
+    the file and its checksum gone, as in a bundle made before the graph existed."""
+    import json
+    import shutil
+
+    from ffedge.bundle import MANIFEST
+    from ffedge.bundle.manifest import write_manifest
+
+    b = Path(shutil.copytree(src, dst))
+    m = json.loads((b / MANIFEST).read_text())
+    entry = m.pop(key)
+    (b / entry["file"]).unlink()
+    del m["files"][entry["file"]]
+    write_manifest(b / MANIFEST, m)
+    return b
+
+
 # ---------------------------------------------------------------- data and (with torch) a trained run
 
 

@@ -288,7 +288,8 @@ class HeadEntry(_Entry):
 @dataclass
 class FusedEntry(_Entry):
     """The whole-net graph: ``x`` -> ``goodness`` and ``feature{i}`` for the head layers (``fused``); also the
-    top-k graph (``topk``): ``x``, ``k`` -> ``goodness``, ``candidates``, ``probs``."""
+    top-k graph (``topk``): ``x``, ``k`` -> ``goodness``, ``candidates``, ``probs``; and the one-pass head graph
+    (``head_net``): ``x`` -> ``probs``."""
 
     file: str
     ort_ops: dict[str, int] | None = None
@@ -401,6 +402,7 @@ class Manifest(_Entry):
     fused: FusedEntry | None = None
     shared: SharedEntry | None = None
     topk: FusedEntry | None = None
+    head_net: FusedEntry | None = None
     quantization: dict[str, Any] | None = None
     parity: Parity | None = None
     master: FileEntry | None = None
@@ -423,6 +425,7 @@ class Manifest(_Entry):
             ("fused graph", self.fused),
             ("shared-layer-0 graph", self.shared),
             ("top-k graph", self.topk),
+            ("one-pass head graph", self.head_net),
             ("head", self.head),
             ("master weights", self.master),
             ("replay examples", self.replay),
@@ -485,6 +488,7 @@ def parse_manifest(obj: Any, where: str | Path = MANIFEST) -> Manifest:
         head=_opt(obj, "head", lambda v: _head(w, v, files, layers)),
         fused=_opt(obj, "fused", lambda v: _fused(w, v, files)),
         topk=_opt(obj, "topk", lambda v: _fused(w, v, files, "topk")),
+        head_net=_opt(obj, "head_net", lambda v: _fused(w, v, files, "head_net")),
         shared=_opt(obj, "shared", lambda v: _shared(w, v, files, len(classes))),
         quantization=_opt(obj, "quantization", lambda v: copy.deepcopy(_obj(w, "quantization", v))),
         parity=_opt(obj, "parity", lambda v: _parity(w, v)),
@@ -681,7 +685,8 @@ def _head(w: str, v: Any, files: Mapping[str, str], layers: list[LayerEntry]) ->
 
 
 def _fused(w: str, v: Any, files: Mapping[str, str], key: str = "fused") -> FusedEntry:
-    """The entry ``key`` of a graph file with nothing more to say than its op counts (``fused``, ``topk``)."""
+    """The entry ``key`` of a graph file with nothing more to say than its op counts (``fused``, ``topk``,
+    ``head_net``)."""
     d = _obj(w, key, v, "an object with a 'file'")
     return FusedEntry(
         file=_ref(w, f"{key}.file", d.get("file"), files, ".onnx"),

@@ -14,6 +14,7 @@ HEAD_FILE = "head.onnx"  # the softmax head
 FUSED_FILE = "net.onnx"  # every layer in one graph
 SHARED_FILE = "net_shared.onnx"  # every layer in one graph, layer 0's image part once per image
 TOPK_FILE = "net_topk.onnx"  # mode topk in one graph: neutral pass, head, top k labels, their goodness
+HEAD_NET_FILE = "net_head.onnx"  # mode head in one graph: layer 0's image part, the neutral pass to the head, the head
 MASTER_FILE = "master.npz"  # float master weights (fine-tuning)
 REPLAY_FILE = "replay.npz"  # rehearsal examples (fine-tuning)
 QONNX_README = "README.md"  # in a QONNX file set (export --format qonnx): what its files are and how to feed them

@@ -249,18 +249,21 @@ def _with_value(buf: bytes, f: _Field, value: bytes) -> bytes:
     return buf[f.start : f.key_end] + _encode_varint(len(value)) + value
 
 
-def patch_initializers(src: str | Path, dst: str | Path, values: dict[str, np.ndarray]) -> None:
+def patch_initializers(
+    src: str | Path, dst: str | Path, values: dict[str, np.ndarray], present_only: bool = False
+) -> None:
     """Copy the model at ``src`` to ``dst`` (atomically; may be ``src``) with the named initializers replaced.
 
     Each value needs the stored shape and values that fit the stored data type;
     replaced tensors are stored as ``raw_data``. Raises FFEdgeError before writing
-    anything on an unknown name, a bad value or a malformed file.
+    anything on an unknown name (``present_only``: names the graph lacks are skipped, for a graph that holds part
+    of the net), a bad value or a malformed file.
     """
     src = Path(src)
     buf, graph, tensors = _load(src)
     by_name = {t.name: t for t in tensors}
     unknown = sorted(set(values) - set(by_name))
-    if unknown:
+    if unknown and not present_only:
         raise FFEdgeError(
             f"{src}: no initializer named {', '.join(map(repr, unknown))} (has {', '.join(sorted(by_name))})"
         )

@@ -138,6 +138,11 @@ def train(
     predict_layers: Optional[str] = typer.Option(
         None, help="Layers (0-based, comma-separated) whose goodness is summed to predict (default: the last)."
     ),
+    head_layers: Optional[str] = typer.Option(
+        None,
+        help="Layers (0-based, comma-separated) whose neutral-label activities the softmax head reads "
+        "(default: every layer but the last, so that mode topk's neutral pass stops a layer early).",
+    ),
     head_epochs: Optional[int] = typer.Option(
         None, help="Epochs of the softmax head on frozen neutral-label activities (default: 40)."
     ),
@@ -249,6 +254,7 @@ def train(
         negatives=negatives,
         wrong_labels=wrong_labels,
         predict_layers=parse_int_list(predict_layers, "--predict-layers"),
+        head_layers=parse_int_list(head_layers, "--head-layers"),
         head_epochs=head_epochs,
         head_grid=head_grid,
         head_augment=head_augment,

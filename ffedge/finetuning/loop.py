@@ -214,16 +214,18 @@ def _write_candidates(
         fused_values.update({fused_name(i, k): v for k, v in q.items()})
         master[master_key(i, MASTER_WEIGHT)], master[master_key(i, MASTER_BIAS)] = layer.weight, layer.bias
     head_values = {HEAD_W: head.weight, HEAD_B: head.bias} if head is not None and b.head else {}
-    # The whole-net graphs carry every layer's weights under the same names; the top-k graph also the head's.
-    for graph, values in (
-        (b.manifest.fused, fused_values),
-        (b.manifest.shared, fused_values),
-        (b.manifest.topk, {**fused_values, **head_values}),
-        (b.head, head_values),
+    # The whole-net graphs carry every layer's weights under the same names; the top-k and head graphs also the
+    # head's. The head graph stops at the last head layer: it lacks the layers after it.
+    for graph, values, partial in (
+        (b.manifest.fused, fused_values, False),
+        (b.manifest.shared, fused_values, False),
+        (b.manifest.topk, {**fused_values, **head_values}, False),
+        (b.manifest.head_net, {**fused_values, **head_values}, True),
+        (b.head, head_values, False),
     ):
         if graph and values:
             name = Path(graph.file).name
-            patch_initializers(b.file(graph.file), tmp / name, values)
+            patch_initializers(b.file(graph.file), tmp / name, values, present_only=partial)
             files[name] = tmp / name
     if head is not None and b.head:
         master[MASTER_HEAD_WEIGHT], master[MASTER_HEAD_BIAS] = head.weight, head.bias
@@ -312,6 +314,7 @@ def _replaced_bytes(b: Bundle, which: list[int]) -> int:
         m.fused.file if m.fused else None,
         m.shared.file if m.shared else None,
         m.topk.file if m.topk else None,
+        m.head_net.file if m.head_net else None,
         b.head.file if b.head else None,
         m.master.file if m.master else None,
     }

@@ -6,7 +6,8 @@ The modes are those of :mod:`ffedge.runtime.modes`; each is a ``predict_<mode>``
 - ``all``: every image with every label; the label whose hypothesis has the
   highest goodness (summed over the bundle's prediction layers) wins. All B*K
   hypotheses go through the graph in one call (chunked only above ``max_hypotheses``).
-- ``head``: one pass with the neutral label; the softmax head decides.
+- ``head``: one pass with the neutral label; the softmax head decides (one call of ``net_head.onnx`` where the bundle
+  has it: layer 0's image part, the neutral pass up to the last head layer, the head).
 - ``topk``: the head proposes ``k`` labels, goodness decides among them (one call of ``net_topk.onnx`` where the
   bundle has it: the neutral pass, the head and the ``k`` candidates in one graph).
 
@@ -191,8 +192,8 @@ def _signature(
 
 
 def check_graph(graph: AnyGraph, kind: str, bundle: Bundle, index: int = 0) -> None:
-    """The inputs and outputs of a ``layer`` (number ``index``), ``fused``, ``shared``, ``topk`` or ``head`` graph,
-    against the manifest."""
+    """The inputs and outputs of a ``layer`` (number ``index``), ``fused``, ``shared``, ``topk``, ``head_net`` or
+    ``head`` graph, against the manifest."""
     m = bundle.manifest
     cells = m.head.cells if m.head else 1  # a layer's feature: C values per cell of the head's grid
     ins, outs = graph.get_inputs(), graph.get_outputs()
@@ -205,6 +206,9 @@ def check_graph(graph: AnyGraph, kind: str, bundle: Bundle, index: int = 0) -> N
     elif kind == "shared":  # goodness only: the features of the neutral pass come from net.onnx
         _signature(ins, {INPUT: [None, *m.input.shape], LABELS: [None, None]}, "inputs", where, ints=[LABELS])
         _signature(outs, {GOODNESS: [None, None]}, "outputs", where)
+    elif kind == "head_net":
+        _signature(ins, {INPUT: [None, *m.input.shape]}, "inputs", where)
+        _signature(outs, {PROBS: [None, len(m.classes)]}, "outputs", where)
     elif kind == "topk":
         _signature(ins, {INPUT: [None, *m.input.shape], TOPK_K: [1]}, "inputs", where, ints=[TOPK_K])
         want: dict[str, Dims] = {GOODNESS: [None, None], CANDIDATES: [None, None], PROBS: [None, len(m.classes)]}
@@ -319,6 +323,8 @@ class Runtime:
         self._fused: AnyGraph | None = None
         self._topk: AnyGraph | None = None
         self.use_topk = m.topk is not None and use_shared
+        self._head_net: AnyGraph | None = None
+        self.use_head_net = m.head_net is not None and use_shared
         self._layer_sessions: list[AnyGraph] | None = None
         self.layer_seconds = [0.0] * self.n_layers
 
@@ -354,6 +360,15 @@ class Runtime:
         if self._topk is None and self.use_topk and m.topk is not None:
             self._topk = self.open_graph(m.topk.file, "topk", spin=True)
         return self._topk
+
+    @property
+    def head_net_session(self) -> AnyGraph | None:
+        """The session of ``net_head.onnx`` (mode ``head`` in one call), opened on first use; None without one (or
+        with ``shared=False``, or streaming)."""
+        m = self.bundle.manifest
+        if self._head_net is None and self.use_head_net and m.head_net is not None:
+            self._head_net = self.open_graph(m.head_net.file, "head_net", spin=True)
+        return self._head_net
 
     @property
     def layer_sessions(self) -> list[AnyGraph]:
@@ -468,12 +483,21 @@ class Runtime:
         return [np.concatenate([p[j] for p in parts]) for j in range(len(self.head_layers))]
 
     def head_probs(self, x_norm: np.ndarray) -> np.ndarray:
-        """Softmax head on one neutral-label pass: [B, K]."""
+        """Softmax head on one neutral-label pass: [B, K] (``net_head.onnx`` where the bundle has it, else the neutral
+        pass on ``net.onnx``, then ``head.onnx``)."""
         m = self.bundle.manifest
         if m.head is None:
             raise FFEdgeError(f"{self.bundle.path} has no softmax head: use --mode all")
         if not len(x_norm):
             return np.zeros((0, self.num_classes), np.float32)
+        if self.head_net_session is not None:
+            sess = self.head_net_session
+            return np.concatenate(
+                [
+                    sess.run([PROBS], {INPUT: x_norm[s : s + self.max_hypotheses]})[0]
+                    for s in range(0, len(x_norm), self.max_hypotheses)
+                ]
+            )
         feats = self.neutral_features(x_norm)
         # Streaming: the head file is opened only now, after the layers, and dropped after this call.
         head = self.open_graph(m.head.file, "head", spin=False) if self.stream else self.head_session
@@ -565,7 +589,8 @@ def load_and_check(bundle_dir: str | Path, verified: bool = False) -> dict[str, 
     rt.layer_sessions  # noqa: B018  (opens and checks every layer file)
     rt.fused_session  # noqa: B018  (opened on first use)
     rt.topk_session  # noqa: B018  (opened on first use)
-    graphs = (m.fused, m.shared, m.topk, m.head)
+    rt.head_net_session  # noqa: B018  (opened on first use)
+    graphs = (m.fused, m.shared, m.topk, m.head_net, m.head)
     for name in [layer.file for layer in m.layers] + [e.file for e in graphs if e is not None]:
         checked[name] = graph
     for ref in (m.label_arrays or {}).values():

@@ -67,11 +67,15 @@ def export_bundle(
     try:
         layers, fused = write_graphs(model, cfg, tmp, precision, rep)
         shared = write_shared(tmp, cfg["encoding"], int(cfg["input"]["shape"][0]))
-        topk = write_topk(tmp, cfg["encoding"], int(cfg["input"]["shape"][0]), model.head_layers) if shared else None
+        topk, head_net = (
+            write_topk(tmp, cfg["encoding"], int(cfg["input"]["shape"][0]), model.head_layers)
+            if shared
+            else (None, None)
+        )
         label_arrays = write_label_arrays(cfg["encoding"], tmp)
         extra = write_finetune_files(model, cfg, tmp, replay) if master else {}
         manifest = build_manifest(
-            cfg, model, precision, run_dir, hash_files(tmp), layers, label_arrays, fused, shared, topk
+            cfg, model, precision, run_dir, hash_files(tmp), layers, label_arrays, fused, shared, topk, head_net
         )
         manifest = write_manifest(tmp / MANIFEST, {**manifest, **extra}).to_dict()  # checked as every reader checks it
         if verify_samples:

@@ -129,9 +129,10 @@ def build_manifest(
     fused: dict[str, Any],
     shared: dict[str, Any] | None = None,
     topk: dict[str, Any] | None = None,
+    head_net: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a bundle (see export/README.md); ``shared`` and ``topk``: the entries of
-    ``net_shared.onnx`` and ``net_topk.onnx``, if written."""
+    """The manifest of a bundle (see export/README.md); ``shared``, ``topk`` and ``head_net``: the entries of
+    ``net_shared.onnx``, ``net_topk.onnx`` and ``net_head.onnx``, if written."""
     quant = {
         "precision": precision,
         "format": "QCDQ (QuantizeLinear / DequantizeLinear around float ops), opset 13"
@@ -158,6 +159,7 @@ def build_manifest(
         "fused": fused,
         **({"shared": shared} if shared else {}),
         **({"topk": topk} if topk else {}),
+        **({"head_net": head_net} if head_net else {}),
         "quantization": quant,
         "files": files,
         "history": [],

@@ -178,7 +178,8 @@ def build_shared(
         helper.make_node("Shape", [LABELS], ["s_labels_shape"]),
         helper.make_node("Reshape", ["s_goodness_flat", "s_labels_shape"], [GOODNESS]),
     ]
-    nodes = _pool_first(nodes, conv.output[0])
+    # Pruned first: a head feature of layer 0 that is not asked for must not keep the pool where it is.
+    nodes = _pool_first(_needed(nodes, [GOODNESS, *features]), conv.output[0])
     x_in = next(i for i in g.input if i.name == INPUT)
     dims = [d.dim_param or d.dim_value for d in x_in.type.tensor_type.shape.dim]
     inputs = [
@@ -233,6 +234,17 @@ def _pool_first(nodes: list[onnx.NodeProto], start: str) -> list[onnx.NodeProto]
     rest = [n for n in nodes if id(n) not in moved]
     before = [n for n in nodes[:at] if id(n) not in moved]
     return before + [pool, *chain] + rest[len(before) :]
+
+
+def _needed(nodes: list[onnx.NodeProto], outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes (in their order) that ``outputs`` depend on."""
+    want = set(outputs)
+    keep = []
+    for n in reversed(nodes):
+        if want.intersection(n.output):
+            keep.append(n)
+            want.update(i for i in n.input if i)
+    return keep[::-1]
 
 
 def _root(t: str, producer: dict[str, onnx.NodeProto], inits: dict[str, np.ndarray]) -> str:

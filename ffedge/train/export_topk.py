@@ -1,12 +1,14 @@
-"""``net_topk.onnx``: mode ``topk`` in one graph, so that one onnxruntime call does what took three.
+"""``net_topk.onnx``: mode ``topk`` in one graph, so that one onnxruntime call does what took three; and
+``net_head.onnx``, its neutral pass and head alone: mode ``head`` in one call.
 
 Inputs ``x`` [B, C, H, W] (the normalized image, as for ``net_shared.onnx``) and ``k`` [1] int64.
 Inside: layer 0's image part once; a pass with the neutral label through the layers to the head's features; the
 head (``probs`` [B, K]); ``TopK`` of its probabilities (``candidates`` [B, k], most probable first); a pass of those
 ``k`` labels through the layers (``goodness`` [B, k]). The label that wins is the candidate with the highest goodness.
 
-Both passes are copies of the nodes of the shared graph (:func:`~ffedge.train.export_shared.build_shared`) that
-depend on the labels; they read the same named initializers as ``net.onnx`` and ``head.onnx``, so fine-tuning
+Both passes are copies of the nodes of a shared graph (:func:`~ffedge.train.export_shared.build_shared`) that
+depend on the labels (the neutral pass of one that also returns the head's features, the candidates' of one that
+returns goodness only); they read the same named initializers as ``net.onnx`` and ``head.onnx``, so fine-tuning
 patches this file by name like the others. Nodes that depend on the image only run once; constant-only nodes
 (weight dequantization) are copied per pass, so that each convolution keeps a DequantizeLinear of its own
 (onnxruntime fuses QDQ units only then).
@@ -29,6 +31,7 @@ from ffedge.bundle.names import (
     GOODNESS,
     HEAD_B,
     HEAD_FILE,
+    HEAD_NET_FILE,
     HEAD_W,
     INPUT,
     LABELS,
@@ -77,12 +80,14 @@ def build_topk(
     :func:`~ffedge.train.export_shared.build_shared` (its last row is the neutral label). Raises
     :class:`~ffedge.train.export_shared.NotSeparable`."""
     features = [fused_feature(i) for i in head_layers]
+    # The neutral pass reads the head's features; the candidates' pass only goodness, so its graph may move layer
+    # 0's max-pool ahead of the activation even where the head reads layer 0.
     shared = build_shared(fused, label_table, image_channels, features)
+    votes = build_shared(fused, label_table, image_channels)
     g = shared.graph
-    initializers = {t.name for t in g.initializer}
-    dep = _depends(g)
+    initializers = {t.name for t in g.initializer} | {t.name for t in votes.graph.initializer}
 
-    def in_pass(prefix: str, labels: str) -> Any:
+    def in_pass(prefix: str, labels: str, dep: dict[str, frozenset[str]]) -> Any:
         def rename(t: str) -> str:
             if t == "" or t in initializers or t == INPUT or dep.get(t) == {INPUT}:
                 return t
@@ -90,10 +95,23 @@ def build_topk(
 
         return rename
 
-    image_only = [n for n in g.node if dep[n.output[0]] == {INPUT}]
-    constant = [n for n in g.node if not dep[n.output[0]]]
-    labelled = [n for n in g.node if LABELS in dep[n.output[0]]]
-    nodes: list[onnx.NodeProto] = [*constant, *image_only]  # unused copies are pruned below
+    def split(
+        graph: onnx.GraphProto,
+    ) -> tuple[dict[str, frozenset[str]], list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.NodeProto]]:
+        """Dependencies, and the nodes on the image only, on nothing (constants) and on the labels."""
+        dep = _depends(graph)
+        kinds: tuple[list[onnx.NodeProto], list[onnx.NodeProto], list[onnx.NodeProto]] = ([], [], [])
+        for n in graph.node:
+            d = dep[n.output[0]]
+            kinds[0 if d == {INPUT} else 1 if not d else 2].append(n)
+        return (dep, *kinds)
+
+    dep, image_only, constant, labelled = split(g)
+    v_dep, v_image_only, v_constant, v_labelled = split(votes.graph)
+    # Both graphs build the image part alike (same names); unused copies are pruned below.
+    have = {o for n in image_only for o in n.output}
+    image_only += [n for n in v_image_only if not have.intersection(n.output)]
+    nodes: list[onnx.NodeProto] = [*constant, *image_only]
 
     def const(name: str, value: np.ndarray) -> str:
         nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name)))
@@ -112,7 +130,7 @@ def build_topk(
             "Expand", [const("t_neutral", np.array([[neutral]], np.int64)), "t_neutral_shape"], ["t_neutral_rows"]
         ),
     ]
-    rename = in_pass(_NEUTRAL, "t_neutral_rows")
+    rename = in_pass(_NEUTRAL, "t_neutral_rows", dep)
     nodes += [_copy(n, rename, _NEUTRAL) for n in constant + labelled]
 
     # The head's tensors get a prefix of their own, but for its input features, its output and the weights that
@@ -128,8 +146,8 @@ def build_topk(
     nodes += [_copy(n, lambda t: head_names.get(t, _HEAD + t), _HEAD) for n in head.graph.node]
     nodes.append(helper.make_node("TopK", [PROBS, TOPK_K], ["t_top_probs", CANDIDATES], axis=1, largest=1, sorted=1))
 
-    rename = in_pass(_CANDIDATE, CANDIDATES)
-    nodes += [_copy(n, rename, _CANDIDATE) for n in constant + labelled]
+    rename = in_pass(_CANDIDATE, CANDIDATES, v_dep)
+    nodes += [_copy(n, rename, _CANDIDATE) for n in v_constant + v_labelled]
     nodes.append(helper.make_node("Identity", [rename(GOODNESS)], [GOODNESS]))
 
     x_in = next(i for i in g.input if i.name == INPUT)
@@ -140,7 +158,8 @@ def build_topk(
         helper.make_tensor_value_info(CANDIDATES, onnx.TensorProto.INT64, [batch, "k"]),
         helper.make_tensor_value_info(PROBS, onnx.TensorProto.FLOAT, [batch, n_classes]),
     ]
-    graph = helper.make_graph(nodes, "ffedge_topk", inputs, outputs, list(g.initializer) + head_inits)
+    inits = list(g.initializer) + [t for t in votes.graph.initializer if t.name not in {i.name for i in g.initializer}]
+    graph = helper.make_graph(nodes, "ffedge_topk", inputs, outputs, inits + head_inits)
     opsets: dict[str, int] = {}
     for o in [*one_opset_per_domain(shared), *one_opset_per_domain(head)]:
         opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
@@ -154,19 +173,35 @@ def build_topk(
     return model
 
 
+def build_head_net(topk: onnx.ModelProto) -> onnx.ModelProto:
+    """The one-pass head graph of a top-k graph: ``x`` -> ``probs`` (layer 0's image part, the neutral pass up to
+    the last head layer, the head); the same initializer names, so fine-tuning patches it by name."""
+    model = onnx.utils.Extractor(topk).extract_model([INPUT], [PROBS])
+    model.graph.name = "ffedge_head"
+    model.producer_name = "ffedge"
+    model.producer_version = ffedge.__version__
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def write_topk(
     folder: Path, encoding: dict[str, Any], image_channels: int, head_layers: Sequence[int]
-) -> dict[str, Any] | None:
-    """Write ``net_topk.onnx`` beside ``net.onnx`` and ``head.onnx`` in ``folder``; its manifest entry, or None (and
-    no file) where the bundle has no shared graph (see :func:`~ffedge.train.export_shared.write_shared`)."""
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Write ``net_topk.onnx`` and ``net_head.onnx`` beside ``net.onnx`` and ``head.onnx`` in ``folder``; their
+    manifest entries, or None (and no files) where the bundle has no shared graph (see
+    :func:`~ffedge.train.export_shared.write_shared`)."""
     table = encoding_from_config(encoding).label_channels()
     if table is None or not head_layers:
-        return None
+        return None, None
     try:
         model = build_topk(
             onnx.load(str(folder / FUSED_FILE)), onnx.load(str(folder / HEAD_FILE)), table, image_channels, head_layers
         )
     except NotSeparable:
-        return None
+        return None, None
     onnx.save(model, str(folder / TOPK_FILE))
-    return {"file": TOPK_FILE, "ort_ops": fused_ops(folder / TOPK_FILE)}
+    onnx.save(build_head_net(model), str(folder / HEAD_NET_FILE))
+    return (
+        {"file": TOPK_FILE, "ort_ops": fused_ops(folder / TOPK_FILE)},
+        {"file": HEAD_NET_FILE, "ort_ops": fused_ops(folder / HEAD_NET_FILE)},
+    )

@@ -61,9 +61,11 @@ def run_config_dict(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
     what ``--resume``, the exporter and the report rebuild it from.
     """
     ds = data.dataset
+    n = len(parse_layers(cfg.layers))
+    # Defaults resolved, so that a changed default cannot change a run (resumed, exported, reported).
     return {
         "format": RUN_FORMAT,
-        "train": asdict(cfg),
+        "train": {**asdict(cfg), "head_layers": cfg.feature_layers(n)},
         "classes": list(ds.classes),
         "input": {"shape": list(ds.image_shape), "mean": data.mean, "std": data.std},
         "encoding": data.encoding.to_config(),
@@ -72,7 +74,7 @@ def run_config_dict(cfg: TrainConfig, data: PreparedData) -> dict[str, Any]:
             "layers": layers_to_str(parse_layers(cfg.layers)),
             "quant": cfg.quant,
             "bits": cfg.bits,
-            "predict_layers": cfg.prediction_layers(len(parse_layers(cfg.layers))),
+            "predict_layers": cfg.prediction_layers(n),
         },
     }
 

@@ -23,6 +23,7 @@ TINY = "8x5p,16x3p,16x3"
         (["--layers", "16x4"], "odd kernel"),
         (["--dataset", "npz:/nonexistent.npz"], "nonexistent"),
         (["--predict-layers", "9"], "layer 9"),
+        (["--head-layers", "0,x"], "--head-layers takes comma-separated integers"),
         (["--dataset", "mnist", "--data-dir", ".", "--no-download"], "and downloading is off"),
     ],
 )

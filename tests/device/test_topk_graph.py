@@ -16,7 +16,7 @@ from ffedge.bundle.manifest import write_manifest
 from ffedge.bundle.names import INPUT, PROBS, TOPK_K
 from ffedge.datasets import load_dataset
 from ffedge.runtime import Runtime
-from tests.conftest import raises_one_line
+from tests.conftest import bundle_without, raises_one_line
 from tests.device.conftest import finetuned
 
 N_IMAGES = 200
@@ -69,6 +69,7 @@ def test_chunks_and_empty_batches(golden_int8: Path, digits: tuple[np.ndarray, n
 def test_the_per_hypothesis_path_and_low_memory_mode_do_not_open_it(golden_int8: Path) -> None:
     assert Runtime(golden_int8, shared=False).topk_session is None
     assert Runtime(golden_int8, stream=True).topk_session is None
+    assert Runtime(golden_int8).head_net_session is None  # made before net_head.onnx: mode head runs two calls
 
 
 def test_fine_tuning_patches_the_topk_graph(
@@ -99,13 +100,7 @@ def test_a_topk_graph_that_does_not_fit_the_manifest_is_refused(golden_int8: Pat
 def test_a_bundle_without_a_topk_graph_runs_three_calls(
     golden_int8: Path, tmp_path: Path, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    b = Path(shutil.copytree(golden_int8, tmp_path / "old"))
-    m = json.loads((b / MANIFEST).read_text())
-    entry = m.pop("topk")
-    (b / entry["file"]).unlink()
-    del m["files"][entry["file"]]
-    write_manifest(b / MANIFEST, m)
-    rt = Runtime(b)
+    rt = Runtime(bundle_without(golden_int8, "topk", tmp_path / "old"))
     assert rt.topk_session is None
     x, _ = digits
     _agree(rt.predict(x, "topk", 2).scores, Runtime(golden_int8).predict(x, "topk", 2).scores)

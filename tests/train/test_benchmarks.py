@@ -25,6 +25,8 @@ SCRIPTS = [
     "default_recipe.py",
     "scaling.py",
     "recipe_screen.py",
+    "head_layers.py",
+    "mode_latency.py",
 ]
 TINY = "--layers 8x5p,16x3p --head-epochs 2 --eval-samples 10"  # the smallest network and head: the pipeline, not the accuracy
 
@@ -207,6 +209,8 @@ def _quick(root: Path, script: str, data: Path, *args: str) -> subprocess.Comple
 
 
 QUICK_CASES = {  # script -> options for its --quick run (smaller ones it supports); the data folder holds mnist.npz only
+    "head_layers.py": [],  # trains its own tiny run on the embedded mnist-5k
+    "mode_latency.py": [],  # the golden bundle
     "accuracy.py": ["--train-args", TINY],  # fashion_mnist and cifar10 are skipped, as with the shared data folder
     "label_ablation.py": ["--encodings", "onehot,fourier", "--train-args", TINY],  # cifar10 skipped
     "ff_vs_backprop.py": ["--dataset", "mnist", "--layers", "8x3p"],  # --quick: ff-layer and backprop
@@ -277,6 +281,21 @@ def test_quick_runs_end_to_end_and_leaves_committed_results_alone(tmp_path: Path
         again = _quick(root, script, data, *QUICK_CASES[script])  # both rows kept: nothing trains
         assert again.returncode == 0 and again.stdout.count("kept from") == 2, again.stderr[-2000:]
         assert json.loads((quick / f"{name}.json").read_text())["rows"] == result["rows"]
+    elif script == "head_layers.py":  # a tiny 3-layer run: heads on layers 1,2 and 0,1
+        assert result["quick"] and result["n_test"] == 200 and 0.0 <= result["all"] <= 1.0
+        assert result["run_head_layers"] == [0, 1]  # the trainer's default: every layer but the last
+        assert [row["head_layers"] for row in result["rows"]] == [[1, 2], [0, 1]]
+        for row in result["rows"]:
+            assert 0.0 <= row["head"] <= row["top2_recall"] <= 1.0 and 0.0 <= row["topk2"] <= row["top2_recall"]
+        assert row["features"] == (8 + 16) * 4  # layers 0 and 1, a 2x2 grid
+        assert "| 0,1 | 96 |" in (quick / f"{name}.md").read_text()
+    elif script == "mode_latency.py":
+        (rep,) = result["repeats"]
+        assert result["quick"] and result["modes"] == ["all", "topk", "head"] and result["images"] == 50
+        for m in result["modes"]:
+            assert 0 < rep[m]["min_ms"] <= rep[m]["p10_ms"] <= rep[m]["p50_ms"]
+            assert rep["ratio_p50"][m] == pytest.approx(rep[m]["p50_ms"] / rep["all"]["p50_ms"])
+        assert rep["ratio_p50"]["all"] == 1.0 and "`topk --k 2` / `all`" in (quick / f"{name}.md").read_text()
     elif script == "default_recipe.py":
         (row,) = result["rows"]
         assert result["quick"] and row["seed"] == 0 and row["epochs"] == 1 and row["n_test"] == 200

@@ -135,3 +135,33 @@ def test_every_exported_graph_runs_in_the_onnx_reference_evaluator(request: pyte
             tol = max(1e-3 * scale, steps[name] * 1.0001 if out.name == "y" else 0.0)
             assert diff.max() <= tol, (name, out.name, float(diff.max()))
             assert (diff > 1e-5 * scale).mean() <= 1e-2, (name, out.name, float((diff > 1e-5 * scale).mean()))
+
+
+@pytest.mark.parametrize("bundle", ["int8_bundle", "fp32_bundle"])
+def test_where_only_goodness_reads_layer0_its_pool_runs_first(request: pytest.FixtureRequest, bundle: str) -> None:
+    """The head reads layer 0 by default (every layer but the last): the neutral pass of ``net_topk.onnx`` pools
+    after layer 0's activation (the head's feature reads the activation), but ``net_shared.onnx`` and the top-k
+    candidates' pass pool first; and the one-call top-k gives what the three calls give."""
+    b = request.getfixturevalue(bundle)
+    m = json.loads((b / MANIFEST).read_text())
+    assert m["head"]["layers"] == list(range(len(m["layers"]) - 1))
+
+    def layer0_pool_reads(model: onnx.ModelProto, prefix: str) -> str:
+        producer = {o: n for n in model.graph.node for o in n.output}
+        pool = next(n for n in model.graph.node if n.op_type == "MaxPool" and n.name.startswith(prefix))
+        return producer[pool.input[0]].op_type
+
+    assert layer0_pool_reads(onnx.load(str(b / SHARED_FILE)), "") == "Reshape"  # layer 0's accumulator
+    topk = onnx.load(str(b / "net_topk.onnx"))
+    assert layer0_pool_reads(topk, "c/") == "Reshape"
+    assert layer0_pool_reads(topk, "n/") != "Reshape"
+    x = _images(Runtime(b, threads=1), 100)
+    one = Runtime(b, threads=1)
+    three = Runtime(b, threads=1)
+    three.use_topk = False
+    for k in (1, 2):
+        got, want = one.predict_normalized(x, "topk", k), three.predict_normalized(x, "topk", k)
+        assert one._topk is not None and (got.labels == want.labels).all()
+        fin = np.isfinite(want.scores)
+        assert np.array_equal(np.isfinite(got.scores), fin)
+        np.testing.assert_allclose(got.scores[fin], want.scores[fin], rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("brevitas")
 
+from ffedge.errors import FFEdgeError  # noqa: E402
 from ffedge.train.losses import ff_loss  # noqa: E402
 from ffedge.train.model import FFNet, QuantConfig, goodness, parse_layers  # noqa: E402
 from ffedge.train.epoch import Probe  # noqa: E402
@@ -144,3 +145,27 @@ def test_float_baseline_and_options(tmp_path: Path, small_npz: str) -> None:
     cfg, net = load_run(tmp_path / "f")
     assert cfg["model"]["quant"] is False
     assert not any("quant" in type(mod).__name__.lower() for mod in net.modules())
+
+
+def test_head_layers_default_resolved_and_old_runs_keep_theirs(tmp_path: Path, small_npz: str) -> None:
+    # The default (every layer but the last) is written resolved into config.json, so a changed default
+    # cannot change a run; the head reads exactly those layers.
+    train_run(_cfg(small_npz, epochs=1, head_epochs=1), tmp_path / "d")
+    cfg, net = load_run(tmp_path / "d")
+    assert cfg["train"]["head_layers"] == [0, 1] == net.head_layers
+    assert net.head.in_features == (8 + 16) * net.head_grid**2
+    # An explicit choice is kept.
+    train_run(_cfg(small_npz, epochs=1, head_epochs=1, head_layers=[2]), tmp_path / "e")
+    cfg, net = load_run(tmp_path / "e")
+    assert cfg["train"]["head_layers"] == [2] == net.head_layers
+    # A run made before --head-layers existed (no key) is read with the head it was trained with: every layer but
+    # the first.
+    old = json.loads((tmp_path / "d" / CONFIG).read_text())
+    del old["train"]["head_layers"]
+    assert TrainConfig.from_dict(old["train"]).feature_layers(3) == [1, 2]
+
+
+@pytest.mark.parametrize("layers, needle", [([3], "layer 3 does not exist"), ([1, 1], "names a layer twice")])
+def test_bad_head_layers_are_refused(layers: list[int], needle: str) -> None:
+    with pytest.raises(FFEdgeError, match=needle):
+        TrainConfig(layers=TINY, head_layers=layers).validate()
