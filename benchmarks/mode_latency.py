@@ -9,7 +9,7 @@ machine's load.
 
     python benchmarks/mode_latency.py export/mnist-5k-int8                      # all, topk --k 2, head; 3 repeats
     python benchmarks/mode_latency.py BUNDLE --threads 1 --reps 5 --out /tmp/modes-1thread
-    python benchmarks/mode_latency.py --quick                                   # the golden test bundle, 1 repeat
+    python benchmarks/mode_latency.py --quick                                   # a tiny bundle it trains, 1 repeat
 """
 
 from __future__ import annotations
@@ -27,9 +27,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, add_out_option, command, machine, machine_line, out_stem, script_parser, write_results  # noqa: E402
-
-GOLDEN = ROOT / "tests" / "golden" / "bundle-int8"
+from common import (  # noqa: E402
+    add_out_option,
+    command,
+    embedded_subset,
+    export_int8,
+    fresh_log,
+    machine,
+    machine_line,
+    out_stem,
+    script_parser,
+    train,
+    work_dir,
+    write_results,
+)
 
 
 def worker(bundle: str, mode: str, k: int, threads: int, images: int, warmup: int, dataset: str) -> dict[str, Any]:
@@ -97,7 +108,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     p = script_parser(__doc__ or "")
-    p.add_argument("bundle", type=Path, nargs="?", help="the bundle (default with --quick: the golden test bundle)")
+    p.add_argument("bundle", type=Path, nargs="?", help="the bundle (not with --quick, which makes its own)")
     p.add_argument("--modes", default="all,topk,head", help="comma-separated, the first is the reference (all)")
     p.add_argument("--k", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -106,22 +117,29 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--dataset", default="mnist-5k", help="whose held-out images are timed (default mnist-5k)")
     p.add_argument("--data-dir", type=Path, default=None, help="unused: the images come from --dataset")
-    p.add_argument("--quick", action="store_true", help="the golden bundle, 1 repeat of 50 images")
+    p.add_argument("--quick", action="store_true", help="train and export a tiny bundle; 1 repeat of 50 images")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the child process of one mode
     add_out_option(p, "mode_latency")
     a = p.parse_args()
     if a.worker:
         print(json.dumps(worker(str(a.bundle), a.worker, a.k, a.threads, a.images, a.warmup, a.dataset)))
         return
-    if a.quick:
-        a.bundle = a.bundle or GOLDEN
-        a.reps, a.images, a.warmup = 1, 50, 5
-    if a.bundle is None or not (a.bundle / "manifest.json").is_file():
-        p.error("give a bundle folder (or --quick)")
+    if (a.bundle is None) == (not a.quick):
+        p.error("give a bundle folder, or --quick (which makes its own)")
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if not modes or modes[0] != "all":
         p.error("--modes must start with all (the reference)")
     out = out_stem("mode_latency", a.out, a.quick)
+    if a.quick:
+        work = work_dir("bench-mode_latency", None, True)
+        log = fresh_log(out)
+        data = embedded_subset(work / "digits.npz", 300, 100)
+        extra = ["--layers", "8x5p,16x3p,16x3", "--head-epochs", "2", "--eval-samples", "10"]
+        train(f"npz:{data}", work / "run", 1, extra, log)
+        export_int8(work / "run", work / "bundle-int8", log)
+        a.bundle, a.reps, a.images, a.warmup = work / "bundle-int8", 1, 50, 5
+    elif not (a.bundle / "manifest.json").is_file():
+        p.error(f"{a.bundle} is not a bundle folder (no manifest.json)")
     repeats = []
     for r in range(a.reps):
         rep: dict[str, Any] = {m: run_mode(a, m) for m in modes}

@@ -190,7 +190,8 @@ def test_config_json_records_the_resolved_values_and_the_preset(tmp_path: Path, 
         "paper",
         {"dataset": small_npz, "layers": "8x7,8x7", "epochs": 1, "head_epochs": 1, "eval_samples": 50, "threads": 1},
     )
-    assert saved["train"] == asdict(want)
+    # The defaults that depend on the net are written resolved: the head reads every layer but the last.
+    assert saved["train"] == {**asdict(want), "head_layers": [0]}
     assert saved["train"]["preset"] == "paper" and saved["train"]["lr"] == 5e-5 and saved["train"]["norm"] == "rms"
     assert saved["encoding"]["mode"] == "add" and saved["encoding"]["amplitude"] == PAPER_AMPLITUDE
     # A resumed run keeps its own config (preset included); --preset with --resume is refused.
@@ -200,7 +201,7 @@ def test_config_json_records_the_resolved_values_and_the_preset(tmp_path: Path, 
     )
     r = cli("train", "--resume", "--epochs", "2", "--out", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads((out / CONFIG).read_text())["train"] == {**asdict(want), "epochs": 2}
+    assert json.loads((out / CONFIG).read_text())["train"] == {**asdict(want), "head_layers": [0], "epochs": 2}
     # Runs made before the field existed: no preset.
     assert TrainConfig.from_dict({k: v for k, v in asdict(want).items() if k != "preset"}).preset is None
 

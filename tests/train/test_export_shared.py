@@ -109,15 +109,17 @@ def test_every_exported_graph_runs_in_the_onnx_reference_evaluator(request: pyte
         "net.onnx": {"x": enc},
         "net_shared.onnx": {"x": x, LABELS: np.tile(np.arange(rt.num_classes), (len(x), 1))},
         "net_topk.onnx": {"x": x, TOPK_K: np.array([3])},
+        "net_head.onnx": {"x": x},
         "head.onnx": None,
     }
     m = json.loads((b / MANIFEST).read_text())
-    steps = {"net.onnx": 0.0, "net_shared.onnx": 0.0, "net_topk.onnx": 0.0, "head.onnx": 0.0}
+    steps = dict.fromkeys(feeds, 0.0)
     cur = enc
     for layer in m["layers"]:
         feeds[layer["file"]] = {"x": cur}
         steps[layer["file"]] = layer["quant"]["output_scale"] if "quant" in layer else 0.0
         cur = make_session(b / layer["file"], 1).run(["y"], {"x": cur})[0]
+    assert sorted(feeds) == sorted(p.name for p in b.glob("*.onnx"))  # every ONNX file of the bundle
     for name, feed in feeds.items():
         model = onnx.load(str(b / name))
         domains = [o.domain for o in model.opset_import]
