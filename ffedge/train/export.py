@@ -66,12 +66,9 @@ def export_bundle(
     tmp = temp_folder_beside(out)
     try:
         layers, fused = write_graphs(model, cfg, tmp, precision, rep)
-        shared = write_shared(tmp, cfg["encoding"], int(cfg["input"]["shape"][0]))
-        topk, head_net = (
-            write_topk(tmp, cfg["encoding"], int(cfg["input"]["shape"][0]), model.head_layers)
-            if shared
-            else (None, None)
-        )
+        channels = int(cfg["input"]["shape"][0])
+        shared = write_shared(tmp, cfg["encoding"], channels)
+        topk, head_net = write_topk(tmp, cfg["encoding"], channels, model.head_layers) if shared else (None, None)
         label_arrays = write_label_arrays(cfg["encoding"], tmp)
         extra = write_finetune_files(model, cfg, tmp, replay) if master else {}
         manifest = build_manifest(

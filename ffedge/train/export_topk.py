@@ -36,6 +36,7 @@ from ffedge.bundle.names import (
     INPUT,
     LABELS,
     PROBS,
+    SHARED_FILE,
     TOPK_FILE,
     TOPK_K,
     fused_feature,
@@ -72,20 +73,23 @@ def _copy(node: onnx.NodeProto, rename: Any, prefix: str) -> onnx.NodeProto:
 def build_topk(
     fused: onnx.ModelProto,
     head: onnx.ModelProto,
+    votes: onnx.ModelProto,
     label_table: np.ndarray,
     image_channels: int,
     head_layers: Sequence[int],
 ) -> onnx.ModelProto:
-    """The top-k graph of a bundle's ``net.onnx`` and ``head.onnx``; ``label_table`` as for
+    """The top-k graph of a bundle's ``net.onnx``, ``head.onnx`` and ``net_shared.onnx`` (``votes``, built from
+    the same ``net.onnx``); ``label_table`` as for
     :func:`~ffedge.train.export_shared.build_shared` (its last row is the neutral label). Raises
     :class:`~ffedge.train.export_shared.NotSeparable`."""
     features = [fused_feature(i) for i in head_layers]
-    # The neutral pass reads the head's features; the candidates' pass only goodness, so its graph may move layer
-    # 0's max-pool ahead of the activation even where the head reads layer 0.
+    # The neutral pass reads the head's features; the candidates' pass only goodness (``votes``: the bundle's
+    # ``net_shared.onnx``), so its graph may move layer 0's max-pool ahead of the activation even where the head
+    # reads layer 0.
     shared = build_shared(fused, label_table, image_channels, features)
-    votes = build_shared(fused, label_table, image_channels)
     g = shared.graph
-    initializers = {t.name for t in g.initializer} | {t.name for t in votes.graph.initializer}
+    own = {t.name for t in g.initializer}
+    initializers = own | {t.name for t in votes.graph.initializer}
 
     def in_pass(prefix: str, labels: str, dep: dict[str, frozenset[str]]) -> Any:
         def rename(t: str) -> str:
@@ -158,7 +162,7 @@ def build_topk(
         helper.make_tensor_value_info(CANDIDATES, onnx.TensorProto.INT64, [batch, "k"]),
         helper.make_tensor_value_info(PROBS, onnx.TensorProto.FLOAT, [batch, n_classes]),
     ]
-    inits = list(g.initializer) + [t for t in votes.graph.initializer if t.name not in {i.name for i in g.initializer}]
+    inits = list(g.initializer) + [t for t in votes.graph.initializer if t.name not in own]
     graph = helper.make_graph(nodes, "ffedge_topk", inputs, outputs, inits + head_inits)
     opsets: dict[str, int] = {}
     for o in [*one_opset_per_domain(shared), *one_opset_per_domain(head)]:
@@ -187,15 +191,20 @@ def build_head_net(topk: onnx.ModelProto) -> onnx.ModelProto:
 def write_topk(
     folder: Path, encoding: dict[str, Any], image_channels: int, head_layers: Sequence[int]
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Write ``net_topk.onnx`` and ``net_head.onnx`` beside ``net.onnx`` and ``head.onnx`` in ``folder``; their
-    manifest entries, or None (and no files) where the bundle has no shared graph (see
-    :func:`~ffedge.train.export_shared.write_shared`)."""
+    """Write ``net_topk.onnx`` and ``net_head.onnx`` beside ``net.onnx``, ``head.onnx`` and ``net_shared.onnx`` in
+    ``folder``; their manifest entries, or None (and no files) where the label does not split from layer 0. Call it
+    only where :func:`~ffedge.train.export_shared.write_shared` wrote the shared graph."""
     table = encoding_from_config(encoding).label_channels()
     if table is None or not head_layers:
         return None, None
     try:
         model = build_topk(
-            onnx.load(str(folder / FUSED_FILE)), onnx.load(str(folder / HEAD_FILE)), table, image_channels, head_layers
+            onnx.load(str(folder / FUSED_FILE)),
+            onnx.load(str(folder / HEAD_FILE)),
+            onnx.load(str(folder / SHARED_FILE)),
+            table,
+            image_channels,
+            head_layers,
         )
     except NotSeparable:
         return None, None

@@ -25,7 +25,15 @@ from ffedge.options import check_float, check_int, check_threads
 from ffedge.runtime.preprocess import compute_normalization, normalize
 from ffedge.train.data_parallel import DataParallel
 from ffedge.train.losses import ff_loss, torch_loss
-from ffedge.train.model import DEFAULT_LAYERS, NORMS, FFNet, QuantConfig, goodness, parse_layers
+from ffedge.train.model import (
+    DEFAULT_LAYERS,
+    NORMS,
+    FFNet,
+    QuantConfig,
+    default_head_layers,
+    goodness,
+    parse_layers,
+)
 
 MAX_SEED = 2**63 - 1
 MAX_CHANNELS = 4096  # per layer; far more only exhausts memory while the model is built
@@ -178,16 +186,8 @@ class TrainConfig:
         return list(self.predict_layers) if self.predict_layers else [n_layers - 1]
 
     def feature_layers(self, n_layers: int) -> list[int]:
-        """Layers whose neutral-label activities the softmax head reads (default: every layer but the last).
-
-        Not the last by default: mode ``topk``'s neutral pass then stops a layer early (on the default net the
-        last layer is 44% of a hypothesis' multiply-adds), and on mnist-5k's default run the head on layers 0-2
-        scored 97.4% against 96.9% on layers 1-3, and on a 6-epoch CIFAR-10 run 50.1% against 50.4%
-        (benchmarks/results/head_layers-*.md).
-        """
-        if self.head_layers:
-            return list(self.head_layers)
-        return list(range(n_layers - 1)) if n_layers > 1 else [0]
+        """Layers whose neutral-label activities the softmax head reads (default: :func:`default_head_layers`)."""
+        return list(self.head_layers) if self.head_layers else default_head_layers(n_layers)
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "") -> "TrainConfig":
@@ -342,13 +342,14 @@ def build_model(
     cfg: TrainConfig, in_channels: int, image_hw: tuple[int, int], num_classes: int, quant: bool | None = None
 ) -> FFNet:
     """The network described by ``cfg`` (fresh weights); ``quant=False`` builds its float version."""
+    specs = parse_layers(cfg.layers)
     return FFNet(
         in_channels,
         image_hw,
         num_classes,
-        parse_layers(cfg.layers),
+        specs,
         cfg.quant_config(quant),
-        head_layers=cfg.feature_layers(len(parse_layers(cfg.layers))),
+        head_layers=cfg.feature_layers(len(specs)),
         norm=cfg.norm,
         head_grid=cfg.head_grid,
     )
